@@ -1,0 +1,1165 @@
+//! The store: RocksDB column families, the ingest pipeline, reads, pins, gc.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, Options,
+    WriteBatch, WriteOptions,
+};
+
+use crate::cut::{Block, Cutter};
+use crate::error::{Error, OpenError};
+use crate::manifest::{Entry, MAX_CHUNK_LEN, Manifest};
+use crate::{ChunkId, Chunking, ManifestId};
+
+/// Column family: store metadata (format, chunking, counters).
+const CF_META: &str = "chunkstore.meta";
+/// Column family: chunk id -> stored bytes (zstd frame, or the plain bytes
+/// when compression would not make them smaller).
+const CF_CHUNKS: &str = "chunkstore.chunks";
+/// Column family: chunk id -> plain length, stored length (u32 LE each).
+/// Small, so existence checks never touch chunk bytes.
+const CF_CHUNK_META: &str = "chunkstore.chunk_meta";
+/// Column family: manifest id -> canonical encoding.
+const CF_MANIFESTS: &str = "chunkstore.manifests";
+/// Column family: manifest id -> pin count (u64 LE).
+const CF_PINS: &str = "chunkstore.pins";
+const OWN_CFS: [&str; 5] = [CF_META, CF_CHUNKS, CF_CHUNK_META, CF_MANIFESTS, CF_PINS];
+
+const KEY_FORMAT: &[u8] = b"format";
+const KEY_CHUNKING: &[u8] = b"chunking";
+const KEY_STATS: &[u8] = b"stats";
+const FORMAT: u32 = 1;
+
+/// Ingest reads the input in blocks of this size (or four maximal chunks).
+const BLOCK_SIZE: usize = 4 << 20;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Create the store if it does not exist.
+    pub create: bool,
+    /// Chunk sizes: used when creating; when opening, must match what the
+    /// store recorded. `None` takes the default (creating) or the recorded
+    /// sizes (opening).
+    pub chunking: Option<Chunking>,
+    /// Worker threads for ingest and reads; `None` = available cores.
+    pub threads: Option<usize>,
+    /// zstd level for new chunks. Does not change ids, so it may differ
+    /// between runs.
+    pub zstd_level: i32,
+    /// Put chunk bytes in RocksDB blob files (BlobDB) rather than inline in
+    /// SST files. On by default: see ARCHITECTURE.md for the measurement.
+    pub blob_files: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            create: false,
+            chunking: None,
+            threads: None,
+            zstd_level: 1,
+            blob_files: true,
+        }
+    }
+}
+
+/// What a store holds, as counted by its writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Plain bytes of the distinct chunks.
+    pub chunk_bytes: u64,
+    /// Bytes the store keeps: chunks after compression plus manifests.
+    pub stored_bytes: u64,
+    /// Distinct manifests.
+    pub manifests: u64,
+    /// Sum of the sizes of all manifests: the bytes users stored.
+    pub logical_bytes: u64,
+}
+
+impl Stats {
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        for (i, v) in [
+            self.chunks,
+            self.chunk_bytes,
+            self.stored_bytes,
+            self.manifests,
+            self.logical_bytes,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != 40 {
+            return None;
+        }
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Some(Self {
+            chunks: w(0),
+            chunk_bytes: w(1),
+            stored_bytes: w(2),
+            manifests: w(3),
+            logical_bytes: w(4),
+        })
+    }
+}
+
+/// What one `put` did.
+#[derive(Debug, Clone)]
+pub struct Put {
+    /// The blob's manifest.
+    pub manifest: Manifest,
+    /// Its id.
+    pub id: ManifestId,
+    /// Chunks this put added to the store.
+    pub new_chunks: u64,
+    /// Bytes the store grew by (compressed chunks plus the manifest if new).
+    pub new_bytes: u64,
+}
+
+/// Options for one `put`.
+#[derive(Debug, Clone, Copy)]
+pub struct PutOptions {
+    /// Add a pin on the manifest in the same write that stores it, so `gc`
+    /// can never collect the blob before the caller records it elsewhere.
+    pub pin: bool,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        Self { pin: true }
+    }
+}
+
+/// What `gc` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Manifests removed.
+    pub manifests: u64,
+    /// Chunks removed.
+    pub chunks: u64,
+    /// Stored bytes removed.
+    pub bytes: u64,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Chunks read and re-hashed.
+    pub chunks_checked: u64,
+    /// Manifests decoded and re-hashed.
+    pub manifests_checked: u64,
+    /// Damaged chunks and what is wrong with each.
+    pub bad_chunks: Vec<(ChunkId, String)>,
+    /// Damaged or incomplete manifests and what is wrong with each.
+    pub bad_manifests: Vec<(ManifestId, String)>,
+}
+
+impl VerifyReport {
+    /// Everything verified.
+    pub fn is_ok(&self) -> bool {
+        self.bad_chunks.is_empty() && self.bad_manifests.is_empty()
+    }
+}
+
+/// A content-addressed chunk store. Cheap to clone; clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DB,
+    path: PathBuf,
+    chunking: Chunking,
+    threads: usize,
+    zstd_level: i32,
+    /// The single writer: every write batch that touches chunks, manifests or
+    /// pins is made under this lock, with the counters it guards.
+    writer: Mutex<Stats>,
+    /// Puts hold it shared for their whole run, `gc` exclusively, so `gc`
+    /// never sweeps the chunks of a blob whose manifest is not written yet.
+    gc_guard: RwLock<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Counters change only after a successful write, so they are consistent
+    // even if a holder panicked.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn chunk_meta(plain: u32, stored: u32) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&plain.to_le_bytes());
+    out[4..].copy_from_slice(&stored.to_le_bytes());
+    out
+}
+
+fn parse_chunk_meta(b: &[u8]) -> Option<(u32, u32)> {
+    if b.len() != 8 {
+        return None;
+    }
+    Some((
+        u32::from_le_bytes(b[..4].try_into().ok()?),
+        u32::from_le_bytes(b[4..].try_into().ok()?),
+    ))
+}
+
+fn cf_options(name: &str, blob_files: bool) -> Options {
+    let mut o = Options::default();
+    o.set_compression_type(DBCompressionType::None);
+    if name == CF_CHUNKS {
+        // Values are 16-256 KiB and already compressed: keep them out of the
+        // LSM so compaction moves only small blob indexes.
+        o.set_write_buffer_size(32 << 20);
+        o.set_max_write_buffer_number(2);
+        o.set_enable_blob_files(blob_files);
+        o.set_min_blob_size(1024);
+        o.set_blob_file_size(256 << 20);
+        o.set_blob_compression_type(DBCompressionType::None);
+        o.set_enable_blob_gc(true);
+        o.set_target_file_size_base(64 << 20);
+    } else {
+        let mut t = BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&t);
+        o.set_write_buffer_size(8 << 20);
+    }
+    o
+}
+
+impl Store {
+    /// Opens the store at `path` (a RocksDB directory), creating it if
+    /// `options.create`.
+    pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let exists = path.join("CURRENT").exists();
+        if !exists && !options.create {
+            return Err(OpenError::NotFound { path });
+        }
+        if let Some(c) = options.chunking {
+            c.validate().map_err(|e| OpenError::Unusable {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        if !exists {
+            std::fs::create_dir_all(&path).map_err(|source| OpenError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .clamp(1, 16);
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(threads as i32);
+        db_opts.set_max_background_jobs(threads.max(2) as i32);
+        db_opts.set_bytes_per_sync(4 << 20);
+        db_opts.set_wal_bytes_per_sync(4 << 20);
+        db_opts.set_max_total_wal_size(256 << 20);
+        db_opts.set_keep_log_file_num(2);
+        db_opts.set_max_log_file_size(1 << 20);
+        db_opts.set_log_level(rocksdb::LogLevel::Warn);
+
+        // RocksDB insists on opening every column family a database has,
+        // including those of other owners that share the data dir's db.
+        let mut names: Vec<String> = OWN_CFS.iter().map(|s| s.to_string()).collect();
+        if exists {
+            for name in DB::list_cf(&db_opts, &path).map_err(|e| open_error(&path, e))? {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let cfs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, options.blob_files)));
+        let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(|e| open_error(&path, e))?;
+
+        let unusable = |reason: String| OpenError::Unusable {
+            path: path.clone(),
+            reason,
+        };
+        let meta = db.cf_handle(CF_META).expect("opened above");
+        let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| open_error(&path, e));
+        let chunking = match (get(KEY_FORMAT)?, get(KEY_CHUNKING)?) {
+            (None, None) => {
+                let chunking = options.chunking.unwrap_or_default();
+                let mut batch = WriteBatch::default();
+                batch.put_cf(meta, KEY_FORMAT, FORMAT.to_le_bytes());
+                batch.put_cf(meta, KEY_CHUNKING, chunking.encode());
+                batch.put_cf(meta, KEY_STATS, Stats::default().encode());
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                db.write_opt(batch, &sync)
+                    .map_err(|e| open_error(&path, e))?;
+                chunking
+            }
+            (Some(format), Some(chunking)) => {
+                let format = <[u8; 4]>::try_from(format.as_slice())
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| unusable("its format record is damaged".into()))?;
+                if format != FORMAT {
+                    return Err(unusable(format!(
+                        "it has format {format}, this utter reads format {FORMAT}; use a newer utter"
+                    )));
+                }
+                let stored = Chunking::decode(&chunking)
+                    .and_then(|c| c.validate().ok())
+                    .ok_or_else(|| unusable("its chunking record is damaged".into()))?;
+                if let Some(requested) = options.chunking
+                    && requested != stored
+                {
+                    return Err(OpenError::ChunkingMismatch {
+                        path,
+                        stored,
+                        requested,
+                    });
+                }
+                stored
+            }
+            _ => return Err(unusable("its metadata is incomplete".into())),
+        };
+        let stats = get(KEY_STATS)?
+            .as_deref()
+            .and_then(Stats::decode)
+            .ok_or_else(|| unusable("its counters are damaged".into()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                chunking,
+                threads,
+                zstd_level: options.zstd_level,
+                writer: Mutex::new(stats),
+                gc_guard: RwLock::new(()),
+            }),
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The chunk sizes recorded at creation.
+    pub fn chunking(&self) -> Chunking {
+        self.inner.chunking
+    }
+
+    /// Counters of what the store holds.
+    pub fn stats(&self) -> Stats {
+        *lock(&self.inner.writer)
+    }
+
+    /// Stores everything `reader` yields and pins the result.
+    pub fn put(&self, reader: impl Read) -> Result<Put, Error> {
+        self.put_observed(reader, PutOptions::default(), |_| {})
+    }
+
+    /// Stores everything `reader` yields, calling `progress` with the bytes
+    /// read so far after each block. Returns once the manifest (and the pin,
+    /// if asked for) is durable; the chunks it names are durable with it.
+    ///
+    /// Cutting runs on the calling thread; hashing and compression on worker
+    /// threads; one writer thread commits each block as a RocksDB batch.
+    pub fn put_observed(
+        &self,
+        reader: impl Read,
+        options: PutOptions,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Put, Error> {
+        let _no_gc = self
+            .inner
+            .gc_guard
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let inner = &*self.inner;
+        let block_size = BLOCK_SIZE.max(4 * inner.chunking.max as usize);
+        let mut cutter = Cutter::new(reader, inner.chunking, block_size);
+        let workers = inner.threads;
+        let buffers = workers * 2 + 2;
+
+        let (job_tx, job_rx) = bounded::<(u64, Block)>(workers);
+        let (done_tx, done_rx) = bounded::<Result<Done, Error>>(workers);
+        let (pool_tx, pool_rx) = bounded::<Vec<u8>>(buffers);
+
+        let (read_result, written) = std::thread::scope(|s| {
+            for _ in 0..workers {
+                let job_rx = job_rx.clone();
+                let done_tx = done_tx.clone();
+                s.spawn(move || inner.hash_worker(job_rx, done_tx));
+            }
+            drop((job_rx, done_tx));
+            let writer = s.spawn(move || inner.write_blocks(done_rx, pool_tx));
+
+            let mut made = 0;
+            let mut seq = 0u64;
+            let read_result = loop {
+                let buf = if made < buffers {
+                    made += 1;
+                    cutter.new_buffer()
+                } else {
+                    match pool_rx.recv() {
+                        Ok(buf) => buf,
+                        Err(_) => break Ok(()), // the writer stopped; its error says why
+                    }
+                };
+                match cutter.next_block(buf) {
+                    Ok(Some(block)) => {
+                        if job_tx.send((seq, block)).is_err() {
+                            break Ok(());
+                        }
+                        seq += 1;
+                        progress(cutter.bytes_read());
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(source) => {
+                        break Err(Error::Input {
+                            offset: cutter.bytes_read(),
+                            source,
+                        });
+                    }
+                }
+            };
+            drop(job_tx);
+            let written = writer.join().unwrap_or(Err(Error::Panicked));
+            (read_result, written.map(|w| (w, seq)))
+        });
+        read_result?;
+        let (written, blocks) = written?;
+        if written.blocks != blocks {
+            return Err(Error::Panicked);
+        }
+        let manifest = Manifest::new(written.entries);
+        let (id, manifest_bytes) = inner.commit_manifest(&manifest, options.pin)?;
+        Ok(Put {
+            id,
+            manifest,
+            new_chunks: written.new_chunks,
+            new_bytes: written.new_bytes + manifest_bytes,
+        })
+    }
+
+    /// Is this chunk stored?
+    pub fn has(&self, id: &ChunkId) -> Result<bool, Error> {
+        Ok(self.missing(std::slice::from_ref(id))?.is_empty())
+    }
+
+    /// The ids among `ids` that the store lacks, in the order given.
+    pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Error> {
+        let present = self.inner.present(ids)?;
+        Ok(ids
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    /// Stores one chunk that arrived from elsewhere, after checking that
+    /// `bytes` hash to `id`. Returns whether it was new.
+    ///
+    /// Pin its manifest first (pins may name manifests not yet stored):
+    /// otherwise a `gc` can remove it before its manifest arrives.
+    pub fn put_chunk(&self, id: ChunkId, bytes: &[u8]) -> Result<bool, Error> {
+        if bytes.is_empty() || bytes.len() > MAX_CHUNK_LEN as usize {
+            return Err(Error::ChunkSize {
+                id,
+                len: bytes.len(),
+            });
+        }
+        let actual = ChunkId::of(bytes);
+        if actual != id {
+            return Err(Error::HashMismatch {
+                claimed: id,
+                actual,
+            });
+        }
+        let mut z =
+            zstd::bulk::Compressor::new(self.inner.zstd_level).map_err(|e| Error::Input {
+                offset: 0,
+                source: e,
+            })?;
+        let stored = compress(&mut z, bytes);
+        let chunk = NewChunk {
+            id,
+            len: bytes.len() as u32,
+            stored: stored.map_or(Stored::Raw { offset: 0 }, Stored::Zstd),
+        };
+        let (n, _) = self
+            .inner
+            .commit_chunks(bytes, std::slice::from_ref(&chunk))?;
+        Ok(n == 1)
+    }
+
+    /// Stores a manifest that arrived from elsewhere (its chunks may follow).
+    /// Refuses anything but the canonical encoding.
+    pub fn put_manifest(&self, encoded: &[u8]) -> Result<ManifestId, Error> {
+        let manifest = Manifest::decode(encoded)?;
+        Ok(self.inner.commit_manifest(&manifest, false)?.0)
+    }
+
+    /// The manifest with this id, re-hashed.
+    pub fn manifest(&self, id: &ManifestId) -> Result<Manifest, Error> {
+        self.inner.manifest(id)
+    }
+
+    /// Is this manifest stored?
+    pub fn has_manifest(&self, id: &ManifestId) -> Result<bool, Error> {
+        let cf = self.inner.cf(CF_MANIFESTS);
+        Ok(self
+            .inner
+            .db
+            .get_pinned_cf(cf, id.as_bytes())
+            .map_err(Error::db("looking up a manifest"))?
+            .is_some())
+    }
+
+    /// A streaming reader of the blob `id` names. Chunks are fetched,
+    /// decompressed and re-hashed ahead of the reader on worker threads, a
+    /// bounded number at a time; a chunk that does not hash to its id is a
+    /// read error naming it.
+    pub fn get(&self, id: &ManifestId) -> Result<crate::BlobReader, Error> {
+        let manifest = self.manifest(id)?;
+        Ok(self.get_manifest(manifest))
+    }
+
+    /// Like [`Store::get`], for a manifest already in hand.
+    pub fn get_manifest(&self, manifest: Manifest) -> crate::BlobReader {
+        crate::BlobReader::new(self.clone(), manifest)
+    }
+
+    /// Reads one chunk, decompressed and re-hashed.
+    pub fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
+        let cf = self.inner.cf(CF_CHUNK_META);
+        let meta = self
+            .inner
+            .db
+            .get_pinned_cf(cf, id.as_bytes())
+            .map_err(Error::db("looking up a chunk"))?
+            .ok_or(Error::MissingChunk(*id))?;
+        let (plain, _) = parse_chunk_meta(&meta).ok_or_else(|| Error::CorruptChunk {
+            id: *id,
+            reason: "its length record is damaged".into(),
+        })?;
+        self.inner.read_chunk(
+            &mut zstd::bulk::Decompressor::new().map_err(io_bug)?,
+            id,
+            plain,
+        )
+    }
+
+    /// Adds a pin on `id` (which need not be stored yet); returns the count.
+    pub fn pin(&self, id: &ManifestId) -> Result<u64, Error> {
+        self.inner.add_pin(id, 1)
+    }
+
+    /// Removes one pin from `id`; returns the count left.
+    pub fn unpin(&self, id: &ManifestId) -> Result<u64, Error> {
+        self.inner.add_pin(id, -1)
+    }
+
+    /// Every pinned manifest and its pin count.
+    pub fn pins(&self) -> Result<Vec<(ManifestId, u64)>, Error> {
+        let cf = self.inner.cf(CF_PINS);
+        let mut out = Vec::new();
+        for item in self.inner.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::db("listing pins"))?;
+            if let (Some(id), Ok(n)) = (ManifestId::from_slice(&k), <[u8; 8]>::try_from(&*v)) {
+                out.push((id, u64::from_le_bytes(n)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every manifest that is neither pinned nor in `roots`, and
+    /// every chunk no remaining manifest names, then compacts so the space
+    /// returns to the file system. Blocks puts while it runs.
+    pub fn gc(&self, roots: &[ManifestId]) -> Result<GcReport, Error> {
+        let _exclusive = self
+            .inner
+            .gc_guard
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.inner.gc(roots)
+    }
+
+    /// Reads back every chunk and manifest and checks each against its id.
+    /// `progress` gets (items checked, items total).
+    pub fn verify(&self, progress: impl FnMut(u64, u64)) -> Result<VerifyReport, Error> {
+        self.inner.verify(progress)
+    }
+
+    pub(crate) fn read_chunk(
+        &self,
+        z: &mut zstd::bulk::Decompressor<'static>,
+        entry: &Entry,
+    ) -> Result<Vec<u8>, Error> {
+        self.inner.read_chunk(z, &entry.id, entry.len)
+    }
+
+    pub(crate) fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    #[cfg(test)]
+    pub(crate) fn overwrite_chunk_for_test(&self, id: &ChunkId, bytes: &[u8]) {
+        self.inner
+            .db
+            .put_cf(self.inner.cf(CF_CHUNKS), id.as_bytes(), bytes)
+            .unwrap();
+    }
+}
+
+fn io_bug(e: std::io::Error) -> Error {
+    Error::Input {
+        offset: 0,
+        source: e,
+    }
+}
+
+fn open_error(path: &Path, source: rocksdb::Error) -> OpenError {
+    let text = source.to_string();
+    if text.contains("LOCK")
+        && (text.contains("lock") || text.contains("Resource temporarily unavailable"))
+    {
+        OpenError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        OpenError::Db {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Compresses when that saves space.
+fn compress(z: &mut zstd::bulk::Compressor<'static>, plain: &[u8]) -> Option<Vec<u8>> {
+    match z.compress(plain) {
+        Ok(c) if c.len() < plain.len() => Some(c),
+        _ => None,
+    }
+}
+
+enum Stored {
+    /// The plain bytes, at this offset of the block.
+    Raw { offset: u32 },
+    /// A zstd frame, strictly smaller than the plain bytes.
+    Zstd(Vec<u8>),
+}
+
+struct NewChunk {
+    id: ChunkId,
+    len: u32,
+    stored: Stored,
+}
+
+impl NewChunk {
+    fn bytes<'a>(&'a self, block: &'a [u8]) -> &'a [u8] {
+        match &self.stored {
+            Stored::Raw { offset } => {
+                &block[*offset as usize..*offset as usize + self.len as usize]
+            }
+            Stored::Zstd(z) => z,
+        }
+    }
+}
+
+/// A hashed block on its way to the writer.
+struct Done {
+    seq: u64,
+    data: Vec<u8>,
+    entries: Vec<Entry>,
+    new: Vec<NewChunk>,
+}
+
+struct Written {
+    entries: Vec<Entry>,
+    blocks: u64,
+    new_chunks: u64,
+    new_bytes: u64,
+}
+
+impl Inner {
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("own column families are opened with the store")
+    }
+
+    fn present(&self, ids: &[ChunkId]) -> Result<Vec<bool>, Error> {
+        let cf = self.cf(CF_CHUNK_META);
+        self.db
+            .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false)
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.is_some())
+                    .map_err(Error::db("checking which chunks exist"))
+            })
+            .collect()
+    }
+
+    /// Hashes each chunk of a block; compresses those the store lacks.
+    fn hash_worker(&self, jobs: Receiver<(u64, Block)>, done: Sender<Result<Done, Error>>) {
+        let Ok(mut z) = zstd::bulk::Compressor::new(self.zstd_level) else {
+            let _ = done.send(Err(Error::Panicked));
+            return;
+        };
+        for (seq, block) in jobs {
+            let result = self.hash_block(&mut z, seq, block);
+            if done.send(result).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn hash_block(
+        &self,
+        z: &mut zstd::bulk::Compressor<'static>,
+        seq: u64,
+        block: Block,
+    ) -> Result<Done, Error> {
+        let data = &block.data;
+        let entries: Vec<Entry> = block
+            .chunks
+            .iter()
+            .map(|&(off, len)| Entry {
+                id: ChunkId::of(&data[off as usize..(off + len) as usize]),
+                len,
+            })
+            .collect();
+        let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let present = self.present(&ids)?;
+        let mut seen = HashSet::new();
+        let mut new = Vec::new();
+        for ((entry, &(off, len)), present) in entries.iter().zip(&block.chunks).zip(present) {
+            if present || !seen.insert(entry.id) {
+                continue;
+            }
+            let plain = &data[off as usize..(off + len) as usize];
+            let stored = compress(z, plain).map_or(Stored::Raw { offset: off }, Stored::Zstd);
+            new.push(NewChunk {
+                id: entry.id,
+                len,
+                stored,
+            });
+        }
+        Ok(Done {
+            seq,
+            data: block.data,
+            entries,
+            new,
+        })
+    }
+
+    /// Commits blocks in order, returning each buffer to the cutter.
+    fn write_blocks(
+        &self,
+        done: Receiver<Result<Done, Error>>,
+        pool: Sender<Vec<u8>>,
+    ) -> Result<Written, Error> {
+        let mut w = Written {
+            entries: Vec::new(),
+            blocks: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+        };
+        let mut pending = BTreeMap::new();
+        for d in done {
+            let d = d?;
+            pending.insert(d.seq, d);
+            while let Some(d) = pending.remove(&w.blocks) {
+                let (n, bytes) = self.commit_chunks(&d.data, &d.new)?;
+                w.new_chunks += n;
+                w.new_bytes += bytes;
+                w.entries.extend_from_slice(&d.entries);
+                w.blocks += 1;
+                let _ = pool.send(d.data);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Writes the chunks the store still lacks in one batch, without sync
+    /// (the manifest's synced write makes them durable: the WAL is ordered).
+    fn commit_chunks(&self, block: &[u8], new: &[NewChunk]) -> Result<(u64, u64), Error> {
+        if new.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut stats = lock(&self.writer);
+        // Another put may have stored some of these since the worker looked.
+        let ids: Vec<ChunkId> = new.iter().map(|c| c.id).collect();
+        let present = self.present(&ids)?;
+        let (chunks, meta) = (self.cf(CF_CHUNKS), self.cf(CF_CHUNK_META));
+        let mut batch = WriteBatch::default();
+        let mut next = *stats;
+        let (mut n, mut bytes) = (0u64, 0u64);
+        for (c, present) in new.iter().zip(present) {
+            if present {
+                continue;
+            }
+            let stored = c.bytes(block);
+            batch.put_cf(chunks, c.id.as_bytes(), stored);
+            batch.put_cf(
+                meta,
+                c.id.as_bytes(),
+                chunk_meta(c.len, stored.len() as u32),
+            );
+            n += 1;
+            bytes += stored.len() as u64;
+            next.chunks += 1;
+            next.chunk_bytes += u64::from(c.len);
+            next.stored_bytes += stored.len() as u64;
+        }
+        if n == 0 {
+            return Ok((0, 0));
+        }
+        batch.put_cf(self.cf(CF_META), KEY_STATS, next.encode());
+        self.db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(Error::db("writing chunks"))?;
+        *stats = next;
+        Ok((n, bytes))
+    }
+
+    /// Writes a manifest (if new) and optionally a pin, synced.
+    fn commit_manifest(&self, manifest: &Manifest, pin: bool) -> Result<(ManifestId, u64), Error> {
+        let encoded = manifest.encode();
+        let id = ManifestId::of(&encoded);
+        let mut stats = lock(&self.writer);
+        let (cf, pins) = (self.cf(CF_MANIFESTS), self.cf(CF_PINS));
+        let exists = self
+            .db
+            .get_pinned_cf(cf, id.as_bytes())
+            .map_err(Error::db("looking up a manifest"))?
+            .is_some();
+        let mut batch = WriteBatch::default();
+        let mut next = *stats;
+        let mut grew = 0;
+        if !exists {
+            batch.put_cf(cf, id.as_bytes(), &encoded);
+            next.manifests += 1;
+            next.logical_bytes += manifest.size();
+            next.stored_bytes += encoded.len() as u64;
+            grew = encoded.len() as u64;
+            batch.put_cf(self.cf(CF_META), KEY_STATS, next.encode());
+        }
+        if pin {
+            let count = self.pin_count(&id)? + 1;
+            batch.put_cf(pins, id.as_bytes(), count.to_le_bytes());
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .write_opt(batch, &sync)
+            .map_err(Error::db("writing a manifest"))?;
+        *stats = next;
+        Ok((id, grew))
+    }
+
+    fn pin_count(&self, id: &ManifestId) -> Result<u64, Error> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_PINS), id.as_bytes())
+            .map_err(Error::db("reading a pin"))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok())
+            .map_or(0, u64::from_le_bytes))
+    }
+
+    fn add_pin(&self, id: &ManifestId, delta: i64) -> Result<u64, Error> {
+        let _stats = lock(&self.writer);
+        let count = self.pin_count(id)?;
+        let next = match count.checked_add_signed(delta) {
+            Some(n) => n,
+            None => return Err(Error::NotPinned(*id)),
+        };
+        let cf = self.cf(CF_PINS);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let r = if next == 0 {
+            self.db.delete_cf_opt(cf, id.as_bytes(), &sync)
+        } else {
+            self.db
+                .put_cf_opt(cf, id.as_bytes(), next.to_le_bytes(), &sync)
+        };
+        r.map_err(Error::db("writing a pin"))?;
+        Ok(next)
+    }
+
+    fn manifest(&self, id: &ManifestId) -> Result<Manifest, Error> {
+        let bytes = self
+            .db
+            .get_pinned_cf(self.cf(CF_MANIFESTS), id.as_bytes())
+            .map_err(|e| Error::CorruptManifest {
+                id: *id,
+                reason: e.to_string(),
+            })?
+            .ok_or(Error::MissingManifest(*id))?;
+        let actual = ManifestId::of(&bytes);
+        if actual != *id {
+            return Err(Error::CorruptManifest {
+                id: *id,
+                reason: format!("its bytes hash to {actual}"),
+            });
+        }
+        Manifest::decode(&bytes).map_err(|e| Error::CorruptManifest {
+            id: *id,
+            reason: e.to_string(),
+        })
+    }
+
+    fn read_chunk(
+        &self,
+        z: &mut zstd::bulk::Decompressor<'static>,
+        id: &ChunkId,
+        len: u32,
+    ) -> Result<Vec<u8>, Error> {
+        let corrupt = |reason: String| Error::CorruptChunk { id: *id, reason };
+        let stored = self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNKS), id.as_bytes())
+            .map_err(|e| corrupt(format!("the database cannot read it: {e}")))?
+            .ok_or(Error::MissingChunk(*id))?;
+        let plain = if stored.len() == len as usize {
+            stored.to_vec()
+        } else {
+            let mut out = Vec::with_capacity(len as usize);
+            z.decompress_to_buffer(&stored, &mut out)
+                .map_err(|e| corrupt(format!("it does not decompress: {e}")))?;
+            if out.len() != len as usize {
+                return Err(corrupt(format!(
+                    "it decompresses to {} bytes, not {len}",
+                    out.len()
+                )));
+            }
+            out
+        };
+        let actual = ChunkId::of(&plain);
+        if actual != *id {
+            return Err(corrupt(format!("its bytes hash to {actual}")));
+        }
+        Ok(plain)
+    }
+
+    fn gc(&self, roots: &[ManifestId]) -> Result<GcReport, Error> {
+        let mut stats = lock(&self.writer);
+        let mut live_manifests: HashSet<ManifestId> = roots.iter().copied().collect();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_PINS), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(Error::db("listing pins"))?;
+            if let Some(id) = ManifestId::from_slice(&k) {
+                live_manifests.insert(id);
+            }
+        }
+        // Mark: a sorted list of live chunk ids (32 bytes each).
+        let mut live: Vec<ChunkId> = Vec::new();
+        let mut report = GcReport::default();
+        let mut next = *stats;
+        let mut batch = WriteBatch::default();
+        let manifests = self.cf(CF_MANIFESTS);
+        for item in self.db.iterator_cf(manifests, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::db("listing manifests"))?;
+            let id = ManifestId::from_slice(&k);
+            if id.is_some_and(|id| live_manifests.contains(&id)) {
+                // A damaged live manifest keeps everything it still names alive.
+                let Ok(m) = Manifest::decode(&v) else {
+                    continue;
+                };
+                live.extend(m.entries().iter().map(|e| e.id));
+            } else {
+                batch.delete_cf(manifests, &k);
+                report.manifests += 1;
+                next.manifests = next.manifests.saturating_sub(1);
+                next.stored_bytes = next.stored_bytes.saturating_sub(v.len() as u64);
+                next.logical_bytes = next
+                    .logical_bytes
+                    .saturating_sub(Manifest::decode(&v).map_or(0, |m| m.size()));
+            }
+        }
+        live.sort_unstable();
+        live.dedup();
+        // Sweep.
+        let (chunks, meta) = (self.cf(CF_CHUNKS), self.cf(CF_CHUNK_META));
+        for item in self.db.iterator_cf(meta, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::db("listing chunks"))?;
+            let keep = ChunkId::from_slice(&k).is_some_and(|id| live.binary_search(&id).is_ok());
+            if keep {
+                continue;
+            }
+            let (plain, stored) = parse_chunk_meta(&v).unwrap_or((0, 0));
+            batch.delete_cf(chunks, &k);
+            batch.delete_cf(meta, &k);
+            report.chunks += 1;
+            report.bytes += u64::from(stored);
+            next.chunks = next.chunks.saturating_sub(1);
+            next.chunk_bytes = next.chunk_bytes.saturating_sub(u64::from(plain));
+            next.stored_bytes = next.stored_bytes.saturating_sub(u64::from(stored));
+        }
+        if report.manifests + report.chunks == 0 {
+            return Ok(report);
+        }
+        batch.put_cf(self.cf(CF_META), KEY_STATS, next.encode());
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db
+            .write_opt(batch, &sync)
+            .map_err(Error::db("deleting garbage"))?;
+        *stats = next;
+        drop(stats);
+        for cf in [chunks, meta, manifests] {
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(report)
+    }
+
+    fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, Error> {
+        let total = {
+            let s = lock(&self.writer);
+            s.chunks + s.manifests
+        };
+        let mut report = VerifyReport::default();
+        let meta = self.cf(CF_CHUNK_META);
+        // Chunks: ids from the small meta family, bytes read and re-hashed on
+        // worker threads so one damaged value is attributed to its id.
+        let (job_tx, job_rx) = bounded::<Vec<(ChunkId, Result<u32, String>)>>(self.threads * 2);
+        let (bad_tx, bad_rx) = crossbeam_channel::unbounded::<(ChunkId, String)>();
+        let (count_tx, count_rx) = crossbeam_channel::unbounded::<u64>();
+        let listed = std::thread::scope(|s| -> Result<(), Error> {
+            for _ in 0..self.threads {
+                let (job_rx, bad_tx, count_tx) = (job_rx.clone(), bad_tx.clone(), count_tx.clone());
+                s.spawn(move || {
+                    let Ok(mut z) = zstd::bulk::Decompressor::new() else {
+                        return;
+                    };
+                    for batch in job_rx {
+                        let n = batch.len() as u64;
+                        for (id, len) in batch {
+                            let problem = match len {
+                                Ok(len) => {
+                                    self.read_chunk(&mut z, &id, len).err().map(|e| match e {
+                                        Error::CorruptChunk { reason, .. } => reason,
+                                        Error::MissingChunk(_) => {
+                                            "its bytes are missing".to_string()
+                                        }
+                                        e => e.to_string(),
+                                    })
+                                }
+                                Err(reason) => Some(reason),
+                            };
+                            if let Some(p) = problem {
+                                let _ = bad_tx.send((id, p));
+                            }
+                        }
+                        let _ = count_tx.send(n);
+                    }
+                });
+            }
+            drop((job_rx, bad_tx, count_tx));
+            let mut batch = Vec::with_capacity(64);
+            let mut checked = 0;
+            for item in self.db.iterator_cf(meta, rocksdb::IteratorMode::Start) {
+                let (k, v) = item.map_err(Error::db("listing chunks"))?;
+                let Some(id) = ChunkId::from_slice(&k) else {
+                    continue;
+                };
+                let len = parse_chunk_meta(&v)
+                    .map(|(plain, _)| plain)
+                    .ok_or_else(|| "its length record is damaged".to_string());
+                batch.push((id, len));
+                if batch.len() == 64 {
+                    let _ = job_tx.send(std::mem::replace(&mut batch, Vec::with_capacity(64)));
+                }
+                while let Ok(n) = count_rx.try_recv() {
+                    checked += n;
+                    progress(checked, total);
+                }
+            }
+            if !batch.is_empty() {
+                let _ = job_tx.send(batch);
+            }
+            drop(job_tx);
+            for n in count_rx.iter() {
+                checked += n;
+                progress(checked, total);
+            }
+            report.chunks_checked = checked;
+            Ok(())
+        });
+        listed?;
+        report.bad_chunks = bad_rx.iter().collect();
+        report.bad_chunks.sort();
+        let bad: HashSet<ChunkId> = report.bad_chunks.iter().map(|(id, _)| *id).collect();
+
+        // Manifests: hash, canonical form, and that every chunk they name is
+        // stored and sound.
+        let manifests = self.cf(CF_MANIFESTS);
+        for item in self.db.iterator_cf(manifests, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(Error::db("listing manifests"))?;
+            report.manifests_checked += 1;
+            progress(report.chunks_checked + report.manifests_checked, total);
+            let Some(id) = ManifestId::from_slice(&k) else {
+                continue;
+            };
+            let actual = ManifestId::of(&v);
+            if actual != id {
+                report
+                    .bad_manifests
+                    .push((id, format!("its bytes hash to {actual}")));
+                continue;
+            }
+            let m = match Manifest::decode(&v) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.bad_manifests.push((id, e.to_string()));
+                    continue;
+                }
+            };
+            let ids: Vec<ChunkId> = m.entries().iter().map(|e| e.id).collect();
+            let lens =
+                self.db
+                    .batched_multi_get_cf(meta, ids.iter().map(|id| id.as_bytes()), false);
+            let mut problems = Vec::new();
+            for (e, len) in m.entries().iter().zip(lens) {
+                let len = len.map_err(Error::db("looking up chunks"))?;
+                match len.as_deref().and_then(parse_chunk_meta) {
+                    None => problems.push(format!("chunk {} is missing", e.id)),
+                    Some((plain, _)) if plain != e.len => problems.push(format!(
+                        "chunk {} is {plain} bytes, the manifest says {}",
+                        e.id, e.len
+                    )),
+                    Some(_) if bad.contains(&e.id) => {
+                        problems.push(format!("chunk {} is damaged", e.id))
+                    }
+                    Some(_) => {}
+                }
+            }
+            problems.dedup();
+            if !problems.is_empty() {
+                report.bad_manifests.push((id, problems.join("; ")));
+            }
+        }
+        Ok(report)
+    }
+}
