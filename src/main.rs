@@ -1,0 +1,49 @@
+//! `utter`: the command-line interface and (later) the node daemon.
+//!
+//! Thin: parses arguments, opens the data directory, calls the library
+//! crates and prints. Errors are `anyhow` with context naming the file or id
+//! and, where the user can do something, what to do.
+
+mod chunks;
+mod data_dir;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// utter: a content-chunked distributed ledger whose smart contracts are
+/// Linux containers.
+#[derive(Parser)]
+#[command(name = "utter", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Data directory [default: $XDG_DATA_HOME/utter, or ~/.local/share/utter]
+    #[arg(long, global = true, env = "UTTER_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store, read, check and collect content-defined chunks
+    #[command(subcommand)]
+    Chunks(chunks::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let data_dir = data_dir::resolve(cli.data_dir);
+    let result = match cli.command {
+        Command::Chunks(cmd) => chunks::run(&data_dir, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! End-to-end tests of the `utter` binary, read like transcripts: each runs
+//! the real binary on a real data directory.
+
+mod chunks;
+mod crash;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `utter --data-dir DIR …`
+pub fn utter(data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_utter"));
+    c.arg("--data-dir").arg(data_dir);
+    c.env_remove("UTTER_DATA_DIR");
+    c
+}
+
+/// Runs and returns the output, whatever the status.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the utter binary runs")
+}
+
+/// Runs and insists on success; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs and insists on failure; returns stderr and stdout together.
+pub fn fails(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(!out.status.success(), "{cmd:?} succeeded but should fail");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    )
+}
+
+/// Incompressible bytes, reproducible from `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `bytes` to `dir/name`.
+pub fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write test file");
+    p
+}
