@@ -1,0 +1,490 @@
+//! `utter-bench`: benchmarks that print utter's figures beside its peers',
+//! measured in the same run on the same files.
+//!
+//! `utter-bench chunkstore` times the `utter` binary found next to this one
+//! (build both with `cargo build --release`) against restic, borg and casync.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "utter's benchmarks: each prints utter beside its peer, from one run")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Chunk store ingest, re-ingest, read and dedup against restic, borg and casync
+    Chunkstore {
+        /// Size of the incompressible data set, in MiB
+        #[arg(long, default_value_t = 1024)]
+        random_mib: u64,
+        /// Directory to tar into the compressible v1/v2 pair
+        #[arg(long, default_value = "/usr/share")]
+        tree: PathBuf,
+        /// Also stream this many GiB through `utter chunks put -` and report peak memory
+        #[arg(long, default_value_t = 4)]
+        stream_gib: u64,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Skip restic, borg and casync
+        #[arg(long)]
+        no_peers: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Chunkstore {
+            random_mib,
+            tree,
+            stream_gib,
+            work,
+            no_peers,
+        } => chunkstore(random_mib, &tree, stream_gib, work, no_peers),
+    }
+}
+
+fn utter_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("utter");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Runs a command, returns (seconds, stdout). Fails with its stderr.
+fn timed(cmd: &mut Command) -> Result<(f64, String)> {
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn installed(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Bytes in all files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += dir_bytes(&e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// Incompressible bytes from xorshift64*.
+fn write_noise(path: &Path, bytes: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            w.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// v1 and v2 tars of `tree`: v2 adds every 15th top-level directory of the
+/// tree back (v1 leaves them out), like installing a few packages, plus
+/// one changed file.
+fn make_tar_pair(tree: &Path, work: &Path) -> Result<(PathBuf, PathBuf, usize)> {
+    let mut dirs: Vec<String> = std::fs::read_dir(tree)
+        .with_context(|| format!("cannot list {}", tree.display()))?
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let added: Vec<&String> = dirs.iter().skip(7).step_by(15).collect();
+    let v1 = work.join("v1.tar");
+    let v2 = work.join("v2.tar");
+    let parent = tree.parent().unwrap_or(Path::new("/"));
+    let base = tree
+        .file_name()
+        .context("tree has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let tar = |out: &Path, exclude: &[&String]| -> Result<()> {
+        let mut cmd = Command::new("tar");
+        cmd.args([
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-cf",
+        ]);
+        cmd.arg(out).arg("-C").arg(parent);
+        for d in exclude {
+            cmd.arg(format!("--exclude={base}/{d}"));
+        }
+        cmd.arg(&base);
+        let status = cmd.stderr(Stdio::null()).status()?;
+        // tar exits 1 when files changed while reading; the archive is still complete.
+        if status.code().unwrap_or(2) > 1 {
+            bail!("tar of {} failed", tree.display());
+        }
+        Ok(())
+    };
+    tar(&v1, &added)?;
+    tar(&v2, &[])?;
+    Ok((v1, v2, added.len()))
+}
+
+struct Peer {
+    name: &'static str,
+    /// Initialise a repository in the directory.
+    init: fn(&Path) -> Command,
+    /// Store a file into the repository (the n-th snapshot).
+    store: fn(&Path, &Path, usize) -> Command,
+    /// Where the stored bytes live inside the repository directory.
+    data: &'static str,
+}
+
+fn peers() -> Vec<Peer> {
+    vec![
+        Peer {
+            name: "restic",
+            init: |repo| {
+                let mut c = Command::new("restic");
+                c.env("RESTIC_PASSWORD", "bench")
+                    .arg("-r")
+                    .arg(repo)
+                    .args(["init", "-q"]);
+                c
+            },
+            store: |repo, file, _| {
+                let mut c = Command::new("restic");
+                c.env("RESTIC_PASSWORD", "bench")
+                    .arg("-r")
+                    .arg(repo)
+                    .args(["backup", "-q"])
+                    .arg(file);
+                c
+            },
+            data: "data",
+        },
+        Peer {
+            name: "borg",
+            init: |repo| {
+                let mut c = Command::new("borg");
+                c.args(["init", "-e", "none"]).arg(repo);
+                c
+            },
+            store: |repo, file, n| {
+                let mut c = Command::new("borg");
+                c.env("BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK", "yes")
+                    .arg("create")
+                    .arg(format!("{}::s{n}", repo.display()))
+                    .arg(file);
+                c
+            },
+            data: "data",
+        },
+        Peer {
+            name: "casync",
+            init: |repo| {
+                let mut c = Command::new("mkdir");
+                c.arg("-p").arg(repo);
+                c
+            },
+            store: |repo, file, n| {
+                let mut c = Command::new("casync");
+                c.arg("make")
+                    .arg(format!("--store={}", repo.join("store").display()))
+                    .arg(repo.join(format!("s{n}.caibx")))
+                    .arg(file);
+                c
+            },
+            data: "store",
+        },
+    ]
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+struct UtterRun {
+    secs: f64,
+    new_bytes: u64,
+    manifest: String,
+}
+
+fn utter_put(bin: &Path, data_dir: &Path, file: &Path) -> Result<UtterRun> {
+    let (secs, out) = timed(
+        Command::new(bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["chunks", "put", "--json"])
+            .arg(file),
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).context("utter put --json output")?;
+    Ok(UtterRun {
+        secs,
+        new_bytes: v["new_bytes"].as_u64().unwrap_or(0),
+        manifest: v["manifest"].as_str().unwrap_or_default().to_string(),
+    })
+}
+
+fn chunkstore(
+    random_mib: u64,
+    tree: &Path,
+    stream_gib: u64,
+    work: Option<PathBuf>,
+    no_peers: bool,
+) -> Result<()> {
+    let bin = utter_bin()?;
+    let tmp;
+    let work = match work {
+        Some(w) => {
+            std::fs::create_dir_all(&w)?;
+            w
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "# utter-bench chunkstore: {cores} cores, utter = {}",
+        bin.display()
+    );
+
+    eprintln!("making data sets in {} ...", work.display());
+    let random = work.join("random.bin");
+    write_noise(&random, random_mib << 20)?;
+    let (v1, v2, added) = make_tar_pair(tree, &work)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+
+    let peers: Vec<Peer> = if no_peers {
+        Vec::new()
+    } else {
+        peers()
+            .into_iter()
+            .filter(|p| {
+                let ok = installed(p.name);
+                if !ok {
+                    println!(
+                        "({} not installed: apt-get install {} to compare)",
+                        p.name, p.name
+                    );
+                }
+                ok
+            })
+            .collect()
+    };
+
+    for (label, file) in [
+        ("random (incompressible)", &random),
+        ("tar of a tree (compressible)", &v1),
+    ] {
+        let bytes = size(file);
+        println!();
+        println!(
+            "## ingest of new data: {label}, {:.0} MB",
+            bytes as f64 / 1e6
+        );
+        println!("{:<28} {:>10} {:>12}", "", "MB/s", "utter is");
+        let dir = work.join("utter-ingest");
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = utter_put(&bin, &dir, file)?;
+        let again = utter_put(&bin, &dir, file)?;
+        let (get_secs, _) = timed(Command::new("sh").arg("-c").arg(format!(
+            "{} --data-dir {} chunks get {} > /dev/null",
+            bin.display(),
+            dir.display(),
+            first.manifest
+        )))?;
+        let utter_new = mbps(bytes, first.secs);
+        println!("{:<28} {:>10.0}", "utter chunks put (new)", utter_new);
+        println!(
+            "{:<28} {:>10.0}",
+            "utter chunks put (again)",
+            mbps(bytes, again.secs)
+        );
+        println!(
+            "{:<28} {:>10.0}",
+            "utter chunks get (warm)",
+            mbps(bytes, get_secs)
+        );
+        let mut fastest: f64 = 0.0;
+        for p in &peers {
+            let repo = work.join(format!("{}-ingest", p.name));
+            let _ = std::fs::remove_dir_all(&repo);
+            timed(&mut (p.init)(&repo))?;
+            let (secs, _) = timed(&mut (p.store)(&repo, file, 1))?;
+            let rate = mbps(bytes, secs);
+            fastest = fastest.max(rate);
+            println!(
+                "{:<28} {:>10.0} {:>11.1}x",
+                format!("{} (new)", p.name),
+                rate,
+                utter_new / rate
+            );
+            let _ = std::fs::remove_dir_all(&repo);
+        }
+        if fastest > 0.0 {
+            println!(
+                "utter new-data ingest vs fastest peer: {:.1}x (target >= 5x)",
+                utter_new / fastest
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    println!();
+    println!(
+        "## dedup: v1 = tar of {} without {added} directories ({:.0} MB), v2 = with them ({:.0} MB)",
+        tree.display(),
+        size(&v1) as f64 / 1e6,
+        size(&v2) as f64 / 1e6
+    );
+    println!("{:<28} {:>14} {:>14}", "", "v1 stored", "v2 adds");
+    let dir = work.join("utter-dedup");
+    let _ = std::fs::remove_dir_all(&dir);
+    let a = utter_put(&bin, &dir, &v1)?;
+    let b = utter_put(&bin, &dir, &v2)?;
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "utter (new_bytes)", a.new_bytes, b.new_bytes
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    for p in &peers {
+        let repo = work.join(format!("{}-dedup", p.name));
+        let _ = std::fs::remove_dir_all(&repo);
+        timed(&mut (p.init)(&repo))?;
+        timed(&mut (p.store)(&repo, &v1, 1))?;
+        let after1 = dir_bytes(&repo.join(p.data));
+        timed(&mut (p.store)(&repo, &v2, 2))?;
+        let after2 = dir_bytes(&repo.join(p.data));
+        println!(
+            "{:<28} {:>14} {:>14}",
+            format!("{} ({}/)", p.name, p.data),
+            after1,
+            after2 - after1
+        );
+        if p.name == "casync" && after2 > after1 {
+            println!(
+                "utter adds {:.2}x what casync adds for v2 (target <= 1.1x)",
+                b.new_bytes as f64 / (after2 - after1) as f64
+            );
+        }
+        let _ = std::fs::remove_dir_all(&repo);
+    }
+
+    if stream_gib > 0 {
+        println!();
+        println!("## memory: {stream_gib} GiB of new data streamed through `utter chunks put -`");
+        let dir = work.join("utter-stream");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (secs, peak_kib) = stream_put(&bin, &dir, stream_gib << 30)?;
+        println!(
+            "{:.0} MB/s, peak resident memory {:.0} MiB (target < 256 MiB)",
+            mbps(stream_gib << 30, secs),
+            peak_kib as f64 / 1024.0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// Pipes generated noise into `utter chunks put -`; returns seconds and the
+/// child's peak RSS in KiB.
+fn stream_put(bin: &Path, dir: &Path, bytes: u64) -> Result<(f64, u64)> {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["chunks", "put", "--json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let mut x: u64 = 88172645463325252;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for w in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        stdin.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    drop(stdin);
+    let (status, peak) = wait_with_peak_rss(child)?;
+    if !status.success() {
+        bail!("utter chunks put - failed");
+    }
+    Ok((started.elapsed().as_secs_f64(), peak))
+}
+
+/// Peak RSS of a child, from `/proc/<pid>/status` (VmHWM) sampled just
+/// before it exits: polled until the child ends.
+fn wait_with_peak_rss(mut child: std::process::Child) -> Result<(std::process::ExitStatus, u64)> {
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_path)
+            && let Some(line) = s.lines().find(|l| l.starts_with("VmHWM:"))
+        {
+            let kib: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, peak));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
