@@ -13,8 +13,9 @@ utter() { echo "\$ utter $*" >&2; "$UTTER" --data-dir "$DIR" "$@"; }
 echo "== making a multi-version data set in $F"
 head -c 96M /dev/urandom > "$F/image-v1.img"
 # v2: a 4 KiB patch written into the middle, and 1 MiB inserted further on
-{ head -c 30M "$F/image-v1.img"; head -c 4K /dev/urandom; tail -c +$((30*1048576 + 4096 + 1)) "$F/image-v1.img" | head -c 30M;
-  head -c 1M /dev/urandom; tail -c +$((60*1048576 + 1)) "$F/image-v1.img"; } > "$F/image-v2.img"
+part() { dd if="$F/image-v1.img" bs=1M iflag=skip_bytes,count_bytes skip="$1" count="$2" status=none; }
+{ part 0 30M; head -c 4K /dev/urandom; part $((30*1048576 + 4096)) $((30*1048576 - 4096));
+  head -c 1M /dev/urandom; part 60M 36M; } > "$F/image-v2.img"
 # v3: v2 with 8 MiB appended
 { cat "$F/image-v2.img"; head -c 8M /dev/urandom; } > "$F/image-v3.img"
 seq -f 'event %08g door=front badge=ok' 1 1500000 > "$F/access-v1.log"
@@ -23,11 +24,10 @@ ls -l "$F"
 
 echo
 echo "== storing all five files"
-utter chunks put --json "$F/image-v1.img" "$F/image-v2.img" "$F/image-v3.img" "$F/access-v1.log" "$F/access-v2.log" > "$DIR/puts.jsonl"
-printf '%-16s %12s %8s %11s %12s\n' file size chunks new_chunks new_bytes
-while read -r line; do
-    python3 -c 'import json,sys,os; p=json.loads(sys.argv[1]); print("%-16s %12d %8d %11d %12d" % (os.path.basename(p["file"]), p["size"], p["chunks"], p["new_chunks"], p["new_bytes"]))' "$line"
-done < "$DIR/puts.jsonl"
+echo "(each line: size, chunks, how many were new, and what the store grew by)"
+cd "$F"
+utter chunks put image-v1.img image-v2.img image-v3.img access-v1.log access-v2.log > "$DIR/manifests"
+cd - > /dev/null
 
 echo
 echo "== what the store holds"
@@ -39,7 +39,7 @@ utter chunks verify
 
 echo
 echo "== reading image-v3 back"
-V3=$(sed -n 3p "$DIR/puts.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifest"])')
+V3=$(sed -n 3p "$DIR/manifests")
 utter chunks get "$V3" -o "$DIR/restored-v3.img"
 cmp "$DIR/restored-v3.img" "$F/image-v3.img" && echo "restored-v3.img is identical to image-v3.img"
 echo

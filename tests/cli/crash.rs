@@ -28,7 +28,7 @@ fn kill_9_during_ingest_loses_nothing_acknowledged() {
                 file(
                     tmp.path(),
                     &format!("t{trial}-{i}"),
-                    &noise((4 + 2 * i as usize) << 20, seed),
+                    &noise((4 + 2 * i) << 20, seed),
                 )
             })
             .collect();

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `utter` binary, read like transcripts: each runs
 //! the real binary on a real data directory.
 
+#![allow(clippy::unwrap_used)] // test helpers panic with the failing call in the message
+
 mod chunks;
 mod crash;
 
