@@ -102,25 +102,13 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Incompressible bytes from xorshift64*.
+/// Incompressible bytes.
 fn write_noise(path: &Path, bytes: u64) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for w in buf.chunks_exact_mut(8) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            w.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
+    let mut f = std::fs::File::create(path)?;
+    std::io::copy(
+        &mut std::io::Read::take(utter_testkit::Noise::new(1), bytes),
+        &mut f,
+    )?;
     Ok(())
 }
 
@@ -434,7 +422,6 @@ fn chunkstore(
 /// Pipes generated noise into `utter chunks put -`; returns seconds and the
 /// child's peak RSS in KiB.
 fn stream_put(bin: &Path, dir: &Path, bytes: u64) -> Result<(f64, u64)> {
-    use std::io::Write;
     let started = Instant::now();
     let mut child = Command::new(bin)
         .arg("--data-dir")
@@ -444,20 +431,10 @@ fn stream_put(bin: &Path, dir: &Path, bytes: u64) -> Result<(f64, u64)> {
         .stdout(Stdio::null())
         .spawn()?;
     let mut stdin = child.stdin.take().context("stdin")?;
-    let mut x: u64 = 88172645463325252;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for w in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        stdin.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
+    std::io::copy(
+        &mut std::io::Read::take(utter_testkit::Noise::new(2), bytes),
+        &mut stdin,
+    )?;
     drop(stdin);
     let (status, peak) = wait_with_peak_rss(child)?;
     if !status.success() {

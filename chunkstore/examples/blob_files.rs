@@ -13,23 +13,16 @@
 use std::time::Instant;
 
 use utter_chunkstore::{OpenOptions, Store};
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+use utter_testkit::noise;
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -49,8 +42,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gib: u64 = std::env::args().nth(1).map_or(Ok(2), |a| a.parse())?;
     let blobs = (gib * 4) as usize;
     println!("# {gib} GiB of new data as {blobs} blobs of 256 MiB, per layout");
-    println!("{:<22} {:>10} {:>16} {:>14}", "layout", "MB/s", "disk written", "db size");
-    for (name, blob_files) in [("blob files (BlobDB)", true), ("inline in SST files", false)] {
+    println!(
+        "{:<22} {:>10} {:>16} {:>14}",
+        "layout", "MB/s", "disk written", "db size"
+    );
+    for (name, blob_files) in [
+        ("blob files (BlobDB)", true),
+        ("inline in SST files", false),
+    ] {
         let dir = tempfile::tempdir()?;
         let store = Store::open(
             dir.path().join("db"),

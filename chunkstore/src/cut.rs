@@ -124,7 +124,11 @@ mod tests {
     }
 
     fn ours(input: &[u8], c: Chunking, block: usize) -> Vec<(u64, usize)> {
-        let mut cutter = Cutter::new(input, c, block);
+        cuts(&mut Cutter::new(input, c, block))
+    }
+
+    /// Every chunk a cutter yields, as (offset in the input, length).
+    fn cuts<R: Read>(cutter: &mut Cutter<R>) -> Vec<(u64, usize)> {
         let mut out = Vec::new();
         let mut base = 0u64;
         let mut buf = cutter.new_buffer();
@@ -204,18 +208,7 @@ mod tests {
         let c: Chunking = "64/256/1K".parse().unwrap();
         let input = data(50_000, 11);
         let mut cutter = Cutter::new(Trickle(&input, 0), c, 4096);
-        let mut got = Vec::new();
-        let mut base = 0u64;
-        let mut buf = cutter.new_buffer();
-        while let Some(b) = cutter.next_block(buf).unwrap() {
-            let start = base;
-            for &(off, len) in &b.chunks {
-                got.push((start + u64::from(off), len as usize));
-                base = start + u64::from(off) + u64::from(len);
-            }
-            buf = b.data;
-        }
-        assert_eq!(got, oracle(&input, c));
+        assert_eq!(cuts(&mut cutter), oracle(&input, c));
         assert_eq!(cutter.bytes_read(), input.len() as u64);
     }
 }

@@ -45,7 +45,7 @@ pub enum OpenError {
         reason: String,
     },
     /// Creating the directory failed.
-    #[error("cannot create the chunk store directory {path}: {source}")]
+    #[error("cannot create the chunk store directory {path}")]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -53,7 +53,7 @@ pub enum OpenError {
         source: io::Error,
     },
     /// RocksDB refused.
-    #[error("cannot open the chunk store at {path}: {source}")]
+    #[error("cannot open the chunk store at {path}")]
     Db {
         /// The store.
         path: PathBuf,
@@ -67,7 +67,7 @@ pub enum OpenError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The input could not be read.
-    #[error("reading the input failed after {offset} bytes: {source}")]
+    #[error("reading the input failed after {offset} bytes")]
     Input {
         /// Bytes read before the failure.
         offset: u64,
@@ -75,7 +75,7 @@ pub enum Error {
         source: io::Error,
     },
     /// RocksDB failed.
-    #[error("chunk store database error while {doing}: {source}")]
+    #[error("chunk store database error while {doing}")]
     Db {
         /// What the store was doing.
         doing: &'static str,
@@ -121,7 +121,7 @@ pub enum Error {
         len: usize,
     },
     /// `put_manifest` got bytes that are not a canonical manifest.
-    #[error("not a valid manifest: {0}")]
+    #[error("not a valid manifest")]
     BadManifest(#[from] crate::manifest::DecodeError),
     /// `unpin` of a manifest that has no pins.
     #[error("manifest {0} is not pinned")]

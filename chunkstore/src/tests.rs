@@ -2,6 +2,8 @@
 
 use std::io::{self, Read};
 
+use utter_testkit::noise;
+
 use crate::*;
 
 fn store() -> (tempfile::TempDir, Store) {
@@ -15,20 +17,6 @@ fn store() -> (tempfile::TempDir, Store) {
     )
     .unwrap();
     (dir, s)
-}
-
-/// Incompressible pseudo-random bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn read_all(s: &Store, id: &ManifestId) -> Result<Vec<u8>, io::Error> {

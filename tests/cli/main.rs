@@ -9,6 +9,8 @@ mod crash;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub use utter_testkit::noise;
+
 /// `utter --data-dir DIR …`
 pub fn utter(data_dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_utter"));
@@ -43,20 +45,6 @@ pub fn fails(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     )
-}
-
-/// Incompressible bytes, reproducible from `seed`.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Writes `bytes` to `dir/name`.
