@@ -2,7 +2,7 @@
 //! measured in the same run on the same files.
 //!
 //! `utter-bench chunkstore` times the `utter` binary found next to this one
-//! (build both with `cargo build --release`) against restic, borg and casync.
+//! (`./x bench` builds both) against restic, borg and casync.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,7 +57,7 @@ fn utter_bin() -> Result<PathBuf> {
     let bin = me.with_file_name("utter");
     if !bin.exists() {
         bail!(
-            "{} not found: build it with `cargo build --release` first",
+            "{} not found: build it first (`cargo build --workspace --bins`, or run `./x bench`)",
             bin.display()
         );
     }
@@ -320,18 +320,29 @@ fn chunkstore(
         let _ = std::fs::remove_dir_all(&dir);
         let first = utter_put(&bin, &dir, file)?;
         let again = utter_put(&bin, &dir, file)?;
-        let (get_secs, _) = timed(Command::new("sh").arg("-c").arg(format!(
-            "{} --data-dir {} chunks get {} > /dev/null",
-            bin.display(),
-            dir.display(),
-            first.manifest
-        )))?;
+        let get = || {
+            timed(Command::new("sh").arg("-c").arg(format!(
+                "{} --data-dir {} chunks get {} > /dev/null",
+                bin.display(),
+                dir.display(),
+                first.manifest
+            )))
+            .map(|(secs, _)| secs)
+        };
+        // Flushes write with O_DIRECT, so the first read comes from disk.
+        let cold_secs = get()?;
+        let get_secs = get()?;
         let utter_new = mbps(bytes, first.secs);
         println!("{:<28} {:>10.0}", "utter chunks put (new)", utter_new);
         println!(
             "{:<28} {:>10.0}",
             "utter chunks put (again)",
             mbps(bytes, again.secs)
+        );
+        println!(
+            "{:<28} {:>10.0}",
+            "utter chunks get (first)",
+            mbps(bytes, cold_secs)
         );
         println!(
             "{:<28} {:>10.0}",

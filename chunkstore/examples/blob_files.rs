@@ -3,7 +3,7 @@
 //! one run:
 //!
 //! ```sh
-//! cargo run --release -p utter-chunkstore --example blob_files -- 4
+//! cargo run -p utter-chunkstore --example blob_files -- 4
 //! ```
 //!
 //! The argument is GiB of new (incompressible) data per layout, stored as

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -33,10 +34,18 @@ const OWN_CFS: [&str; 5] = [CF_META, CF_CHUNKS, CF_CHUNK_META, CF_MANIFESTS, CF_
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_CHUNKING: &[u8] = b"chunking";
 const KEY_STATS: &[u8] = b"stats";
+/// Present only while the store is closed cleanly: its counters are exact.
+const KEY_CLEAN: &[u8] = b"clean";
 const FORMAT: u32 = 1;
 
 /// Ingest reads the input in blocks of this size (or four maximal chunks).
 const BLOCK_SIZE: usize = 4 << 20;
+/// Block cache shared by all families (table index and data blocks; chunk
+/// bytes in blob files go through the OS page cache).
+const BLOCK_CACHE_BYTES: usize = 32 << 20;
+/// A batch with at least this many new bytes bypasses the write-ahead log:
+/// its bytes go to disk once, when the memtable is flushed.
+const WAL_BYPASS_BYTES: usize = 1 << 20;
 
 /// How to open a store.
 #[derive(Debug, Clone)]
@@ -193,6 +202,9 @@ struct Inner {
     /// Puts hold it shared for their whole run, `gc` exclusively, so `gc`
     /// never sweeps the chunks of a blob whose manifest is not written yet.
     gc_guard: RwLock<()>,
+    /// Chunks were written without the WAL since the last flush: the next
+    /// manifest write flushes first. Read and set under `writer`.
+    unflushed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,9 +230,15 @@ fn parse_chunk_meta(b: &[u8]) -> Option<(u32, u32)> {
     ))
 }
 
-fn cf_options(name: &str, blob_files: bool) -> Options {
+fn cf_options(name: &str, blob_files: bool, cache: &rocksdb::Cache) -> Options {
     let mut o = Options::default();
     o.set_compression_type(DBCompressionType::None);
+    // Every family is looked up by random 32-byte ids: bloom filters let a
+    // lookup skip the table files that cannot hold the id.
+    let mut t = BlockBasedOptions::default();
+    t.set_bloom_filter(10.0, false);
+    t.set_block_cache(cache);
+    o.set_block_based_table_factory(&t);
     if name == CF_CHUNKS {
         // Values are 16-256 KiB and already compressed: keep them out of the
         // LSM so compaction moves only small blob indexes.
@@ -230,12 +248,11 @@ fn cf_options(name: &str, blob_files: bool) -> Options {
         o.set_min_blob_size(1024);
         o.set_blob_file_size(256 << 20);
         o.set_blob_compression_type(DBCompressionType::None);
-        o.set_enable_blob_gc(true);
+        // Blob garbage is collected only by `gc`: automatic blob GC rewrote
+        // live chunks during ingest.
+        o.set_enable_blob_gc(false);
         o.set_target_file_size_base(64 << 20);
     } else {
-        let mut t = BlockBasedOptions::default();
-        t.set_bloom_filter(10.0, false);
-        o.set_block_based_table_factory(&t);
         o.set_write_buffer_size(8 << 20);
     }
     o
@@ -278,6 +295,12 @@ impl Store {
         db_opts.set_keep_log_file_num(2);
         db_opts.set_max_log_file_size(1 << 20);
         db_opts.set_log_level(rocksdb::LogLevel::Warn);
+        // Chunks and their length records bypass the WAL in large batches;
+        // flushing every family together keeps them consistent after a crash.
+        db_opts.set_atomic_flush(true);
+        // New page-cache pages are the slowest part of writing on small
+        // machines: flushes write blob files with O_DIRECT where it works.
+        db_opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(&path));
 
         // RocksDB insists on opening every column family a database has,
         // including those of other owners that share the data dir's db.
@@ -289,9 +312,10 @@ impl Store {
                 }
             }
         }
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = names
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, options.blob_files)));
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, options.blob_files, &cache)));
         let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(|e| open_error(&path, e))?;
 
         let unusable = |reason: String| OpenError::Unusable {
@@ -338,10 +362,19 @@ impl Store {
             }
             _ => return Err(unusable("its metadata is incomplete".into())),
         };
-        let stats = get(KEY_STATS)?
-            .as_deref()
-            .and_then(Stats::decode)
-            .ok_or_else(|| unusable("its counters are damaged".into()))?;
+        let stats = match (
+            get(KEY_CLEAN)?,
+            get(KEY_STATS)?.as_deref().and_then(Stats::decode),
+        ) {
+            (Some(_), Some(stats)) => stats,
+            // Not closed cleanly: writes that bypassed the WAL may be gone,
+            // so count again from what is there.
+            _ => recount(&db).map_err(|e| open_error(&path, e))?,
+        };
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.delete_cf_opt(meta, KEY_CLEAN, &sync)
+            .map_err(|e| open_error(&path, e))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -351,6 +384,7 @@ impl Store {
                 zstd_level: options.zstd_level,
                 writer: Mutex::new(stats),
                 gc_guard: RwLock::new(()),
+                unflushed: AtomicBool::new(false),
             }),
         })
     }
@@ -621,6 +655,12 @@ impl Store {
         self.inner.threads
     }
 
+    /// The counters as a crash recovery would recount them.
+    #[cfg(test)]
+    pub(crate) fn recount_for_test(&self) -> Stats {
+        recount(&self.inner.db).unwrap()
+    }
+
     #[cfg(test)]
     pub(crate) fn overwrite_chunk_for_test(&self, id: &ChunkId, bytes: &[u8]) {
         self.inner
@@ -700,7 +740,81 @@ struct Written {
     new_bytes: u64,
 }
 
+impl Drop for Inner {
+    /// A clean close: everything flushed, exact counters recorded.
+    fn drop(&mut self) {
+        let stats = *lock(&self.writer);
+        if self.flush_unflushed().is_err() {
+            return;
+        }
+        let meta = self.cf(CF_META);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_STATS, stats.encode());
+        batch.put_cf(meta, KEY_CLEAN, []);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let _ = self.db.write_opt(batch, &sync);
+    }
+}
+
+/// Counts chunks and manifests from scratch.
+fn recount(db: &DB) -> Result<Stats, rocksdb::Error> {
+    let mut s = Stats::default();
+    let cf = |n| {
+        db.cf_handle(n)
+            .expect("own column families are opened with the store")
+    };
+    for item in db.iterator_cf(cf(CF_CHUNK_META), rocksdb::IteratorMode::Start) {
+        let (_, v) = item?;
+        let (plain, stored) = parse_chunk_meta(&v).unwrap_or((0, 0));
+        s.chunks += 1;
+        s.chunk_bytes += u64::from(plain);
+        s.stored_bytes += u64::from(stored);
+    }
+    for item in db.iterator_cf(cf(CF_MANIFESTS), rocksdb::IteratorMode::Start) {
+        let (_, v) = item?;
+        s.manifests += 1;
+        s.stored_bytes += v.len() as u64;
+        s.logical_bytes += Manifest::decode(&v).map_or(0, |m| m.size());
+    }
+    Ok(s)
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT (not on tmpfs, for
+/// one).
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".direct-io-probe");
+    let ok = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
 impl Inner {
+    /// Flushes chunks written without the WAL. Call with `writer` held.
+    fn flush_unflushed(&self) -> Result<(), Error> {
+        if self.unflushed.swap(false, Ordering::Relaxed) {
+            let cfs = [self.cf(CF_CHUNKS), self.cf(CF_CHUNK_META), self.cf(CF_META)];
+            if let Err(e) = self
+                .db
+                .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            {
+                self.unflushed.store(true, Ordering::Relaxed);
+                return Err(Error::Db {
+                    doing: "flushing chunks",
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn cf(&self, name: &str) -> &ColumnFamily {
         self.db
             .cf_handle(name)
@@ -811,7 +925,9 @@ impl Inner {
         let ids: Vec<ChunkId> = new.iter().map(|c| c.id).collect();
         let present = self.present(&ids)?;
         let (chunks, meta) = (self.cf(CF_CHUNKS), self.cf(CF_CHUNK_META));
-        let mut batch = WriteBatch::default();
+        // Sized up front: growing a multi-megabyte batch copies it again.
+        let capacity: usize = new.iter().map(|c| c.bytes(block).len() + 128).sum();
+        let mut batch = WriteBatch::with_capacity_bytes(capacity + 64);
         let mut next = *stats;
         let (mut n, mut bytes) = (0u64, 0u64);
         for (c, present) in new.iter().zip(present) {
@@ -834,9 +950,15 @@ impl Inner {
         if n == 0 {
             return Ok((0, 0));
         }
-        batch.put_cf(self.cf(CF_META), KEY_STATS, next.encode());
+        let mut options = WriteOptions::default();
+        if bytes as usize >= WAL_BYPASS_BYTES {
+            // Set before the write: a put that finds these chunks present
+            // must flush before its manifest names them.
+            self.unflushed.store(true, Ordering::Relaxed);
+            options.disable_wal(true);
+        }
         self.db
-            .write_opt(batch, &WriteOptions::default())
+            .write_opt(batch, &options)
             .map_err(Error::db("writing chunks"))?;
         *stats = next;
         Ok((n, bytes))
@@ -847,6 +969,7 @@ impl Inner {
         let encoded = manifest.encode();
         let id = ManifestId::of(&encoded);
         let mut stats = lock(&self.writer);
+        self.flush_unflushed()?;
         let (cf, pins) = (self.cf(CF_MANIFESTS), self.cf(CF_PINS));
         let exists = self
             .db
@@ -862,7 +985,6 @@ impl Inner {
             next.logical_bytes += manifest.size();
             next.stored_bytes += encoded.len() as u64;
             grew = encoded.len() as u64;
-            batch.put_cf(self.cf(CF_META), KEY_STATS, next.encode());
         }
         if pin {
             let count = self.pin_count(&id)? + 1;
@@ -1020,7 +1142,6 @@ impl Inner {
         if report.manifests + report.chunks == 0 {
             return Ok(report);
         }
-        batch.put_cf(self.cf(CF_META), KEY_STATS, next.encode());
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         self.db
@@ -1028,9 +1149,22 @@ impl Inner {
             .map_err(Error::db("deleting garbage"))?;
         *stats = next;
         drop(stats);
+        // Rewrite blob files so the space of deleted chunks returns to the
+        // file system, then go back to leaving blobs alone.
+        let blob_gc = |on: &str| {
+            self.db.set_options_cf(
+                chunks,
+                &[
+                    ("enable_blob_garbage_collection", on),
+                    ("blob_garbage_collection_age_cutoff", "1.0"),
+                ],
+            )
+        };
+        blob_gc("true").map_err(Error::db("enabling blob garbage collection"))?;
         for cf in [chunks, meta, manifests] {
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
+        blob_gc("false").map_err(Error::db("disabling blob garbage collection"))?;
         Ok(report)
     }
 

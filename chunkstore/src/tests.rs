@@ -347,3 +347,35 @@ fn concurrent_puts_of_overlapping_data_count_each_chunk_once() {
     assert_eq!(s.stats().chunks, total_new);
     assert!(s.verify(|_, _| {}).unwrap().is_ok());
 }
+
+#[test]
+fn counters_match_a_recount_after_every_kind_of_write() {
+    let (_d, s) = store();
+    let check = |what: &str| assert_eq!(s.stats(), s.recount_for_test(), "after {what}");
+    let big = noise(6 << 20, 20);
+    let text: Vec<u8> = (0..50_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    let a = s.put(&big[..]).unwrap();
+    check("a large put");
+    s.put(&text[..]).unwrap();
+    check("a small compressible put");
+    s.put(&big[..]).unwrap();
+    check("a repeated put");
+    let chunk = noise(40_000, 21);
+    s.put_chunk(ChunkId::of(&chunk), &chunk).unwrap();
+    check("put_chunk");
+    s.put_manifest(
+        &Manifest::new(vec![Entry {
+            id: ChunkId::of(&chunk),
+            len: 40_000,
+        }])
+        .encode(),
+    )
+    .unwrap();
+    check("put_manifest");
+    s.unpin(&a.id).unwrap();
+    s.unpin(&a.id).unwrap();
+    s.gc(&[]).unwrap();
+    check("gc");
+}

@@ -270,6 +270,13 @@ fn gc_removes_only_what_is_unpinned() {
         (stats["chunks"].as_u64(), stats["stored_bytes"].as_u64()),
         (Some(0), Some(0))
     );
+    // The space comes back to the file system, not just out of the counters.
+    let on_disk: u64 = std::fs::read_dir(data.join("db"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(on_disk < 1 << 20, "{on_disk} bytes left after gc of 4 MiB");
 }
 
 #[test]
