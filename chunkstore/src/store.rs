@@ -513,7 +513,9 @@ impl Store {
     /// `bytes` hash to `id`. Returns whether it was new.
     ///
     /// Pin its manifest first (pins may name manifests not yet stored):
-    /// otherwise a `gc` can remove it before its manifest arrives.
+    /// otherwise a `gc` can remove it before its manifest arrives. The chunk
+    /// is durable once any manifest is written after it (or the store is
+    /// closed), which is when a sync that fetched it is complete.
     pub fn put_chunk(&self, id: ChunkId, bytes: &[u8]) -> Result<bool, Error> {
         if bytes.is_empty() || bytes.len() > MAX_CHUNK_LEN as usize {
             return Err(Error::ChunkSize {
