@@ -5,4 +5,13 @@
 //! May use `utter-chunkstore`; must not know about containers, consensus or
 //! the network.
 //!
-//! Not built yet: this crate is filled by the ledger issue.
+//! Built so far: keys and SSH signatures ([`key`]) and transactions
+//! ([`tx`]). The git DAG of blocks, state trees, pointer blobs and the
+//! `utter init/key/log/show/verify` commands are still to come (ledger
+//! issue).
+
+pub mod key;
+pub mod tx;
+
+#[cfg(test)]
+mod tests;

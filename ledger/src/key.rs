@@ -1,0 +1,190 @@
+//! Node and user keys: OpenSSH ed25519 keys and SSH signatures (SSHSIG),
+//! the formats `ssh-keygen` reads and writes, so an existing
+//! `~/.ssh/id_ed25519` works and `ssh-keygen -Y verify` checks what utter
+//! signs.
+
+use std::path::{Path, PathBuf};
+
+use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
+
+/// What can go wrong with keys and signatures.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read or parsed.
+    #[error("cannot read the SSH key {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: ssh_key::Error,
+    },
+    /// The key file could not be written.
+    #[error("cannot write the SSH key {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: ssh_key::Error,
+    },
+    /// A passphrase-protected key.
+    #[error(
+        "the SSH key {0} is encrypted; utter needs an unencrypted ed25519 key (make one with `utter key gen`)"
+    )]
+    Encrypted(PathBuf),
+    /// Not ed25519.
+    #[error("the SSH key {path} is {algorithm}; utter uses ed25519 keys")]
+    Algorithm {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        algorithm: String,
+    },
+    /// Key generation or signing failed inside the SSH library.
+    #[error("ssh key operation failed")]
+    Ssh(#[from] ssh_key::Error),
+}
+
+/// An ed25519 key pair that signs blocks and transactions.
+#[derive(Clone)]
+pub struct Keypair {
+    key: PrivateKey,
+}
+
+impl std::fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keypair({})", self.public())
+    }
+}
+
+impl Keypair {
+    /// A fresh key from the operating system's random source.
+    pub fn generate(comment: &str) -> Result<Self, KeyError> {
+        let mut key = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519)?;
+        key.set_comment(comment);
+        Ok(Self { key })
+    }
+
+    /// Reads an OpenSSH private key file (as `ssh-keygen -t ed25519` writes).
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let key = PrivateKey::read_openssh_file(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if key.is_encrypted() {
+            return Err(KeyError::Encrypted(path.to_path_buf()));
+        }
+        if key.algorithm() != Algorithm::Ed25519 {
+            return Err(KeyError::Algorithm {
+                path: path.to_path_buf(),
+                algorithm: key.algorithm().to_string(),
+            });
+        }
+        Ok(Self { key })
+    }
+
+    /// Writes the private key (mode 0600) in OpenSSH format.
+    pub fn save(&self, path: &Path) -> Result<(), KeyError> {
+        self.key
+            .write_openssh_file(path, LineEnding::LF)
+            .map_err(|source| KeyError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// The public half.
+    pub fn public(&self) -> Signer {
+        Signer(self.key.public_key().clone())
+    }
+
+    /// An armored SSH signature (`-----BEGIN SSH SIGNATURE-----`) over
+    /// `msg` in `namespace`, byte-for-byte what `ssh-keygen -Y sign` makes.
+    pub fn sign(&self, namespace: &str, msg: &[u8]) -> Result<String, KeyError> {
+        let sig = self.key.sign(namespace, HashAlg::Sha512, msg)?;
+        Ok(sig.to_pem(LineEnding::LF)?)
+    }
+}
+
+/// A public key as it appears in transactions and allowed-signers files:
+/// `ssh-ed25519 AAAA…` (the comment is not part of its identity).
+#[derive(Clone, Debug)]
+pub struct Signer(PublicKey);
+
+/// Why a signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// Not an armored SSH signature.
+    #[error("not an SSH signature (expected -----BEGIN SSH SIGNATURE-----)")]
+    Malformed,
+    /// Made by another key.
+    #[error("signed by another key")]
+    WrongKey,
+    /// For another purpose.
+    #[error("signature is for namespace {found:?}, not {expected:?}")]
+    Namespace {
+        /// What was required.
+        expected: String,
+        /// What the signature says.
+        found: String,
+    },
+    /// Does not match the message.
+    #[error("signature does not match the signed bytes")]
+    Invalid,
+}
+
+impl Signer {
+    /// Parses `ssh-ed25519 AAAA… [comment]`; only ed25519 keys are signers.
+    pub fn parse(text: &str) -> Option<Self> {
+        let key = PublicKey::from_openssh(text.trim()).ok()?;
+        (key.algorithm() == Algorithm::Ed25519).then_some(Self(key))
+    }
+
+    /// `ssh-ed25519 AAAA…`, without comment.
+    pub fn to_openssh(&self) -> String {
+        let mut key = self.0.clone();
+        key.set_comment("");
+        key.to_openssh()
+            .expect("an ed25519 public key always encodes")
+    }
+
+    /// Checks an armored SSH signature over `msg` in `namespace`.
+    pub fn verify(&self, namespace: &str, msg: &[u8], armored: &str) -> Result<(), SignatureError> {
+        let sig = SshSig::from_pem(armored).map_err(|_| SignatureError::Malformed)?;
+        if sig.public_key() != self.0.key_data() {
+            return Err(SignatureError::WrongKey);
+        }
+        if sig.namespace() != namespace {
+            return Err(SignatureError::Namespace {
+                expected: namespace.to_string(),
+                found: sig.namespace().to_string(),
+            });
+        }
+        self.0
+            .verify(namespace, msg, &sig)
+            .map_err(|_| SignatureError::Invalid)
+    }
+
+    /// A line for an OpenSSH allowed-signers file (`git`'s
+    /// `gpg.ssh.allowedSignersFile`, `ssh-keygen -Y verify -f`).
+    pub fn allowed_signers_line(&self, principal: &str, namespaces: &[&str]) -> String {
+        format!(
+            "{principal} namespaces=\"{}\" {}",
+            namespaces.join(","),
+            self.to_openssh()
+        )
+    }
+}
+
+impl PartialEq for Signer {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key_data() == other.0.key_data()
+    }
+}
+
+impl Eq for Signer {}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_openssh())
+    }
+}

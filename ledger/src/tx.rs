@@ -1,0 +1,188 @@
+//! Transactions: canonical JSON (RFC 8785) objects
+//! `{v, chain, dapp, action, args, signer, nonce, time}` signed with the
+//! signer's SSH key in namespace `utter-tx`.
+//!
+//! On the wire and in `block/txs.jsonl` a transaction is one line, itself
+//! canonical JSON: `{"sig": "<armored SSH signature>", "tx": {…}}`. The
+//! signature covers the canonical bytes of the `tx` object. A line that is
+//! not exactly its own canonical form is refused, so one transaction has one
+//! encoding and one id.
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{KeyError, Keypair, SignatureError, Signer};
+
+/// The SSH signature namespace of transactions.
+pub const NAMESPACE: &str = "utter-tx";
+/// The transaction format version this code writes and reads.
+pub const VERSION: u32 = 1;
+/// The longest transaction line accepted, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Integers above this are not exact in every JSON reader (RFC 8785 §3.2.2.3).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// The signed part of a transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tx {
+    /// Format version, [`VERSION`].
+    pub v: u32,
+    /// The chain it is for: a transaction for another chain is refused.
+    pub chain: String,
+    /// The dapp that handles it.
+    pub dapp: String,
+    /// What the dapp should do.
+    pub action: String,
+    /// Arguments for the action (any JSON).
+    pub args: serde_json::Value,
+    /// The signer's public key, `ssh-ed25519 AAAA…`.
+    pub signer: String,
+    /// Per-signer number used once, against replay.
+    pub nonce: u64,
+    /// When the signer made it, Unix seconds.
+    pub time: u64,
+}
+
+/// A transaction with its signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedTx {
+    /// Armored SSH signature over the canonical bytes of `tx`.
+    pub sig: String,
+    /// The transaction.
+    pub tx: Tx,
+}
+
+/// Why a transaction line was refused. Each is a value a block records as
+/// the reason for rejecting the transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    /// Longer than [`MAX_LINE`].
+    #[error("transaction is {len} bytes; the limit is {MAX_LINE}")]
+    Oversized {
+        /// Its length.
+        len: usize,
+    },
+    /// Not JSON, or not a transaction (missing, extra or mistyped fields).
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    /// Valid JSON but not in RFC 8785 canonical form.
+    #[error(
+        "transaction is not in canonical form (RFC 8785: sorted keys, no whitespace, shortest numbers)"
+    )]
+    NotCanonical,
+    /// A version this code does not know.
+    #[error("transaction version {0} is not supported (this utter reads version {VERSION})")]
+    Version(u32),
+    /// A number JSON readers cannot all represent exactly.
+    #[error("transaction field {field} is {value}, above 2^53 - 1")]
+    Unsafe {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// For another chain.
+    #[error("transaction is for chain {found:?}, this is {expected:?}")]
+    WrongChain {
+        /// This chain.
+        expected: String,
+        /// What the transaction names.
+        found: String,
+    },
+    /// `signer` is not an ed25519 OpenSSH public key.
+    #[error("transaction signer {0:?} is not an ssh-ed25519 public key")]
+    BadSigner(String),
+    /// The signature does not verify for the signer.
+    #[error("transaction signature refused: {0}")]
+    BadSignature(SignatureError),
+    /// The signer already used this nonce.
+    #[error("nonce {nonce} was already used by {signer}")]
+    Replayed {
+        /// The signer.
+        signer: String,
+        /// The nonce.
+        nonce: u64,
+    },
+}
+
+fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json_canonicalizer::to_vec(value).expect("plain data always serializes")
+}
+
+impl Tx {
+    /// The bytes the signature covers.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        canonical(self)
+    }
+
+    /// Signs with `key` (which must be the `signer`).
+    pub fn sign(self, key: &Keypair) -> Result<SignedTx, KeyError> {
+        let sig = key.sign(NAMESPACE, &self.canonical_bytes())?;
+        Ok(SignedTx { sig, tx: self })
+    }
+}
+
+impl SignedTx {
+    /// The transaction line, canonical JSON without a trailing newline.
+    pub fn to_line(&self) -> String {
+        String::from_utf8(canonical(self)).expect("canonical JSON is UTF-8")
+    }
+
+    /// The transaction's id: BLAKE3 of its line.
+    pub fn id(&self) -> String {
+        blake3::hash(self.to_line().as_bytes()).to_hex().to_string()
+    }
+}
+
+/// Checks one transaction line (a trailing `\n` is allowed) for `chain`:
+/// size, canonical form, fields, version, chain, signer, signature, then
+/// `nonce_used(signer, nonce)`. Returns the transaction or why it was
+/// refused.
+pub fn verify_line(
+    line: &[u8],
+    chain: &str,
+    nonce_used: impl FnOnce(&str, u64) -> bool,
+) -> Result<SignedTx, TxError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    if line.len() > MAX_LINE {
+        return Err(TxError::Oversized { len: line.len() });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| TxError::Malformed(e.to_string()))?;
+    let stx: SignedTx =
+        serde_json::from_value(value.clone()).map_err(|e| TxError::Malformed(e.to_string()))?;
+    if canonical(&value) != line {
+        return Err(TxError::NotCanonical);
+    }
+    let tx = &stx.tx;
+    if tx.v != VERSION {
+        return Err(TxError::Version(tx.v));
+    }
+    for (field, value) in [("nonce", tx.nonce), ("time", tx.time)] {
+        if value > MAX_SAFE_INTEGER {
+            return Err(TxError::Unsafe { field, value });
+        }
+    }
+    if tx.chain != chain {
+        return Err(TxError::WrongChain {
+            expected: chain.to_string(),
+            found: tx.chain.clone(),
+        });
+    }
+    let signer = Signer::parse(&tx.signer).ok_or_else(|| TxError::BadSigner(tx.signer.clone()))?;
+    if signer.to_openssh() != tx.signer {
+        // One key, one spelling: no comments or extra spaces in `signer`.
+        return Err(TxError::BadSigner(tx.signer.clone()));
+    }
+    signer
+        .verify(NAMESPACE, &tx.canonical_bytes(), &stx.sig)
+        .map_err(TxError::BadSignature)?;
+    if nonce_used(&tx.signer, tx.nonce) {
+        return Err(TxError::Replayed {
+            signer: tx.signer.clone(),
+            nonce: tx.nonce,
+        });
+    }
+    Ok(stx)
+}
