@@ -6,6 +6,7 @@
 
 mod chunks;
 mod data_dir;
+mod key;
 mod progress;
 
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ enum Command {
     /// Store, read, check and collect content-defined chunks
     #[command(subcommand)]
     Chunks(chunks::Command),
+    /// Create or show the node's OpenSSH ed25519 key
+    #[command(subcommand)]
+    Key(key::Command),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let data_dir = data_dir::resolve(cli.data_dir);
     let result = match cli.command {
         Command::Chunks(cmd) => chunks::run(&data_dir, cmd),
+        Command::Key(cmd) => key::run(&data_dir, cmd),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 
 mod chunks;
 mod crash;
+mod key;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
