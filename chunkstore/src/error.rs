@@ -126,6 +126,9 @@ pub enum Error {
     /// `unpin` of a manifest that has no pins.
     #[error("manifest {0} is not pinned")]
     NotPinned(ManifestId),
+    /// zstd could not set up a compression or decompression context.
+    #[error("cannot set up zstd (out of memory?)")]
+    Zstd(#[source] io::Error),
     /// A pipeline thread panicked (a bug).
     #[error("an ingest thread panicked; nothing was committed for this input")]
     Panicked,

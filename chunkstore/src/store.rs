@@ -530,11 +530,7 @@ impl Store {
                 actual,
             });
         }
-        let mut z =
-            zstd::bulk::Compressor::new(self.inner.zstd_level).map_err(|e| Error::Input {
-                offset: 0,
-                source: e,
-            })?;
+        let mut z = zstd::bulk::Compressor::new(self.inner.zstd_level).map_err(Error::Zstd)?;
         let stored = compress(&mut z, bytes);
         let chunk = NewChunk {
             id,
@@ -598,7 +594,7 @@ impl Store {
             reason: "its length record is damaged".into(),
         })?;
         self.inner.read_chunk(
-            &mut zstd::bulk::Decompressor::new().map_err(io_bug)?,
+            &mut zstd::bulk::Decompressor::new().map_err(Error::Zstd)?,
             id,
             plain,
         )
@@ -669,13 +665,6 @@ impl Store {
             .db
             .put_cf(self.inner.cf(CF_CHUNKS), id.as_bytes(), bytes)
             .unwrap();
-    }
-}
-
-fn io_bug(e: std::io::Error) -> Error {
-    Error::Input {
-        offset: 0,
-        source: e,
     }
 }
 
@@ -837,9 +826,12 @@ impl Inner {
 
     /// Hashes each chunk of a block; compresses those the store lacks.
     fn hash_worker(&self, jobs: Receiver<(u64, Block)>, done: Sender<Result<Done, Error>>) {
-        let Ok(mut z) = zstd::bulk::Compressor::new(self.zstd_level) else {
-            let _ = done.send(Err(Error::Panicked));
-            return;
+        let mut z = match zstd::bulk::Compressor::new(self.zstd_level) {
+            Ok(z) => z,
+            Err(e) => {
+                let _ = done.send(Err(Error::Zstd(e)));
+                return;
+            }
         };
         for (seq, block) in jobs {
             let result = self.hash_block(&mut z, seq, block);
