@@ -147,6 +147,20 @@ impl Signer {
             .expect("an ed25519 public key always encodes")
     }
 
+    /// The key a signature claims to be made with (not yet verified).
+    pub fn of_signature(armored: &str) -> Result<Self, SignatureError> {
+        let sig = SshSig::from_pem(armored).map_err(|_| SignatureError::Malformed)?;
+        let key = PublicKey::new(sig.public_key().clone(), "");
+        (key.algorithm() == Algorithm::Ed25519)
+            .then_some(Self(key))
+            .ok_or(SignatureError::Malformed)
+    }
+
+    /// `SHA256:…`, as `ssh-keygen -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint(HashAlg::Sha256).to_string()
+    }
+
     /// Checks an armored SSH signature over `msg` in `namespace`.
     pub fn verify(&self, namespace: &str, msg: &[u8], armored: &str) -> Result<(), SignatureError> {
         let sig = SshSig::from_pem(armored).map_err(|_| SignatureError::Malformed)?;

@@ -2,16 +2,32 @@
 //! whole chain state, the canonical signed transaction format, and pointer
 //! blobs whose bytes live in the chunkstore.
 //!
+//! - [`key`]: OpenSSH ed25519 keys and SSH signatures (SSHSIG).
+//! - [`tx`]: transactions, canonical JSON signed in namespace `utter-tx`.
+//! - [`block`]: a block's commit message and results line formats.
+//! - [`layout`]: the tree layout and the rules names and configs follow.
+//! - [`pointer`]: pointer blobs for values kept in the chunkstore.
+//! - [`Ledger`]: the repository: write blocks, read state, branches and DAG
+//!   queries, and [`Ledger::verify`] over the whole DAG.
+//!
 //! May use `utter-chunkstore`; must not know about containers, consensus or
 //! the network.
-//!
-//! Built so far: keys and SSH signatures ([`key`]) and transactions
-//! ([`tx`]). The git DAG of blocks, state trees, pointer blobs and the
-//! `utter init/key/log/show/verify` commands are still to come (ledger
-//! issue).
 
+pub mod block;
+mod dag;
 pub mod key;
+pub mod layout;
+pub mod pointer;
+mod repo;
 pub mod tx;
+mod verify;
+
+pub use block::{BlockId, Status, TxResult};
+pub use repo::{
+    Block, Change, Changes, DirEntry, Draft, GENESIS_REF, INLINE_MAX, Ledger, LedgerError, MAIN,
+    ValueReader,
+};
+pub use verify::{BlockError, BlockReport, Verification};
 
 #[cfg(test)]
 mod tests;

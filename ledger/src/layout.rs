@@ -1,0 +1,307 @@
+//! The layout of a block's tree and the rules every name in it follows.
+//!
+//! ```text
+//! chain.toml                  chain id, validator and device keys, quorum, test dapps
+//! dapps/<name>/dapp.toml      image digest, owner keys, permissions
+//! dapps/<name>/state/...      the dapp's state: regular files and directories only
+//! block/txs.jsonl             this block's transactions, one per line
+//! block/results.jsonl         each transaction's outcome, one per line
+//! ```
+//!
+//! Pure rules only; walking a tree against them is in `verify`.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::Signer;
+
+/// `chain.toml`.
+pub const CHAIN_TOML: &str = "chain.toml";
+/// The directory of dapps.
+pub const DAPPS: &str = "dapps";
+/// A dapp's configuration inside `dapps/<name>/`.
+pub const DAPP_TOML: &str = "dapp.toml";
+/// A dapp's state directory inside `dapps/<name>/`.
+pub const STATE: &str = "state";
+/// The directory of this block's transactions and results.
+pub const BLOCK: &str = "block";
+/// `block/txs.jsonl`.
+pub const TXS: &str = "txs.jsonl";
+/// `block/results.jsonl`.
+pub const RESULTS: &str = "results.jsonl";
+
+/// The longest state file name (one path component), as on Linux.
+pub const MAX_NAME_LEN: usize = 255;
+/// The deepest state path, in components.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a name, path or configuration file breaks the rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A chain, dapp or member name outside `[a-z0-9][a-z0-9._-]{0,63}`.
+    #[error(
+        "{what} name {name:?} is not allowed: use 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+    )]
+    Name {
+        /// What was being named.
+        what: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A state path component git or a filesystem would refuse or misread.
+    #[error("state path {path:?} is not allowed: {why}")]
+    StatePath {
+        /// The path.
+        path: String,
+        /// Why.
+        why: String,
+    },
+    /// `chain.toml` or `dapp.toml` does not parse or breaks a rule.
+    #[error("{file} is invalid: {why}")]
+    Config {
+        /// Which file.
+        file: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Checks a chain, dapp or member name.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), LayoutError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(LayoutError::Name {
+            what,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Checks one component of a state path: UTF-8, at most
+/// [`MAX_NAME_LEN`] bytes, no `/` or NUL, not `.` or `..`, and none of the
+/// spellings of `.git` that `git fsck` refuses.
+pub fn check_component(name: &[u8]) -> Result<&str, String> {
+    let text = std::str::from_utf8(name).map_err(|_| "a name is not UTF-8".to_string())?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("a name is longer than {MAX_NAME_LEN} bytes"));
+    }
+    if name.contains(&0) {
+        return Err("a name contains a NUL byte".into());
+    }
+    let options = gix::validate::path::component::Options {
+        protect_windows: false,
+        protect_hfs: true,
+        protect_ntfs: true,
+    };
+    gix::validate::path::component(name.into(), None, options).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// A checked path inside a dapp's `state/` directory, like `members/ab12`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StatePath(String);
+
+impl StatePath {
+    /// Checks `path` (components separated by `/`, no leading or trailing
+    /// `/`, at most [`MAX_DEPTH`] deep).
+    pub fn new(path: &str) -> Result<Self, LayoutError> {
+        let bad = |why: String| LayoutError::StatePath {
+            path: path.to_string(),
+            why,
+        };
+        if path.is_empty() {
+            return Err(bad("the path is empty".into()));
+        }
+        let mut depth = 0;
+        for component in path.split('/') {
+            check_component(component.as_bytes()).map_err(bad)?;
+            depth += 1;
+        }
+        if depth > MAX_DEPTH {
+            return Err(bad(format!("deeper than {MAX_DEPTH} directories")));
+        }
+        Ok(Self(path.to_string()))
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StatePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A named key: a validator or a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// A short name shown in logs.
+    pub name: String,
+    /// `ssh-ed25519 AAAA…`.
+    pub key: String,
+}
+
+/// `chain.toml`: who may sign blocks, how many votes commit one, and which
+/// test dapps every block must pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    /// The chain id, also in every block's `Chain:` trailer and every
+    /// transaction.
+    pub chain: String,
+    /// Votes that commit a block; at least `floor(2n/3) + 1` of `n`
+    /// validators, at most `n`.
+    pub quorum: u32,
+    /// Dapps run read-only over every proposed state; all must pass.
+    #[serde(default)]
+    pub test_dapps: Vec<String>,
+    /// Keys that propose, test and vote on blocks.
+    pub validators: Vec<Member>,
+    /// Keys that may sign blocks on their own branches (door controllers
+    /// that keep working offline) but do not vote.
+    #[serde(default)]
+    pub devices: Vec<Member>,
+}
+
+impl ChainConfig {
+    /// A one-validator chain.
+    pub fn single(chain: &str, name: &str, key: &Signer) -> Self {
+        Self {
+            chain: chain.to_string(),
+            quorum: 1,
+            test_dapps: Vec::new(),
+            validators: vec![Member {
+                name: name.to_string(),
+                key: key.to_openssh(),
+            }],
+            devices: Vec::new(),
+        }
+    }
+
+    /// The smallest quorum that keeps two quorums overlapping in an
+    /// honest validator: `floor(2n/3) + 1`.
+    pub fn min_quorum(validators: usize) -> u32 {
+        u32::try_from(2 * validators / 3 + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Parses and checks `chain.toml`.
+    pub fn parse(text: &[u8]) -> Result<Self, LayoutError> {
+        let bad = |why: String| LayoutError::Config {
+            file: CHAIN_TOML.into(),
+            why,
+        };
+        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8".into()))?;
+        let config: Self = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The checks `parse` applies.
+    pub fn check(&self) -> Result<(), LayoutError> {
+        let bad = |why: String| LayoutError::Config {
+            file: CHAIN_TOML.into(),
+            why,
+        };
+        check_name("chain", &self.chain)?;
+        let n = self.validators.len();
+        if n == 0 {
+            return Err(bad("there must be at least one validator".into()));
+        }
+        let min = Self::min_quorum(n);
+        if self.quorum < min || self.quorum as usize > n {
+            return Err(bad(format!(
+                "quorum {} is outside {min}..={n} for {n} validators",
+                self.quorum
+            )));
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        for m in self.validators.iter().chain(&self.devices) {
+            check_name("member", &m.name)?;
+            let key = Signer::parse(&m.key)
+                .ok_or_else(|| bad(format!("{}: {:?} is not an ssh-ed25519 key", m.name, m.key)))?;
+            if !names.insert(m.name.as_str()) {
+                return Err(bad(format!("the name {} appears twice", m.name)));
+            }
+            if !keys.insert(key.to_openssh()) {
+                return Err(bad(format!("the key of {} appears twice", m.name)));
+            }
+        }
+        for d in &self.test_dapps {
+            check_name("dapp", d)?;
+        }
+        Ok(())
+    }
+
+    /// The file's bytes.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a chain config always serializes")
+    }
+
+    /// The member (validator or device) with this key.
+    pub fn member(&self, key: &Signer) -> Option<&Member> {
+        self.validators
+            .iter()
+            .chain(&self.devices)
+            .find(|m| Signer::parse(&m.key).as_ref() == Some(key))
+    }
+}
+
+/// `dapps/<name>/dapp.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DappConfig {
+    /// The OCI image manifest digest, `sha256:<64 hex>`.
+    pub image: String,
+    /// Keys that may change this file.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// The dapp's own permission rules; the dapp reads them.
+    #[serde(default)]
+    pub permissions: toml::Table,
+}
+
+impl DappConfig {
+    /// Parses and checks `dapp.toml` of dapp `name`.
+    pub fn parse(name: &str, text: &[u8]) -> Result<Self, LayoutError> {
+        let bad = |why: String| LayoutError::Config {
+            file: format!("{DAPPS}/{name}/{DAPP_TOML}"),
+            why,
+        };
+        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8".into()))?;
+        let config: Self = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
+        let digest_ok = config.image.strip_prefix("sha256:").is_some_and(|h| {
+            h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+        if !digest_ok {
+            return Err(bad(format!(
+                "image {:?} is not an image digest (sha256:<64 hex digits>)",
+                config.image
+            )));
+        }
+        for owner in &config.owners {
+            if Signer::parse(owner).is_none() {
+                return Err(bad(format!("owner {owner:?} is not an ssh-ed25519 key")));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The file's bytes.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a dapp config always serializes")
+    }
+}
