@@ -26,3 +26,8 @@ pub fn resolve(flag: Option<PathBuf>) -> PathBuf {
 pub fn db(data_dir: &Path) -> PathBuf {
     data_dir.join("db")
 }
+
+/// The ledger's bare git repository inside a data directory.
+pub fn ledger(data_dir: &Path) -> PathBuf {
+    data_dir.join("ledger.git")
+}

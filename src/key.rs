@@ -34,8 +34,28 @@ pub enum Command {
     },
 }
 
-fn key_path(data_dir: &Path) -> PathBuf {
+/// Where the node key lives.
+pub fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("keys").join("node")
+}
+
+/// Writes `key` to `path` (0600) and its public half beside it.
+pub fn save(path: &Path, key: &Keypair) -> Result<()> {
+    let dir = path.parent().expect("keys/node has a parent");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    key.save(path)?;
+    let public = format!("{} {PRINCIPAL}\n", key.public());
+    let pub_path = path.with_extension("pub");
+    std::fs::write(&pub_path, public)
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    Ok(())
+}
+
+/// Makes a new node key at `path`.
+pub fn generate(path: &Path) -> Result<Keypair> {
+    let key = Keypair::generate(PRINCIPAL)?;
+    save(path, &key)?;
+    Ok(key)
 }
 
 pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
@@ -48,15 +68,8 @@ pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
                     path.display()
                 );
             }
-            let dir = path.parent().expect("keys/node has a parent");
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let key = Keypair::generate(PRINCIPAL)?;
-            key.save(&path)?;
-            let public = format!("{} {PRINCIPAL}\n", key.public());
+            let key = generate(&path)?;
             let pub_path = path.with_extension("pub");
-            std::fs::write(&pub_path, public)
-                .with_context(|| format!("cannot write {}", pub_path.display()))?;
             if json {
                 println!(
                     "{}",

@@ -7,6 +7,7 @@
 mod chunks;
 mod data_dir;
 mod key;
+mod ledger;
 mod progress;
 
 use std::path::PathBuf;
@@ -35,6 +36,16 @@ enum Command {
     /// Create or show the node's OpenSSH ed25519 key
     #[command(subcommand)]
     Key(key::Command),
+    /// Create a data directory: node key, chunk store and a ledger with a
+    /// signed genesis block
+    Init(ledger::InitArgs),
+    /// List blocks newest first, each with its signer and whether it is valid
+    Log(ledger::LogArgs),
+    /// Show one block: header, signature status, changed files, transactions
+    Show(ledger::ShowArgs),
+    /// Check every block on every branch: signatures, signers, parents,
+    /// heights, layout, transactions (exit 1 naming the first bad block)
+    Verify(ledger::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +54,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Chunks(cmd) => chunks::run(&data_dir, cmd),
         Command::Key(cmd) => key::run(&data_dir, cmd),
+        Command::Init(args) => ledger::init(&data_dir, args),
+        Command::Log(args) => ledger::log(&data_dir, args),
+        Command::Show(args) => ledger::show(&data_dir, args),
+        Command::Verify(args) => ledger::verify(&data_dir, args),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,7 @@
 
 pub mod block;
 mod dag;
+mod diff;
 pub mod key;
 pub mod layout;
 pub mod pointer;
@@ -23,6 +24,7 @@ pub mod tx;
 mod verify;
 
 pub use block::{BlockId, Status, TxResult};
+pub use diff::FileChange;
 pub use repo::{
     Block, Change, Changes, DirEntry, Draft, GENESIS_REF, INLINE_MAX, Ledger, LedgerError, MAIN,
     ValueReader,

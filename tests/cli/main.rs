@@ -6,6 +6,7 @@
 mod chunks;
 mod crash;
 mod key;
+mod ledger;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
