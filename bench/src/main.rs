@@ -3,6 +3,10 @@
 //!
 //! `utter-bench chunkstore` times the `utter` binary found next to this one
 //! (`./x bench` builds both) against restic, borg and casync.
+//! `utter-bench ledger` times block writing and `utter verify` against
+//! `git verify-commit`.
+
+mod ledger;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,6 +45,27 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Block writing (tx/s) and `utter verify` against `git verify-commit`
+    Ledger {
+        /// Blocks to write in the writing benchmark
+        #[arg(long, default_value_t = 50)]
+        write_blocks: usize,
+        /// Transactions per block in the writing benchmark
+        #[arg(long, default_value_t = 1000)]
+        txs_per_block: usize,
+        /// Length of the chain `utter verify` and `git verify-commit` check
+        #[arg(long, default_value_t = 10_000)]
+        verify_blocks: usize,
+        /// Transactions per block of that chain
+        #[arg(long, default_value_t = 1)]
+        verify_txs_per_block: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Time each measurement this many times and keep the fastest
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,6 +78,21 @@ fn main() -> Result<()> {
             no_peers,
             runs,
         } => chunkstore(random_mib, &tree, stream_gib, work, no_peers, runs),
+        Bench::Ledger {
+            write_blocks,
+            txs_per_block,
+            verify_blocks,
+            verify_txs_per_block,
+            work,
+            runs,
+        } => ledger::run(ledger::Options {
+            write_blocks,
+            txs_per_block,
+            verify_blocks,
+            verify_txs_per_block,
+            work,
+            runs,
+        }),
     }
 }
 

@@ -18,6 +18,7 @@ mod dag;
 mod diff;
 pub mod key;
 pub mod layout;
+mod pack;
 pub mod pointer;
 mod repo;
 pub mod tx;

@@ -1,7 +1,7 @@
 //! The ledger repository: a bare git repository of blocks, read and written
 //! with `gix`, whose large values live in the chunkstore.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -19,8 +19,8 @@ use crate::layout::{
     self, BLOCK, CHAIN_TOML, ChainConfig, DAPP_TOML, DAPPS, DappConfig, LayoutError, RESULTS,
     STATE, StatePath, TXS,
 };
+use crate::pack::{PACK_AFTER_BYTES, PACK_AFTER_OBJECTS};
 use crate::pointer::{MAX_POINTER_LEN, Pointer};
-use crate::tx::SignedTx;
 
 /// State values longer than this go to the chunkstore behind a pointer.
 pub const INLINE_MAX: usize = 64 * 1024;
@@ -210,8 +210,9 @@ pub struct Draft {
     pub parents: Vec<BlockId>,
     /// Changes to the first parent's tree.
     pub changes: Changes,
-    /// The block's transactions, verified by the caller.
-    pub txs: Vec<SignedTx>,
+    /// The block's transaction lines ([`crate::tx::SignedTx::to_line`], or the lines
+    /// [`crate::tx::verify_line`] accepted), verified by the caller.
+    pub txs: Vec<String>,
     /// One result per transaction, in the same order.
     pub results: Vec<TxResult>,
     /// The summary line (and optional body).
@@ -274,6 +275,8 @@ pub struct Ledger {
     genesis: BlockId,
     durable: bool,
     nodes: RefCell<HashMap<BlockId, Node>>,
+    /// Objects and bytes written since the last pack (estimated).
+    unpacked: Cell<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -364,6 +367,7 @@ impl Ledger {
             genesis: genesis.unwrap_or(BlockId(ObjectId::null(gix::hash::Kind::Sha1))),
             durable: true,
             nodes: RefCell::new(HashMap::new()),
+            unpacked: Cell::new((0, 0)),
         }
     }
 
@@ -474,6 +478,16 @@ impl Ledger {
                 draft.results.len()
             )));
         }
+        if let Some(i) = draft
+            .txs
+            .iter()
+            .position(|l| l.is_empty() || l.contains('\n'))
+        {
+            return Err(LedgerError::Draft(format!(
+                "transaction {} is not one line",
+                i + 1
+            )));
+        }
         let mut height = 0;
         let mut base = None;
         for (i, parent) in draft.parents.iter().enumerate() {
@@ -513,6 +527,14 @@ impl Ledger {
                 "the summary must be one line of 1 to {} characters",
                 block::MAX_SUMMARY
             )));
+        }
+
+        // Pack what earlier blocks left loose before adding more; a failure
+        // here leaves nothing half-written.
+        let (objects, bytes) = self.unpacked.get();
+        if objects >= PACK_AFTER_OBJECTS || bytes >= PACK_AFTER_BYTES {
+            self.pack_loose()?;
+            self.unpacked.set((0, 0));
         }
 
         let base = base.unwrap_or_else(|| ObjectId::empty_tree(gix::hash::Kind::Sha1));
@@ -555,8 +577,22 @@ impl Ledger {
                 }
             }
         }
-        let txs = self.write_blob(&jsonl(draft.txs.iter().map(SignedTx::to_line)))?;
-        let results = self.write_blob(&jsonl(draft.results.iter().map(TxResult::to_line)))?;
+        // Every dapp whose state changes must have its dapp.toml.
+        for path in draft.changes.paths.keys() {
+            if let Some(rest) = path.strip_prefix(&format!("{DAPPS}/"))
+                && let Some((dapp, _)) = rest.split_once(&format!("/{STATE}/"))
+            {
+                let toml = format!("{DAPPS}/{dapp}/{DAPP_TOML}");
+                if editor.get(toml.as_str()).is_none() {
+                    return Err(LedgerError::Draft(format!(
+                        "dapp {dapp} has state but no {DAPP_TOML}; set it with Changes::set_dapp"
+                    )));
+                }
+            }
+        }
+        let txs = self.write_blob(&jsonl(draft.txs.iter().map(String::as_str)))?;
+        let result_lines: Vec<String> = draft.results.iter().map(TxResult::to_line).collect();
+        let results = self.write_blob(&jsonl(result_lines.iter().map(String::as_str)))?;
         for (name, id) in [(TXS, txs), (RESULTS, results)] {
             editor
                 .upsert(format!("{BLOCK}/{name}").as_str(), EntryKind::Blob, id)
@@ -569,7 +605,23 @@ impl Ledger {
 
         let message = block::message(&draft.text, height, &chain);
         let id = self.write_commit(tree, &draft.parents, &message, draft.time, Some(key))?;
-        self.sync_objects()?;
+        let written: usize = draft
+            .changes
+            .paths
+            .values()
+            .map(|c| match c {
+                Change::Put(b) => b.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+            + draft.txs.iter().map(|l| l.len() + 1).sum::<usize>()
+            + draft.results.len() * 80;
+        // A blob and about one tree per change, plus commit, root, block/
+        // and its two files.
+        let (objects, bytes) = self.unpacked.get();
+        self.unpacked
+            .set((objects + 2 * draft.changes.paths.len() + 5, bytes + written));
+        self.sync_all()?;
         let block = Block {
             id,
             tree,
@@ -658,7 +710,7 @@ impl Ledger {
 
     /// Makes every object written so far durable (one `syncfs` of the
     /// repository's filesystem) when the ledger is durable.
-    fn sync_objects(&self) -> Result<(), LedgerError> {
+    pub(crate) fn sync_all(&self) -> Result<(), LedgerError> {
         if !self.durable {
             return Ok(());
         }
@@ -912,8 +964,8 @@ fn must_chunk(bytes: &[u8]) -> bool {
     bytes.len() > INLINE_MAX || (bytes.len() <= MAX_POINTER_LEN && Pointer::decode(bytes).is_some())
 }
 
-fn jsonl(lines: impl Iterator<Item = String>) -> Vec<u8> {
-    let mut out = Vec::new();
+fn jsonl<'a>(lines: impl Iterator<Item = &'a str> + Clone) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.clone().map(|l| l.len() + 1).sum());
     for line in lines {
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');

@@ -83,7 +83,7 @@ fn grow(data: &Path, key: &Keypair) -> Vec<BlockId> {
                     parents,
                     changes,
                     results: vec![TxResult::accepted(t.id())],
-                    txs: vec![t],
+                    txs: vec![t.to_line()],
                     text: text.into(),
                     time: 1_790_000_000 + nonce as i64,
                 },

@@ -361,7 +361,7 @@ fn durable_writes_sync_and_a_second_create_is_refused() {
             &Draft {
                 parents: vec![f.genesis.id],
                 changes: Changes::new(),
-                txs: vec![f.tx(&f.key, 1)],
+                txs: vec![f.tx(&f.key, 1).to_line()],
                 results: vec![TxResult::accepted(f.tx(&f.key, 1).id())],
                 text: "durable".into(),
                 time: T0 + 1,
@@ -390,7 +390,7 @@ fn drafts_that_cannot_be_blocks_are_refused() {
     let draft = |text: &str, results: Vec<TxResult>| Draft {
         parents: vec![f.genesis.id],
         changes: Changes::new(),
-        txs: vec![f.tx(&f.key, 1)],
+        txs: vec![f.tx(&f.key, 1).to_line()],
         results,
         text: text.into(),
         time: T0,
@@ -420,4 +420,41 @@ fn drafts_that_cannot_be_blocks_are_refused() {
     assert!(StatePath::new("x/.GIT").is_err());
     assert!(StatePath::new("/abs").is_err());
     assert!(StatePath::new("ok/fine.txt").is_ok());
+}
+
+#[test]
+fn loose_objects_pack_into_a_pack_git_reads() {
+    let d = dag();
+    let repo = d.f.repo_path();
+    let moved = d.f.ledger.pack_loose().unwrap();
+    assert!(moved > 20, "{moved}");
+    assert_eq!(d.f.ledger.pack_loose().unwrap(), 0, "nothing loose is left");
+    let count = git(&repo).args(["count-objects", "-v"]).output().unwrap();
+    let count = String::from_utf8(count.stdout).unwrap();
+    assert!(count.contains("count: 0\n"), "{count}");
+    assert!(count.contains(&format!("in-pack: {moved}\n")), "{count}");
+    let keeps = std::fs::read_dir(repo.join("objects/pack"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("keep".as_ref()))
+        .count();
+    assert_eq!(keeps, 0, "no .keep file: git gc may repack our packs");
+    let fsck = git(&repo)
+        .args(["fsck", "--strict", "--no-dangling", "--full"])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // The same ledger and a fresh one read every block from the pack.
+    let fresh = Ledger::open(&repo, d.f.ledger.chunks().clone()).unwrap();
+    for l in [&d.f.ledger, &fresh] {
+        let report = l.verify(None, true, |_, _| {}).unwrap();
+        assert_eq!(report.blocks.len(), 5);
+        assert!(report.first_bad().is_none(), "{:?}", report.first_bad());
+    }
+    // Writing goes on (loose again) on top of packed blocks.
+    let b = d.f.block(&[d.m], Changes::new(), vec![]);
+    assert_eq!(fresh.block(b.id).unwrap().height, 4);
 }

@@ -97,6 +97,7 @@ impl Fixture {
         txs: Vec<SignedTx>,
     ) -> Block {
         let results = txs.iter().map(|t| TxResult::accepted(t.id())).collect();
+        let txs = txs.iter().map(SignedTx::to_line).collect();
         let height = parents
             .iter()
             .map(|p| self.ledger.height(*p).unwrap() + 1)
