@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: three versions of a disk image and two of a log file go into a
-# fresh chunk store; only what changed between versions is stored; every
+# The demo: a new chain with a signed genesis block (checked by utter and by
+# git itself); then three versions of a disk image and two of a log file go
+# into the chunk store; only what changed between versions is stored; every
 # chunk is verified; a version is read back and compared.
 set -euo pipefail
 UTTER="$1"
@@ -10,6 +11,18 @@ mkdir -p "$DIR/files"
 F="$DIR/files"
 utter() { echo "\$ utter $*" >&2; "$UTTER" --data-dir "$DIR" "$@"; }
 
+echo "== a new chain: node key, chunk store, ledger with a signed genesis block"
+utter init --chain makerspace
+utter log --graph
+utter verify
+if command -v git > /dev/null; then
+    echo "== git itself checks the block's SSH signature"
+    utter key show --allowed-signers > "$DIR/allowed_signers"
+    echo "\$ git verify-commit main   (gpg.ssh.allowedSignersFile=$DIR/allowed_signers)" >&2
+    git --git-dir "$DIR/ledger.git" -c gpg.ssh.allowedSignersFile="$DIR/allowed_signers" verify-commit main
+fi
+
+echo
 echo "== making a multi-version data set in $F"
 head -c 96M /dev/urandom > "$F/image-v1.img"
 # v2: a 4 KiB patch written into the middle, and 1 MiB inserted further on
@@ -43,4 +56,4 @@ V3=$(sed -n 3p "$DIR/manifests")
 utter chunks get "$V3" -o "$DIR/restored-v3.img"
 cmp "$DIR/restored-v3.img" "$F/image-v3.img" && echo "restored-v3.img is identical to image-v3.img"
 echo
-echo "demo data is in $DIR (try: $UTTER --data-dir $DIR chunks --help)"
+echo "demo data is in $DIR (try: $UTTER --data-dir $DIR show main; $UTTER --data-dir $DIR chunks --help)"

@@ -13,7 +13,7 @@ use gix::objs::Kind;
 use crate::repo::{Ledger, LedgerError};
 
 /// Pack once this many objects were written since the last pack…
-pub const PACK_AFTER_OBJECTS: usize = 4096;
+pub const PACK_AFTER_OBJECTS: usize = 16_384;
 /// …or this many bytes.
 pub const PACK_AFTER_BYTES: usize = 64 << 20;
 
@@ -153,6 +153,16 @@ impl Ledger {
         for fan in 0..=255u8 {
             // Only empty directories go; others hold objects written since.
             let _ = std::fs::remove_dir(objects.join(format!("{fan:02x}")));
+        }
+        // gix knows packs from a snapshot it refreshes only on a miss, and
+        // its write path checks existence without refreshing: look one
+        // moved object up now, so the snapshot includes the new pack before
+        // the next write asks whether a packed object exists.
+        if !self.repo().has_object(ids[0]) {
+            return Err(LedgerError::Draft(format!(
+                "object {} is missing right after packing it",
+                ids[0]
+            )));
         }
         Ok(ids.len())
     }

@@ -288,6 +288,23 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
+/// Packs a long-running ledger may hold. gix keeps one slot per pack index
+/// and cannot see packs beyond its slots; the ledger adds a pack per
+/// [`PACK_AFTER_OBJECTS`] objects and does not merge packs yet.
+const PACK_SLOTS: usize = 4096;
+
+/// Opens the repository isolated from the user's and system git
+/// configuration (a ledger's behaviour must not depend on `~/.gitconfig`).
+fn open_repo(path: &Path) -> Result<gix::Repository, LedgerError> {
+    let options = gix::open::Options::isolated().object_store_slots(
+        gix::odb::store::init::Slots::AsNeededByDiskState {
+            multiplier: 2.0,
+            minimum: PACK_SLOTS,
+        },
+    );
+    gix::open_opts(path, options).map_err(git(format!("opening {}", path.display())))
+}
+
 fn is_ledger(path: &Path) -> bool {
     path.join("HEAD").is_file() && path.join("objects").is_dir()
 }
@@ -308,7 +325,8 @@ impl Ledger {
         if is_ledger(path) {
             return Err(LedgerError::Exists(path.to_path_buf()));
         }
-        let repo = gix::init_bare(path).map_err(git(format!("creating {}", path.display())))?;
+        gix::init_bare(path).map_err(git(format!("creating {}", path.display())))?;
+        let repo = open_repo(path)?;
         let mut ledger = Self::with_repo(repo, path, chunks, config.chain.clone(), None);
         let mut changes = changes;
         changes.set_chain(config)?;
@@ -340,7 +358,7 @@ impl Ledger {
         if !is_ledger(path) {
             return Err(LedgerError::NoLedger(path.to_path_buf()));
         }
-        let repo = gix::open(path).map_err(git(format!("opening {}", path.display())))?;
+        let repo = open_repo(path)?;
         let mut ledger = Self::with_repo(repo, path, chunks, String::new(), None);
         let genesis = ledger
             .ref_target(GENESIS_REF)?
@@ -937,24 +955,24 @@ impl Ledger {
         Ok(ChainConfig::parse(&bytes)?)
     }
 
-    /// The transaction lines of a block (`block/txs.jsonl`).
-    pub fn tx_lines(&self, block: &Block) -> Result<Vec<String>, LedgerError> {
-        let path = format!("{BLOCK}/{TXS}");
-        let bytes = self.read_value(block, &path)?.unwrap_or_default();
+    fn block_lines(&self, block: &Block, file: &str) -> Result<Vec<String>, LedgerError> {
+        let bytes = self
+            .read_value(block, &format!("{BLOCK}/{file}"))?
+            .unwrap_or_default();
         Ok(String::from_utf8_lossy(&bytes)
             .lines()
             .map(str::to_string)
             .collect())
     }
 
+    /// The transaction lines of a block (`block/txs.jsonl`).
+    pub fn tx_lines(&self, block: &Block) -> Result<Vec<String>, LedgerError> {
+        self.block_lines(block, TXS)
+    }
+
     /// The result lines of a block (`block/results.jsonl`).
     pub fn result_lines(&self, block: &Block) -> Result<Vec<String>, LedgerError> {
-        let path = format!("{BLOCK}/{RESULTS}");
-        let bytes = self.read_value(block, &path)?.unwrap_or_default();
-        Ok(String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_string)
-            .collect())
+        self.block_lines(block, RESULTS)
     }
 }
 

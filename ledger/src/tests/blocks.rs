@@ -454,7 +454,33 @@ fn loose_objects_pack_into_a_pack_git_reads() {
         assert_eq!(report.blocks.len(), 5);
         assert!(report.first_bad().is_none(), "{:?}", report.first_bad());
     }
-    // Writing goes on (loose again) on top of packed blocks.
-    let b = d.f.block(&[d.m], Changes::new(), vec![]);
-    assert_eq!(fresh.block(b.id).unwrap().height, 4);
+    // A ledger that packs and then writes on, referring to objects only the
+    // new pack holds (its object cache is cold): gix must see the pack.
+    drop(fresh);
+    let d = dag();
+    let l2 = Ledger::open(&d.f.repo_path(), d.f.ledger.chunks().clone()).unwrap();
+    l2.pack_loose().unwrap();
+    let mut c = Changes::new();
+    c.state("doors", &path("front/again"), Change::Put(b"new".to_vec()))
+        .unwrap();
+    let b = l2
+        .write_block(
+            &Draft {
+                parents: vec![d.m],
+                changes: c,
+                txs: vec![],
+                results: vec![],
+                text: "after packing".into(),
+                time: T0 + 9,
+            },
+            &d.f.key,
+        )
+        .unwrap();
+    assert_eq!(l2.block(b.id).unwrap().height, 4);
+    assert_eq!(
+        l2.read_state(&b, "doors", &path("front/schedule"))
+            .unwrap()
+            .as_deref(),
+        Some(&b"always"[..])
+    );
 }
