@@ -440,12 +440,13 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
             );
         }
     } else {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         println!(
-            "verified {} blocks and {} transactions on {} branch{}: all valid",
-            report.blocks.len(),
-            report.txs(),
-            branches.len(),
-            if branches.len() == 1 { "" } else { "es" }
+            "verified {} and {} on {}: all valid",
+            plural(report.blocks.len(), "block", "blocks"),
+            plural(report.txs(), "transaction", "transactions"),
+            plural(branches.len(), "branch", "branches"),
         );
     }
     Ok(if bad.is_empty() {
