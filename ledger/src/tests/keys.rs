@@ -52,6 +52,12 @@ fn a_signed_line_verifies_and_round_trips() {
     let line = stx.to_line();
     assert!(!line.contains('\n'), "one line");
     let back = verify_line(format!("{line}\n").as_bytes(), "makerspace", never_used).unwrap();
+    // The signed bytes verification slices out of the line are exactly the
+    // transaction's canonical form.
+    assert_eq!(
+        crate::tx::signed_part(line.as_bytes()),
+        Some(&stx.tx.canonical_bytes()[..])
+    );
     assert_eq!(back, stx);
     assert_eq!(back.id(), stx.id());
 }
