@@ -31,3 +31,8 @@ pub fn db(data_dir: &Path) -> PathBuf {
 pub fn ledger(data_dir: &Path) -> PathBuf {
     data_dir.join("ledger.git")
 }
+
+/// The image store (index, documents, rootfs cache) inside a data directory.
+pub fn images(data_dir: &Path) -> PathBuf {
+    data_dir.join("images")
+}

@@ -6,6 +6,7 @@
 
 mod chunks;
 mod data_dir;
+mod image;
 mod key;
 mod ledger;
 mod progress;
@@ -33,6 +34,9 @@ enum Command {
     /// Store, read, check and collect content-defined chunks
     #[command(subcommand)]
     Chunks(chunks::Command),
+    /// Import, build, export, unpack and list OCI images
+    #[command(subcommand)]
+    Image(image::Command),
     /// Create or show the node's OpenSSH ed25519 key
     #[command(subcommand)]
     Key(key::Command),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     let data_dir = data_dir::resolve(cli.data_dir);
     let result = match cli.command {
         Command::Chunks(cmd) => chunks::run(&data_dir, cmd),
+        Command::Image(cmd) => image::run(&data_dir, cmd),
         Command::Key(cmd) => key::run(&data_dir, cmd),
         Command::Init(args) => ledger::init(&data_dir, args),
         Command::Log(args) => ledger::log(&data_dir, args),
