@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a new chain with a signed genesis block (checked by utter and by
-# git itself); then three versions of a disk image and two of a log file go
+# git itself); a dapp image built from a directory, updated, exported for
+# skopeo and unpacked (the update stores only what changed); then three versions of a disk image and two of a log file go
 # into the chunk store; only what changed between versions is stored; every
 # chunk is verified; a version is read back and compared.
 set -euo pipefail
@@ -21,6 +22,27 @@ if command -v git > /dev/null; then
     echo "\$ git verify-commit main   (gpg.ssh.allowedSignersFile=$DIR/allowed_signers)" >&2
     git --git-dir "$DIR/ledger.git" -c gpg.ssh.allowedSignersFile="$DIR/allowed_signers" verify-commit main
 fi
+
+echo
+echo "== a dapp image built from a directory (busybox and a shell script)"
+APP="$DIR/hello-app"
+mkdir -p "$APP/bin" "$APP/etc"
+BUSYBOX=$(command -v busybox || true)
+if [ -n "$BUSYBOX" ]; then cp "$BUSYBOX" "$APP/bin/busybox"; ln -sf busybox "$APP/bin/sh"; fi
+printf '#!/bin/sh\necho hello from a dapp\n' > "$APP/bin/hello"; chmod 755 "$APP/bin/hello"
+utter image build "$APP" --entrypoint /bin/hello --env GREETING=hi --tag hello:1
+echo "== v2 changes one small file: only its chunk is new"
+echo "motd v2" > "$APP/etc/motd"
+utter image build "$APP" --entrypoint /bin/hello --env GREETING=hi --tag hello:2
+utter image ls
+utter image inspect hello:2
+utter image export hello:2 "oci:$DIR/hello-oci:2"
+if command -v skopeo > /dev/null; then
+    echo "\$ skopeo inspect oci:$DIR/hello-oci:2   (reads what utter exported)" >&2
+    skopeo inspect "oci:$DIR/hello-oci:2" | head -12
+fi
+utter image unpack hello:2 "$DIR/hello-rootfs"
+ls -l "$DIR/hello-rootfs/bin"
 
 echo
 echo "== making a multi-version data set in $F"

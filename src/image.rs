@@ -282,9 +282,16 @@ fn build(data_dir: &Path, args: BuildArgs) -> Result<ExitCode> {
     if args.json {
         let mut v = image_json(i);
         v["warnings"] = json!(built.warnings);
+        v["new_bytes"] = json!(built.new_bytes);
         println!("{v}");
     } else {
-        println!("built {} {} ({})", i.id, tags_text(i), human(i.size()));
+        println!(
+            "built {} {} ({}; store grew {})",
+            i.id,
+            tags_text(i),
+            human(i.size()),
+            human(built.new_bytes)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,8 +4,10 @@
 //! `utter-bench chunkstore` times the `utter` binary found next to this one
 //! (`./x bench` builds both) against restic, borg and casync.
 //! `utter-bench ledger` times block writing and `utter verify` against
-//! `git verify-commit`.
+//! `git verify-commit`. `utter-bench images` times image import, the dedup
+//! of an image update and unpack against raw ingest, casync and umoci.
 
+mod images;
 mod ledger;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +47,24 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Image import against raw ingest, update dedup against casync, unpack against umoci
+    Images {
+        /// Where the debootstrap trees are kept between runs
+        #[arg(long, default_value_os_t = default_cache())]
+        cache: PathBuf,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Time each measurement this many times and keep the fastest
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Debian suite for the images
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Debian mirror
+        #[arg(long, default_value = "http://deb.debian.org/debian")]
+        mirror: String,
+    },
     /// Block writing (tx/s) and `utter verify` against `git verify-commit`
     Ledger {
         /// Blocks to write in the writing benchmark
@@ -78,6 +98,19 @@ fn main() -> Result<()> {
             no_peers,
             runs,
         } => chunkstore(random_mib, &tree, stream_gib, work, no_peers, runs),
+        Bench::Images {
+            cache,
+            work,
+            runs,
+            suite,
+            mirror,
+        } => images::run(images::Options {
+            cache,
+            work,
+            runs,
+            suite,
+            mirror,
+        }),
         Bench::Ledger {
             write_blocks,
             txs_per_block,
@@ -94,6 +127,13 @@ fn main() -> Result<()> {
             runs,
         }),
     }
+}
+
+fn default_cache() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cache/utter-bench")
 }
 
 fn utter_bin() -> Result<PathBuf> {

@@ -73,6 +73,8 @@ pub struct Built {
     pub image: Image,
     /// Files skipped (sockets, devices), each with why.
     pub warnings: Vec<String>,
+    /// Bytes the chunk store grew by (only chunks it did not hold).
+    pub new_bytes: u64,
 }
 
 fn arch() -> Arch {
@@ -293,6 +295,7 @@ impl Images {
             return Err(BuildError::Input(format!("writing the layer: {e}")));
         }
         let put = put.map_err(Error::from)?;
+        let new_bytes = put.new_bytes;
         let layer = Layer {
             diff_id,
             size,
@@ -371,6 +374,10 @@ impl Images {
             .inspect_err(|_| {
                 let _ = self.chunks().unpin(&put.id);
             })?;
-        Ok(Built { image, warnings })
+        Ok(Built {
+            image,
+            warnings,
+            new_bytes,
+        })
     }
 }

@@ -5,6 +5,7 @@
 
 mod chunks;
 mod crash;
+mod image;
 mod key;
 mod ledger;
 
