@@ -430,6 +430,42 @@ fn import_checks_every_digest_and_keeps_nothing_of_a_bad_image() -> Result {
         assert_eq!(f.pins()?, pins, "a refused import left a pin");
         assert!(f.images.list()?.is_empty());
     }
+    // Damaged documents: the config, then the manifest.
+    for (i, what) in ["config", "manifest"].iter().enumerate() {
+        let dir = f.path(&format!("doc{i}"));
+        layout(&dir, &[(gzip(&layer), Digest::of(&layer))])?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+        let manifest_digest: Digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()?;
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(
+            dir.join("blobs/sha256").join(manifest_digest.hex()),
+        )?)?;
+        let target: Digest = if *what == "config" {
+            manifest["config"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()?
+        } else {
+            manifest_digest
+        };
+        let path = dir.join("blobs/sha256").join(target.hex());
+        let mut bytes = std::fs::read(&path)?;
+        bytes[5] = b' ';
+        std::fs::write(&path, bytes)?;
+        let err = f
+            .images
+            .import(&source(&dir), &ImportOptions::default(), &mut |_| {})
+            .expect_err("a damaged document must be refused");
+        assert!(
+            err.to_string()
+                .contains(&format!("{what} should have digest")),
+            "{err}"
+        );
+        assert_eq!(f.pins()?, pins);
+    }
     let gc = f.images.chunks().gc(&[])?;
     assert!(
         gc.chunks > 0,
