@@ -51,15 +51,7 @@ pub enum ExportError {
 pub fn parse_target(s: &str) -> Result<(PathBuf, Option<String>), ExportError> {
     let bad = || ExportError::Target(format!("`{s}` is not an export target: use oci:DIR[:TAG]"));
     let rest = s.strip_prefix("oci:").ok_or_else(bad)?;
-    let (dir, tag) = match rest.split_once(':') {
-        Some((d, t)) if !t.is_empty() => (d, Some(t.to_string())),
-        Some((d, _)) => (d, None),
-        None => (rest, None),
-    };
-    if dir.is_empty() {
-        return Err(bad());
-    }
-    Ok((PathBuf::from(dir), tag))
+    crate::import::split_path_tag(rest).ok_or_else(bad)
 }
 
 impl Images {

@@ -81,15 +81,7 @@ impl FromStr for Source {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ParseSourceError(s.to_string());
         let (transport, rest) = s.split_once(':').ok_or_else(bad)?;
-        let (path, tag) = match rest.split_once(':') {
-            Some((p, t)) if !t.is_empty() => (p, Some(t.to_string())),
-            Some((p, _)) => (p, None),
-            None => (rest, None),
-        };
-        if path.is_empty() {
-            return Err(bad());
-        }
-        let path = PathBuf::from(path);
+        let (path, tag) = split_path_tag(rest).ok_or_else(bad)?;
         Ok(match transport {
             "oci" => Self::OciDir { dir: path, tag },
             "oci-archive" => Self::OciArchive { file: path, tag },
@@ -100,6 +92,17 @@ impl FromStr for Source {
             _ => return Err(bad()),
         })
     }
+}
+
+/// Splits `PATH[:TAG]` at the first colon, as skopeo does; `None` for an
+/// empty path.
+pub(crate) fn split_path_tag(rest: &str) -> Option<(PathBuf, Option<String>)> {
+    let (path, tag) = match rest.split_once(':') {
+        Some((p, t)) if !t.is_empty() => (p, Some(t.to_string())),
+        Some((p, _)) => (p, None),
+        None => (rest, None),
+    };
+    (!path.is_empty()).then(|| (PathBuf::from(path), tag))
 }
 
 impl fmt::Display for Source {
@@ -594,17 +597,7 @@ fn resolve_oci(blobs: &Blobs, tag: Option<&str>, source: &str) -> Result<Resolve
         ));
     }
     let config = blobs.read_verified(&manifest.config, "config", source)?;
-    let diff_ids = diff_ids(&config, source)?;
-    if diff_ids.len() != manifest.layers.len() {
-        return Err(invalid(
-            source,
-            &format!(
-                "the manifest lists {} layers but the config {} diffIDs",
-                manifest.layers.len(),
-                diff_ids.len()
-            ),
-        ));
-    }
+    let diff_ids = diff_ids(&config, manifest.layers.len(), "the manifest", source)?;
     let layers = manifest
         .layers
         .iter()
@@ -624,7 +617,13 @@ fn resolve_oci(blobs: &Blobs, tag: Option<&str>, source: &str) -> Result<Resolve
     })
 }
 
-fn diff_ids(config: &[u8], source: &str) -> Result<Vec<Digest>, ImportError> {
+/// The config's diffIDs, which must be one per layer the manifest lists.
+fn diff_ids(
+    config: &[u8],
+    layers: usize,
+    listed_by: &str,
+    source: &str,
+) -> Result<Vec<Digest>, ImportError> {
     #[derive(Deserialize)]
     struct RootFs {
         #[serde(default)]
@@ -636,6 +635,15 @@ fn diff_ids(config: &[u8], source: &str) -> Result<Vec<Digest>, ImportError> {
     }
     let c: Config =
         serde_json::from_slice(config).map_err(|e| invalid(source, &format!("config: {e}")))?;
+    if c.rootfs.diff_ids.len() != layers {
+        return Err(invalid(
+            source,
+            &format!(
+                "{listed_by} lists {layers} layers but the config {} diffIDs",
+                c.rootfs.diff_ids.len()
+            ),
+        ));
+    }
     Ok(c.rootfs.diff_ids)
 }
 
@@ -681,17 +689,7 @@ fn resolve_docker(
             });
         }
     }
-    let diff_ids = diff_ids(&config, source)?;
-    if diff_ids.len() != entry.layers.len() {
-        return Err(invalid(
-            source,
-            &format!(
-                "manifest.json lists {} layers but the config {} diffIDs",
-                entry.layers.len(),
-                diff_ids.len()
-            ),
-        ));
-    }
+    let diff_ids = diff_ids(&config, entry.layers.len(), "manifest.json", source)?;
     let layers = entry
         .layers
         .iter()
