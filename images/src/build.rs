@@ -98,18 +98,6 @@ fn write_layer(
         let path = path.to_path_buf();
         move |source| BuildError::Io { path, source }
     };
-    fn base(path: &[u8]) -> Header<'_> {
-        Header {
-            path,
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            size: 0,
-            link: b"",
-        }
-    }
     match input {
         BuildInput::Binary(file) => {
             let meta = fs::metadata(file).map_err(io_at(file))?;
@@ -126,7 +114,7 @@ fn write_layer(
             let h = Header {
                 mode: 0o755,
                 size: meta.len(),
-                ..base(name.as_bytes())
+                ..Header::file(name.as_bytes())
             };
             let result = w
                 .append(&h, Some(&mut f))
@@ -169,7 +157,7 @@ fn write_layer(
                             &Header {
                                 kind: Kind::Dir,
                                 mode,
-                                ..base(&p)
+                                ..Header::file(&p)
                             },
                             None,
                         );
@@ -182,7 +170,7 @@ fn write_layer(
                                 kind: Kind::Symlink,
                                 mode: 0o777,
                                 link: target.as_os_str().as_bytes(),
-                                ..base(&r)
+                                ..Header::file(&r)
                             },
                             None,
                         )
@@ -196,7 +184,7 @@ fn write_layer(
                                     kind: Kind::Hardlink,
                                     mode,
                                     link: first,
-                                    ..base(&r)
+                                    ..Header::file(&r)
                                 },
                                 None,
                             )
@@ -209,7 +197,7 @@ fn write_layer(
                                 &Header {
                                     mode,
                                     size: m.len(),
-                                    ..base(&r)
+                                    ..Header::file(&r)
                                 },
                                 Some(&mut f),
                             )
@@ -219,7 +207,7 @@ fn write_layer(
                             &Header {
                                 kind: Kind::Fifo,
                                 mode,
-                                ..base(&r)
+                                ..Header::file(&r)
                             },
                             None,
                         )

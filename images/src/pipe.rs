@@ -39,15 +39,13 @@ pub fn pipe(depth: usize) -> (Writer, Reader) {
 }
 
 impl Writer {
-    /// An empty buffer, reused when the reader has returned one.
+    /// A buffer to fill: one the reader has returned (holding its old
+    /// bytes, so resizing it up to its old length zeroes nothing), else a
+    /// new empty one.
     pub fn buffer(&self, capacity: usize) -> Vec<u8> {
-        match self.pool.try_recv() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => Vec::with_capacity(capacity),
-        }
+        self.pool
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(capacity))
     }
 
     /// Sends a buffer; `false` when the reader is gone.
@@ -91,7 +89,8 @@ pub struct WriteAdapter {
 impl WriteAdapter {
     /// Writes into `pipe` in pieces of `chunk` bytes.
     pub fn new(pipe: Writer, chunk: usize) -> Self {
-        let buf = pipe.buffer(chunk);
+        let mut buf = pipe.buffer(chunk);
+        buf.clear();
         Self { pipe, buf, chunk }
     }
 
@@ -116,7 +115,8 @@ impl io::Write for WriteAdapter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let next = self.pipe.buffer(self.chunk);
+        let mut next = self.pipe.buffer(self.chunk);
+        next.clear();
         let full = std::mem::replace(&mut self.buf, next);
         if self.pipe.send(full) {
             Ok(())

@@ -604,6 +604,23 @@ pub struct Header<'a> {
     pub link: &'a [u8],
 }
 
+impl<'a> Header<'a> {
+    /// A regular file entry: mode 0644, owner 0:0, time 0, no data. Set the
+    /// other fields with struct update syntax.
+    pub fn file(path: &'a [u8]) -> Self {
+        Self {
+            path,
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            size: 0,
+            link: b"",
+        }
+    }
+}
+
 /// Writes a deterministic tar stream.
 pub struct Writer<W> {
     out: W,
@@ -789,16 +806,10 @@ mod tests {
         Ok(out)
     }
 
-    fn file<'a>(path: &'a [u8], size: u64) -> Header<'a> {
+    fn file(path: &[u8], size: u64) -> Header<'_> {
         Header {
-            path,
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
             size,
-            link: b"",
+            ..Header::file(path)
         }
     }
 

@@ -44,14 +44,9 @@ impl Fixture {
 
 fn h<'a>(path: &'a str, kind: Kind) -> Header<'a> {
     Header {
-        path: path.as_bytes(),
         kind,
         mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        size: 0,
-        link: b"",
+        ..Header::file(path.as_bytes())
     }
 }
 

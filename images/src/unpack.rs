@@ -127,12 +127,7 @@ impl Images {
             }
             Err(e) => return Err(io_err("cannot read", target)(e)),
         }
-        let root = rustix::fs::open(
-            target,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("cannot open", target)(e.into()))?;
+        let root = open_root(target)?;
         let total = image.size();
         let mut done = 0;
         let mut report = UnpackReport::default();
@@ -143,19 +138,8 @@ impl Images {
                 done: 0,
                 report: &mut |n| progress(done + n, total),
             };
-            apply_layer(&root, &mut counted, options, &mut report).map_err(|e| match e {
-                LayerError::Entry { path, reason } => UnpackError::Entry {
-                    layer: i + 1,
-                    diff_id: layer.diff_id.to_string(),
-                    path,
-                    reason,
-                },
-                LayerError::Tar(source) => UnpackError::Tar {
-                    layer: i + 1,
-                    diff_id: layer.diff_id.to_string(),
-                    source,
-                },
-            })?;
+            apply_layer(&root, &mut counted, options, &mut report)
+                .map_err(|e| e.at(i + 1, layer.diff_id.to_string()))?;
             done += layer.size;
         }
         Ok(report)
@@ -308,6 +292,39 @@ fn remove_at(dir: &OwnedFd, name: &[u8], depth: usize) -> Result<(), Errno> {
 enum LayerError {
     Entry { path: String, reason: String },
     Tar(TarError),
+}
+
+impl LayerError {
+    /// The error, naming the layer it happened in.
+    fn at(self, layer: usize, diff_id: String) -> UnpackError {
+        match self {
+            Self::Entry { path, reason } => UnpackError::Entry {
+                layer,
+                diff_id,
+                path,
+                reason,
+            },
+            Self::Tar(source) => UnpackError::Tar {
+                layer,
+                diff_id,
+                source,
+            },
+        }
+    }
+}
+
+/// Opens the target directory; every entry is made relative to it.
+fn open_root(target: &Path) -> Result<OwnedFd, UnpackError> {
+    rustix::fs::open(
+        target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| UnpackError::Io {
+        what: "cannot open",
+        path: target.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// Splits a member name into components: refuses absolute names, `..`
@@ -759,31 +776,10 @@ pub fn unpack_tars(
         path: target.to_path_buf(),
         source,
     })?;
-    let root = rustix::fs::open(
-        target,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| UnpackError::Io {
-        what: "cannot open",
-        path: target.to_path_buf(),
-        source: e.into(),
-    })?;
+    let root = open_root(target)?;
     let mut report = UnpackReport::default();
     for (i, layer) in layers.iter_mut().enumerate() {
-        apply_layer(&root, *layer, options, &mut report).map_err(|e| match e {
-            LayerError::Entry { path, reason } => UnpackError::Entry {
-                layer: i + 1,
-                diff_id: "-".into(),
-                path,
-                reason,
-            },
-            LayerError::Tar(source) => UnpackError::Tar {
-                layer: i + 1,
-                diff_id: "-".into(),
-                source,
-            },
-        })?;
+        apply_layer(&root, *layer, options, &mut report).map_err(|e| e.at(i + 1, "-".into()))?;
     }
     Ok(report)
 }
