@@ -27,7 +27,7 @@ pub use digest::{Digest, ParseDigestError};
 pub use error::Error;
 pub use export::{ExportError, parse_target};
 pub use import::{ImportError, ImportOptions, Imported, ParseSourceError, Progress, Source, media};
-pub use store::{Image, Images, Layer, Removed, check_tag};
+pub use store::{Catalog, Image, Images, Layer, Removed, check_tag};
 pub use unpack::{UnpackError, UnpackOptions, UnpackReport};
 
 #[cfg(test)]

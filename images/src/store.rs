@@ -120,8 +120,15 @@ pub(crate) struct Lock {
 /// OCI images kept by one node.
 #[derive(Clone)]
 pub struct Images {
-    dir: PathBuf,
+    catalog: Catalog,
     chunks: Store,
+}
+
+/// The read-only part of an image store: its index, manifests, configs
+/// and rootfs cache paths, all plain files. [`Images`] derefs to it.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    dir: PathBuf,
 }
 
 impl Images {
@@ -133,17 +140,15 @@ impl Images {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(Error::io("cannot create", &path))?;
         }
-        Ok(Self { dir, chunks })
+        Ok(Self {
+            catalog: Catalog { dir },
+            chunks,
+        })
     }
 
     /// The chunk store holding the layers.
     pub fn chunks(&self) -> &Store {
         &self.chunks
-    }
-
-    /// The store's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub(crate) fn lock(&self) -> Result<Lock, Error> {
@@ -157,6 +162,206 @@ impl Images {
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| Error::io("cannot lock", &path)(e.into()))?;
         Ok(Lock { _file: file })
+    }
+
+    fn write_index(&self, index: &Index, _lock: &Lock) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(index).map_err(|e| Error::Index {
+            path: self.index_path(),
+            reason: e.to_string(),
+        })?;
+        write_atomic(&self.index_path(), &bytes)
+    }
+
+    /// Writes a document under its digest (if absent) and returns the digest.
+    pub(crate) fn write_doc(&self, bytes: &[u8]) -> Result<Digest, Error> {
+        let digest = Digest::of(bytes);
+        let path = self.blob_path(&digest);
+        if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+            return Ok(digest);
+        }
+        write_atomic(&path, bytes)?;
+        Ok(digest)
+    }
+
+    /// The layer already stored under `diff_id`, if its blob is present.
+    pub(crate) fn known_layer(&self, diff_id: &Digest) -> Result<Option<Layer>, Error> {
+        let index = self.read_index()?;
+        let Some(rec) = index.layers.get(diff_id) else {
+            return Ok(None);
+        };
+        let Ok(blob) = rec.blob.parse::<ManifestId>() else {
+            return Ok(None);
+        };
+        if !self.chunks.has_manifest(&blob)? {
+            return Ok(None);
+        }
+        Ok(Some(Layer {
+            diff_id: *diff_id,
+            size: rec.size,
+            blob,
+        }))
+    }
+
+    /// Reads a layer's uncompressed tar.
+    pub fn layer_reader(&self, layer: &Layer) -> Result<BlobReader, Error> {
+        Ok(self.chunks.get(&layer.blob)?)
+    }
+
+    /// Records a new image (documents, layers, tags). Layers flagged `true`
+    /// were stored by the caller with a pin this record now owns.
+    pub(crate) fn commit(&self, new: NewImage) -> Result<Image, Error> {
+        for tag in &new.tags {
+            check_tag(tag)?;
+        }
+        let manifest = self.write_doc(&new.manifest)?;
+        self.write_doc(&new.config)?;
+        let lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let mut extra_pins = Vec::new();
+        for (layer, pinned) in &new.layers {
+            match index.layers.get(&layer.diff_id) {
+                Some(rec) if rec.blob == layer.blob.to_string() => {
+                    if *pinned {
+                        extra_pins.push(layer.blob);
+                    }
+                }
+                _ => {
+                    if !*pinned {
+                        // A layer found in the index when the import began and
+                        // replaced since: take a pin of our own.
+                        self.chunks.pin(&layer.blob)?;
+                    }
+                    index.layers.insert(
+                        layer.diff_id,
+                        LayerRecord {
+                            blob: layer.blob.to_string(),
+                            size: layer.size,
+                        },
+                    );
+                }
+            }
+        }
+        let added = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let config = Digest::of(&new.config);
+        index.images.insert(
+            manifest,
+            ImageRecord {
+                config,
+                layers: new.layers.iter().map(|(l, _)| l.diff_id).collect(),
+                source: new.source,
+                source_digest: new.source_digest.filter(|d| *d != manifest),
+                added,
+            },
+        );
+        for tag in new.tags {
+            index.tags.insert(tag, manifest);
+        }
+        self.write_index(&index, &lock)?;
+        for blob in extra_pins {
+            self.chunks.unpin(&blob)?;
+        }
+        let rec = index.images.get(&manifest).ok_or_else(|| Error::Index {
+            path: self.index_path(),
+            reason: "the image just written is missing".into(),
+        })?;
+        self.image_from(&index, &manifest, rec)
+    }
+
+    /// Points `tag` at the image `reference` names (moving it if it named
+    /// another image).
+    pub fn tag(&self, reference: &str, tag: &str) -> Result<Digest, Error> {
+        check_tag(tag)?;
+        let lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let id = Catalog::resolve_in(&index, reference)?;
+        index.tags.insert(tag.to_string(), id);
+        self.write_index(&index, &lock)?;
+        Ok(id)
+    }
+
+    /// Removes a tag, or an image: naming an image by a tag it shares with
+    /// other tags removes only that tag; naming it by digest, or by its last
+    /// tag, removes the image, its tags and its rootfs cache, and releases
+    /// the layers no other image uses.
+    pub fn remove(&self, reference: &str) -> Result<Removed, Error> {
+        let lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let id = Catalog::resolve_in(&index, reference)?;
+        let tags: Vec<String> = index
+            .tags
+            .iter()
+            .filter(|(_, d)| **d == id)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if index.tags.contains_key(reference) && tags.len() > 1 {
+            index.tags.remove(reference);
+            self.write_index(&index, &lock)?;
+            return Ok(Removed {
+                untagged: Some(reference.to_string()),
+                image: None,
+                layers_released: 0,
+            });
+        }
+        let Some(rec) = index.images.remove(&id) else {
+            return Err(Error::UnknownRef(reference.to_string()));
+        };
+        index.tags.retain(|_, d| *d != id);
+        let mut released = Vec::new();
+        for diff in &rec.layers {
+            let used = index.images.values().any(|r| r.layers.contains(diff));
+            if !used && let Some(l) = index.layers.remove(diff) {
+                released.push(l.blob);
+            }
+        }
+        let config_used = index.images.values().any(|r| r.config == rec.config);
+        self.write_index(&index, &lock)?;
+        // The index no longer names them: what follows only frees space, and
+        // a crash here leaves files and pins nothing refers to, never a hole.
+        for blob in &released {
+            if let Ok(id) = blob.parse::<ManifestId>() {
+                self.chunks.unpin(&id)?;
+            }
+        }
+        let _ = fs::remove_file(self.blob_path(&id));
+        if !config_used {
+            let _ = fs::remove_file(self.blob_path(&rec.config));
+        }
+        let cache = self.rootfs_path(&id);
+        if cache.exists() {
+            crate::unpack::remove_tree(&cache).map_err(Error::io("cannot remove", &cache))?;
+        }
+        Ok(Removed {
+            untagged: None,
+            image: Some(id),
+            layers_released: released.len(),
+        })
+    }
+}
+
+impl std::ops::Deref for Images {
+    type Target = Catalog;
+
+    /// Everything that reads the catalog works on the store too.
+    fn deref(&self) -> &Catalog {
+        &self.catalog
+    }
+}
+
+impl Catalog {
+    /// Opens the catalog of the image store in `dir` for reading, without
+    /// its chunk store: enough to find an image, read its config and find
+    /// its cached rootfs (not to unpack or change anything).
+    pub fn open(dir: impl AsRef<Path>) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+        }
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn index_path(&self) -> PathBuf {
@@ -198,25 +403,6 @@ impl Images {
             });
         }
         Ok(index)
-    }
-
-    fn write_index(&self, index: &Index, _lock: &Lock) -> Result<(), Error> {
-        let bytes = serde_json::to_vec_pretty(index).map_err(|e| Error::Index {
-            path: self.index_path(),
-            reason: e.to_string(),
-        })?;
-        write_atomic(&self.index_path(), &bytes)
-    }
-
-    /// Writes a document under its digest (if absent) and returns the digest.
-    pub(crate) fn write_doc(&self, bytes: &[u8]) -> Result<Digest, Error> {
-        let digest = Digest::of(bytes);
-        let path = self.blob_path(&digest);
-        if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
-            return Ok(digest);
-        }
-        write_atomic(&path, bytes)?;
-        Ok(digest)
     }
 
     /// Reads a document and checks it against its digest.
@@ -322,31 +508,12 @@ impl Images {
     /// digits) names.
     pub fn get(&self, reference: &str) -> Result<Image, Error> {
         let index = self.read_index()?;
-        let id = Self::resolve_in(&index, reference)?;
+        let id = Catalog::resolve_in(&index, reference)?;
         let rec = index
             .images
             .get(&id)
             .ok_or_else(|| Error::UnknownRef(reference.to_string()))?;
         self.image_from(&index, &id, rec)
-    }
-
-    /// The layer already stored under `diff_id`, if its blob is present.
-    pub(crate) fn known_layer(&self, diff_id: &Digest) -> Result<Option<Layer>, Error> {
-        let index = self.read_index()?;
-        let Some(rec) = index.layers.get(diff_id) else {
-            return Ok(None);
-        };
-        let Ok(blob) = rec.blob.parse::<ManifestId>() else {
-            return Ok(None);
-        };
-        if !self.chunks.has_manifest(&blob)? {
-            return Ok(None);
-        }
-        Ok(Some(Layer {
-            diff_id: *diff_id,
-            size: rec.size,
-            blob,
-        }))
     }
 
     /// The image's manifest exactly as digested.
@@ -365,143 +532,6 @@ impl Images {
         serde_json::from_slice(&bytes).map_err(|_| Error::Damaged {
             what: "config",
             digest: image.config,
-        })
-    }
-
-    /// Reads a layer's uncompressed tar.
-    pub fn layer_reader(&self, layer: &Layer) -> Result<BlobReader, Error> {
-        Ok(self.chunks.get(&layer.blob)?)
-    }
-
-    /// Records a new image (documents, layers, tags). Layers flagged `true`
-    /// were stored by the caller with a pin this record now owns.
-    pub(crate) fn commit(&self, new: NewImage) -> Result<Image, Error> {
-        for tag in &new.tags {
-            check_tag(tag)?;
-        }
-        let manifest = self.write_doc(&new.manifest)?;
-        self.write_doc(&new.config)?;
-        let lock = self.lock()?;
-        let mut index = self.read_index()?;
-        let mut extra_pins = Vec::new();
-        for (layer, pinned) in &new.layers {
-            match index.layers.get(&layer.diff_id) {
-                Some(rec) if rec.blob == layer.blob.to_string() => {
-                    if *pinned {
-                        extra_pins.push(layer.blob);
-                    }
-                }
-                _ => {
-                    if !*pinned {
-                        // A layer found in the index when the import began and
-                        // replaced since: take a pin of our own.
-                        self.chunks.pin(&layer.blob)?;
-                    }
-                    index.layers.insert(
-                        layer.diff_id,
-                        LayerRecord {
-                            blob: layer.blob.to_string(),
-                            size: layer.size,
-                        },
-                    );
-                }
-            }
-        }
-        let added = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let config = Digest::of(&new.config);
-        index.images.insert(
-            manifest,
-            ImageRecord {
-                config,
-                layers: new.layers.iter().map(|(l, _)| l.diff_id).collect(),
-                source: new.source,
-                source_digest: new.source_digest.filter(|d| *d != manifest),
-                added,
-            },
-        );
-        for tag in new.tags {
-            index.tags.insert(tag, manifest);
-        }
-        self.write_index(&index, &lock)?;
-        for blob in extra_pins {
-            self.chunks.unpin(&blob)?;
-        }
-        let rec = index.images.get(&manifest).ok_or_else(|| Error::Index {
-            path: self.index_path(),
-            reason: "the image just written is missing".into(),
-        })?;
-        self.image_from(&index, &manifest, rec)
-    }
-
-    /// Points `tag` at the image `reference` names (moving it if it named
-    /// another image).
-    pub fn tag(&self, reference: &str, tag: &str) -> Result<Digest, Error> {
-        check_tag(tag)?;
-        let lock = self.lock()?;
-        let mut index = self.read_index()?;
-        let id = Self::resolve_in(&index, reference)?;
-        index.tags.insert(tag.to_string(), id);
-        self.write_index(&index, &lock)?;
-        Ok(id)
-    }
-
-    /// Removes a tag, or an image: naming an image by a tag it shares with
-    /// other tags removes only that tag; naming it by digest, or by its last
-    /// tag, removes the image, its tags and its rootfs cache, and releases
-    /// the layers no other image uses.
-    pub fn remove(&self, reference: &str) -> Result<Removed, Error> {
-        let lock = self.lock()?;
-        let mut index = self.read_index()?;
-        let id = Self::resolve_in(&index, reference)?;
-        let tags: Vec<String> = index
-            .tags
-            .iter()
-            .filter(|(_, d)| **d == id)
-            .map(|(t, _)| t.clone())
-            .collect();
-        if index.tags.contains_key(reference) && tags.len() > 1 {
-            index.tags.remove(reference);
-            self.write_index(&index, &lock)?;
-            return Ok(Removed {
-                untagged: Some(reference.to_string()),
-                image: None,
-                layers_released: 0,
-            });
-        }
-        let Some(rec) = index.images.remove(&id) else {
-            return Err(Error::UnknownRef(reference.to_string()));
-        };
-        index.tags.retain(|_, d| *d != id);
-        let mut released = Vec::new();
-        for diff in &rec.layers {
-            let used = index.images.values().any(|r| r.layers.contains(diff));
-            if !used && let Some(l) = index.layers.remove(diff) {
-                released.push(l.blob);
-            }
-        }
-        let config_used = index.images.values().any(|r| r.config == rec.config);
-        self.write_index(&index, &lock)?;
-        // The index no longer names them: what follows only frees space, and
-        // a crash here leaves files and pins nothing refers to, never a hole.
-        for blob in &released {
-            if let Ok(id) = blob.parse::<ManifestId>() {
-                self.chunks.unpin(&id)?;
-            }
-        }
-        let _ = fs::remove_file(self.blob_path(&id));
-        if !config_used {
-            let _ = fs::remove_file(self.blob_path(&rec.config));
-        }
-        let cache = self.rootfs_path(&id);
-        if cache.exists() {
-            crate::unpack::remove_tree(&cache).map_err(Error::io("cannot remove", &cache))?;
-        }
-        Ok(Removed {
-            untagged: None,
-            image: Some(id),
-            layers_released: released.len(),
         })
     }
 }
