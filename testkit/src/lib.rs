@@ -67,6 +67,57 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Builds `bin` of workspace package `package` as a static executable (glibc,
+/// `-C target-feature=+crt-static`) and returns its path: a program that
+/// can be the only file of a container image. Built once per test process
+/// into `<target>/static`, a target directory of its own so the ordinary
+/// build is not disturbed.
+pub fn static_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
+        return path.clone();
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit is inside the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"))
+        .join("static");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "rustc",
+            "--quiet",
+            "--offline",
+            "--locked",
+            "-p",
+            package,
+            "--bin",
+            bin,
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .args([
+            "--",
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "strip=symbols",
+        ])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {bin} statically failed");
+    let path = target.join("debug").join(bin);
+    built.push((bin.to_string(), path.clone()));
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

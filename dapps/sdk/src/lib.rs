@@ -1,7 +1,479 @@
-//! The dapp side of the protocol: read `/block/context.json`, iterate
-//! `/block/txs.jsonl`, read and write files under `/state`, write
-//! `/block/results.jsonl`.
+//! The dapp side of utter's dapp protocol.
 //!
-//! Depends on no other utter crate, so a dapp links nothing but this.
+//! A dapp is a program in an OCI image. For each block that has
+//! transactions for it, utter runs its entrypoint once with the argument
+//! `apply`; to check a new state it runs it with `test`. Inside the
+//! container:
+//! ```text
+//! /block/context.json   {"chain","dapp","entry","height","time","parent","proposer"}
+//! /block/txs.jsonl      one signed transaction per line: {"sig":…,"tx":{…}}
+//! /block/results.jsonl  the dapp writes one line per transaction, in order:
+//!                       {"status":"accepted"[,"output":…]} or
+//!                       {"status":"rejected","reason":"…"}
+//! /state/…              the dapp's files; changes become the next state
+//! ```
+//! There is no network and no clock but the block's `time`; the same
+//! inputs must give the same state and results.
 //!
-//! Not built yet: this crate is filled by the runtime issue.
+//! This crate reads the context and transactions, gives a write-back view
+//! of `/state` and writes the results; [`run`] does all of it around a
+//! closure per transaction. It depends on `serde_json` only and links
+//! statically. Outside a container, `UTTER_BLOCK` and `UTTER_STATE` point
+//! it at other directories (for a dapp's own tests).
+//!
+//! Depends on no other utter crate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+
+pub use serde_json::{Value, json};
+
+/// Where the block directory is in a container.
+pub const BLOCK_DIR: &str = "/block";
+/// Where the state is in a container.
+pub const STATE_DIR: &str = "/state";
+
+/// An error of the protocol: a file missing or malformed. A dapp reports
+/// it on stderr and exits non-zero, which fails the block.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// An error with this message (a broken invariant, a damaged file).
+    pub fn from_message(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+fn io_error(what: &str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let text = format!("cannot {what} {}", path.display());
+    move |e| Error(format!("{text}: {e}"))
+}
+
+/// `/block/context.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    /// The chain id.
+    pub chain: String,
+    /// This dapp's name on the chain.
+    pub dapp: String,
+    /// `apply` or `test`.
+    pub entry: String,
+    /// The block's height.
+    pub height: u64,
+    /// The block's time, Unix seconds.
+    pub time: u64,
+    /// The parent block's id (hex).
+    pub parent: String,
+    /// The proposer's key.
+    pub proposer: String,
+}
+
+/// One transaction for this dapp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tx {
+    /// Its position in the block's `txs.jsonl` (0-based).
+    pub index: usize,
+    /// What to do.
+    pub action: String,
+    /// Arguments (any JSON).
+    pub args: Value,
+    /// The signer's key, `ssh-ed25519 AAAA…`: who sent it.
+    pub signer: String,
+    /// The signer's nonce.
+    pub nonce: u64,
+    /// When the signer made it, Unix seconds.
+    pub time: u64,
+}
+
+/// A transaction's result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Applied, with an optional output for the sender.
+    Accepted(Option<Value>),
+    /// Not applied, and why.
+    Rejected(String),
+}
+
+impl Outcome {
+    /// The `results.jsonl` line (no newline).
+    pub fn to_line(&self) -> String {
+        let value = match self {
+            Outcome::Accepted(None) => json!({"status": "accepted"}),
+            Outcome::Accepted(Some(output)) => json!({"status": "accepted", "output": output}),
+            Outcome::Rejected(reason) => json!({"status": "rejected", "reason": reason}),
+        };
+        value.to_string()
+    }
+}
+
+/// The block: context and transactions.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// The context.
+    pub context: Context,
+    /// The transactions, in order.
+    pub txs: Vec<Tx>,
+    dir: PathBuf,
+}
+
+fn str_field(v: &Value, key: &str, what: &str) -> Result<String, Error> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| Error(format!("{what} has no string {key:?}")))
+}
+
+fn u64_field(v: &Value, key: &str, what: &str) -> Result<u64, Error> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error(format!("{what} has no integer {key:?}")))
+}
+
+impl Block {
+    /// Reads `/block` (or `$UTTER_BLOCK`).
+    pub fn read() -> Result<Self, Error> {
+        let dir = std::env::var_os("UTTER_BLOCK")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(BLOCK_DIR));
+        Self::read_from(&dir)
+    }
+
+    /// Reads a block directory.
+    pub fn read_from(dir: &Path) -> Result<Self, Error> {
+        let path = dir.join("context.json");
+        let bytes = fs::read(&path).map_err(io_error("read", &path))?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error(format!("{} is not JSON: {e}", path.display())))?;
+        let what = "context.json";
+        let context = Context {
+            chain: str_field(&v, "chain", what)?,
+            dapp: str_field(&v, "dapp", what)?,
+            entry: str_field(&v, "entry", what)?,
+            height: u64_field(&v, "height", what)?,
+            time: u64_field(&v, "time", what)?,
+            parent: str_field(&v, "parent", what)?,
+            proposer: str_field(&v, "proposer", what)?,
+        };
+        let path = dir.join("txs.jsonl");
+        let file = fs::File::open(&path).map_err(io_error("open", &path))?;
+        let mut txs = Vec::new();
+        for (index, line) in io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(io_error("read", &path))?;
+            let what = format!("transaction {index}");
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|e| Error(format!("{what} is not JSON: {e}")))?;
+            let tx = v
+                .get("tx")
+                .ok_or_else(|| Error(format!("{what} has no \"tx\"")))?;
+            txs.push(Tx {
+                index,
+                action: str_field(tx, "action", &what)?,
+                args: tx.get("args").cloned().unwrap_or(Value::Null),
+                signer: str_field(tx, "signer", &what)?,
+                nonce: u64_field(tx, "nonce", &what)?,
+                time: u64_field(tx, "time", &what)?,
+            });
+        }
+        Ok(Self {
+            context,
+            txs,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes `results.jsonl`: one line per outcome, in order.
+    pub fn write_results(&self, outcomes: &[Outcome]) -> Result<(), Error> {
+        let path = self.dir.join("results.jsonl");
+        let mut text = String::with_capacity(outcomes.len() * 24);
+        for outcome in outcomes {
+            text.push_str(&outcome.to_line());
+            text.push('\n');
+        }
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        file.write_all(text.as_bytes())
+            .map_err(io_error("write", &path))
+    }
+}
+
+/// The dapp's state: files under `/state`, read on first use and written
+/// back by [`State::flush`], so a block touching one file a thousand times
+/// writes it once.
+#[derive(Debug)]
+pub struct State {
+    root: PathBuf,
+    cache: BTreeMap<String, Option<Vec<u8>>>,
+    dirty: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl State {
+    /// `/state` (or `$UTTER_STATE`).
+    pub fn open() -> Self {
+        let root = std::env::var_os("UTTER_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(STATE_DIR));
+        Self::at(root)
+    }
+
+    /// A state directory.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            cache: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+        }
+    }
+
+    fn check(path: &str) -> Result<(), Error> {
+        let p = Path::new(path);
+        let plain = !path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+        if plain {
+            Ok(())
+        } else {
+            Err(Error(format!(
+                "{path:?} is not a relative path inside the state"
+            )))
+        }
+    }
+
+    /// The bytes of `path` (relative), or `None` when there is no such file.
+    pub fn get(&mut self, path: &str) -> Result<Option<&[u8]>, Error> {
+        Self::check(path)?;
+        if let Some(v) = self.dirty.get(path) {
+            return Ok(v.as_deref());
+        }
+        if !self.cache.contains_key(path) {
+            let full = self.root.join(path);
+            let value = match fs::read(&full) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_error("read", &full)(e)),
+            };
+            self.cache.insert(path.to_string(), value);
+        }
+        Ok(self.cache[path].as_deref())
+    }
+
+    /// Sets `path` to `bytes` (written by [`State::flush`]).
+    pub fn put(&mut self, path: &str, bytes: impl Into<Vec<u8>>) -> Result<(), Error> {
+        Self::check(path)?;
+        self.dirty.insert(path.to_string(), Some(bytes.into()));
+        Ok(())
+    }
+
+    /// Removes `path` (at [`State::flush`]).
+    pub fn remove(&mut self, path: &str) -> Result<(), Error> {
+        Self::check(path)?;
+        self.dirty.insert(path.to_string(), None);
+        Ok(())
+    }
+
+    /// The file names in directory `dir` ("" for the top), sorted, with
+    /// pending writes and removals of files directly in `dir` applied.
+    pub fn list(&mut self, dir: &str) -> Result<Vec<String>, Error> {
+        if !dir.is_empty() {
+            Self::check(dir)?;
+        }
+        let full = self.root.join(dir);
+        let mut names: Vec<String> = match fs::read_dir(&full) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_error("list", &full)(e)),
+        };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        for (path, value) in &self.dirty {
+            if let Some(name) = path.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
+                names.retain(|n| n != name);
+                if value.is_some() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Writes pending changes to the directory.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        for (path, value) in std::mem::take(&mut self.dirty) {
+            let full = self.root.join(&path);
+            match &value {
+                Some(bytes) => {
+                    if let Some(parent) = full.parent() {
+                        fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+                    }
+                    fs::write(&full, bytes).map_err(io_error("write", &full))?;
+                }
+                None => match fs::remove_file(&full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error("remove", &full)(e)),
+                },
+            }
+            self.cache.insert(path, value);
+        }
+        Ok(())
+    }
+}
+
+/// The whole protocol around two functions: `apply` is called once per
+/// transaction (in order; its state changes are kept only when it returns
+/// `Accepted`), `test` once for the `test` entry. Returns the process's
+/// exit code; errors go to stderr.
+///
+/// ```no_run
+/// use utter_dapp_sdk::{Outcome, run};
+/// fn main() -> std::process::ExitCode {
+///     run(
+///         |_ctx, tx, state| match tx.action.as_str() {
+///             "touch" => state.put("touched", "yes").map(|()| Outcome::Accepted(None)),
+///             other => Ok(Outcome::Rejected(format!("unknown action {other}"))),
+///         },
+///         |_ctx, _state| Ok(()),
+///     )
+/// }
+/// ```
+pub fn run<A, T>(mut apply: A, test: T) -> ExitCode
+where
+    A: FnMut(&Context, &Tx, &mut State) -> Result<Outcome, Error>,
+    T: FnOnce(&Context, &mut State) -> Result<(), Error>,
+{
+    match run_inner(&mut apply, test) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dapp error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_inner<A, T>(apply: &mut A, test: T) -> Result<(), Error>
+where
+    A: FnMut(&Context, &Tx, &mut State) -> Result<Outcome, Error>,
+    T: FnOnce(&Context, &mut State) -> Result<(), Error>,
+{
+    let block = Block::read()?;
+    let mut state = State::open();
+    let entry = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| block.context.entry.clone());
+    match entry.as_str() {
+        "apply" => {
+            let mut outcomes = Vec::with_capacity(block.txs.len());
+            for tx in &block.txs {
+                let before = state.dirty.clone();
+                let outcome = apply(&block.context, tx, &mut state)?;
+                if matches!(outcome, Outcome::Rejected(_)) {
+                    state.dirty = before;
+                }
+                outcomes.push(outcome);
+            }
+            state.flush()?;
+            block.write_results(&outcomes)
+        }
+        "test" => test(&block.context, &mut state),
+        other => Err(Error(format!(
+            "unknown entry {other:?}: expected apply or test"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_dir(txs: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join("context.json"),
+            r#"{"chain":"c","dapp":"d","entry":"apply","height":3,"time":7,"parent":"ab","proposer":"k"}"#,
+        )
+        .expect("write");
+        fs::write(dir.path().join("txs.jsonl"), txs).expect("write");
+        fs::write(dir.path().join("results.jsonl"), "").expect("write");
+        dir
+    }
+
+    #[test]
+    fn reads_a_block_and_writes_results() {
+        let dir = block_dir(concat!(
+            r#"{"sig":"s","tx":{"v":1,"chain":"c","dapp":"d","action":"add","args":{"n":2},"signer":"k1","nonce":1,"time":5}}"#,
+            "\n",
+            r#"{"sig":"s","tx":{"v":1,"chain":"c","dapp":"d","action":"x","args":null,"signer":"k2","nonce":9,"time":6}}"#,
+            "\n"
+        ));
+        let block = Block::read_from(dir.path()).expect("block");
+        assert_eq!(block.context.height, 3);
+        assert_eq!(block.txs.len(), 2);
+        assert_eq!(block.txs[0].args["n"], 2);
+        assert_eq!(block.txs[1].signer, "k2");
+        block
+            .write_results(&[
+                Outcome::Accepted(Some(json!(4))),
+                Outcome::Rejected("no".into()),
+            ])
+            .expect("results");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("results.jsonl")).expect("read"),
+            "{\"output\":4,\"status\":\"accepted\"}\n{\"reason\":\"no\",\"status\":\"rejected\"}\n"
+        );
+    }
+
+    #[test]
+    fn bad_blocks_are_errors_naming_the_line() {
+        let dir = block_dir("{\"tx\":{\"action\":\"a\"}}\n");
+        let err = Block::read_from(dir.path()).expect_err("missing fields");
+        assert!(err.to_string().contains("transaction 0"), "{err}");
+        let dir = block_dir("not json\n");
+        assert!(Block::read_from(dir.path()).is_err());
+    }
+
+    #[test]
+    fn state_writes_back_and_refuses_escapes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("old"), "1").expect("write");
+        let mut state = State::at(dir.path());
+        assert_eq!(state.get("old").expect("get"), Some(&b"1"[..]));
+        assert_eq!(state.get("new").expect("get"), None);
+        state.put("a/b", "x").expect("put");
+        state.remove("old").expect("remove");
+        assert_eq!(state.list("a").expect("list"), vec!["b"]);
+        assert!(state.list("").expect("list").is_empty(), "old is removed");
+        assert!(
+            !dir.path().join("a").exists(),
+            "nothing written before flush"
+        );
+        state.flush().expect("flush");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("a/b")).expect("read"),
+            "x"
+        );
+        assert!(!dir.path().join("old").exists());
+        for bad in ["../x", "/etc/passwd", "", "a/../../b"] {
+            assert!(state.put(bad, "x").is_err(), "{bad}");
+            assert!(state.get(bad).is_err(), "{bad}");
+        }
+    }
+}
