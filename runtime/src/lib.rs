@@ -1,7 +1,33 @@
 //! The runtime: runs an image's entrypoint in a fresh, isolated youki
 //! (libcontainer) container and returns its outcome as a value.
 //!
-//! May use `utter-images`; must not know about the ledger, consensus or the
-//! network.
+//! - [`spec`]: what to run ([`Job`]), its [`Limits`], and the OCI runtime
+//!   spec that enforces them (namespaces, no capabilities, seccomp, cgroup
+//!   limits, read-only rootfs). Pure.
+//! - [`container`]: the driver ([`Runtime`]), which runs a job in this
+//!   process with libcontainer, waits under the limits, and removes every
+//!   trace of the container whatever happened.
+//! - [`dapp`]: the dapp protocol's host side: `/state` as an overlay over a
+//!   read-only checkout, `/block` with the context and transactions, the
+//!   results and the changed paths read back.
+//! - [`detached`]: long-running containers for compute leases: start,
+//!   status, exec (a tenant process), stop.
+//! - [`image`]: the process an image's config describes.
+//! - [`outcome`]: how a run ended ([`Outcome`]), with messages for dapp
+//!   authors.
 //!
-//! Not built yet: this crate is filled by the runtime issue.
+//! May use `utter-images` (for a rootfs); must not know about the ledger,
+//! consensus or the network.
+
+pub mod container;
+pub mod dapp;
+pub mod detached;
+pub mod image;
+pub mod outcome;
+pub mod spec;
+
+pub use container::{Finished, RunError, Runtime, Sandbox, Scratch, Stdio};
+pub use dapp::{Change, ChangeKind, Context, DappRun, Entry, Invocation, invoke};
+pub use image::ImageProcess;
+pub use outcome::Outcome;
+pub use spec::{Job, Limits, Mount};

@@ -1,0 +1,721 @@
+//! The driver: runs a [`Job`] in a youki (libcontainer) container in this
+//! process, waits for it under its limits, reads what the cgroup saw, and
+//! removes every trace of it (container state, cgroup, bundle) whatever
+//! happened.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, pidfd_open};
+
+use crate::outcome::Outcome;
+use crate::spec::{BASE_MOUNT_POINTS, Job, Mount, runtime_spec};
+
+/// Where a container's stdio goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    /// stdin is empty; stdout and stderr are captured up to the job's
+    /// output limit.
+    Capture,
+    /// The container shares this process's stdin, stdout and stderr (for
+    /// `utter run` at a terminal); nothing is captured.
+    Inherit,
+}
+
+/// A finished run.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Captured stdout (empty with [`Stdio::Inherit`]).
+    pub stdout: Vec<u8>,
+    /// Captured stderr (empty with [`Stdio::Inherit`]).
+    pub stderr: Vec<u8>,
+    /// From `start` to exit.
+    pub elapsed: Duration,
+}
+
+/// Why a container could not be run at all (as opposed to an [`Outcome`],
+/// which is how a container that ran ended).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Containers need root here.
+    #[error(
+        "running containers needs root (for namespaces, cgroup limits and mounts); \
+         {0}; run utter as root"
+    )]
+    NotRoot(&'static str),
+    /// Preparing the bundle, scratch space or mount points failed.
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// libcontainer refused or failed to create or start the container,
+    /// e.g. the entrypoint does not exist in the image.
+    #[error("cannot start the container: {0}")]
+    Start(String),
+    /// A mount point of the job is a file (or symlink) in the image where
+    /// a directory is needed.
+    #[error("the image has {path} but not as a directory, so it cannot be mounted on")]
+    MountPoint {
+        /// Path in the container.
+        path: String,
+    },
+    /// The command is not in the image.
+    #[error("the image has no {0}: check the image's entrypoint or the command given")]
+    NoCommand(String),
+    /// Waiting for the container failed.
+    #[error("cannot wait for the container: {0}")]
+    Wait(io::Error),
+    /// No container with this name.
+    #[error("no container named {0}; `utter` lists running ones with their names")]
+    NoSuchContainer(String),
+}
+
+impl RunError {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RunError + 'a {
+        move |source| RunError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Anything that runs a [`Job`]: the seam between the dapp protocol and
+/// the containers, in the style of libcontainer's own `Syscall` trait.
+pub trait Sandbox {
+    /// Runs `job` to its end.
+    fn run(&self, job: &Job, stdio: Stdio) -> Result<Finished, RunError>;
+
+    /// A private, empty scratch directory holding at most `size` bytes
+    /// (files a job writes through its mounts), removed when dropped.
+    fn scratch(&self, size: u64) -> Result<Scratch, RunError>;
+}
+
+/// A size-limited tmpfs for one job's writable files (a dapp's state
+/// changes and results): a dapp that writes too much gets `ENOSPC`, not
+/// the node's disk. Unmounted and removed on drop.
+#[derive(Debug)]
+pub struct Scratch {
+    job_dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// The mounted directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        remove_job_dir(&self.job_dir);
+    }
+}
+
+/// Runs containers with libcontainer. Its directory holds libcontainer's
+/// state (`containers/`) and one bundle per container (`jobs/`); both are
+/// emptied as each container ends, and whatever a killed process left is
+/// removed when the next `Runtime` opens the directory.
+#[derive(Debug)]
+pub struct Runtime {
+    state: PathBuf,
+    jobs: PathBuf,
+}
+
+/// Held around every libcontainer call that creates or starts a process:
+/// libcontainer briefly changes the *process's* working directory to reach
+/// its notify socket, so two such calls at once on different threads would
+/// leave the process in a deleted directory. Creation is serialized; the
+/// containers themselves run in parallel.
+pub(crate) static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`CREATE`] (a panic elsewhere does not poison it for good).
+pub(crate) fn create_lock() -> std::sync::MutexGuard<'static, ()> {
+    CREATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Numbers this process's containers; ids are unique per process, and
+/// across processes by the pid in them (cgroup paths are host-wide).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The longest path of a Unix socket (`sun_path`), which libcontainer
+/// creates in each container's state directory.
+const MAX_SOCKET_PATH: usize = 107;
+
+impl Runtime {
+    /// Opens (creating) the runtime directory `dir` and removes what dead
+    /// processes left in it.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, RunError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(RunError::NotRoot(
+                "rootless containers are not supported: without root there are no cgroup limits here",
+            ));
+        }
+        let dir = dir.as_ref();
+        let state = dir.join("containers");
+        let jobs = dir.join("jobs");
+        for d in [&state, &jobs] {
+            fs::create_dir_all(d).map_err(RunError::io("create", d))?;
+        }
+        let state = state
+            .canonicalize()
+            .map_err(RunError::io("resolve", &state))?;
+        let jobs = jobs
+            .canonicalize()
+            .map_err(RunError::io("resolve", &jobs))?;
+        // "<state>/<id>/notify.sock" must fit in a socket address.
+        if state.as_os_str().len() + "/u4294967295-18446744073709551615/notify.sock".len()
+            > MAX_SOCKET_PATH
+        {
+            return Err(RunError::Io {
+                what: "use",
+                path: state,
+                source: io::Error::other(
+                    "the path is too long for the container's control socket; use a shorter --data-dir",
+                ),
+            });
+        }
+        let runtime = Self { state, jobs };
+        runtime.sweep();
+        Ok(runtime)
+    }
+
+    /// libcontainer's state directory (one subdirectory per live container).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// The directory of bundles and scratch space (one per live container).
+    pub fn jobs_dir(&self) -> &Path {
+        &self.jobs
+    }
+
+    /// A fresh id for a container of this process: `u<pid>-<n>`.
+    pub(crate) fn new_id(&self) -> String {
+        format!(
+            "u{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A new job directory for container `id`.
+    pub(crate) fn job_dir(&self, id: &str) -> Result<PathBuf, RunError> {
+        let dir = self.jobs.join(id);
+        fs::create_dir(&dir).map_err(RunError::io("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Removes containers and job directories whose owning process (the
+    /// pid in `u<pid>-<n>`) is gone; named (detached) containers are left
+    /// to their owner.
+    fn sweep(&self) {
+        let alive = |name: &str| -> bool {
+            let Some(pid) = name
+                .strip_prefix('u')
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                return true;
+            };
+            pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
+        };
+        for (dir, is_state) in [(&self.state, true), (&self.jobs, false)] {
+            let Ok(entries) = fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if alive(&name) {
+                    continue;
+                }
+                if is_state {
+                    self.destroy(&name);
+                } else {
+                    remove_job_dir(&entry.path());
+                }
+            }
+        }
+    }
+
+    /// Kills (if it runs), reaps (if it is ours) and deletes container
+    /// `id`: its processes, cgroup and state directory. Best effort: it is
+    /// called on every path out of a run and must not fail half way.
+    pub(crate) fn destroy(&self, id: &str) {
+        let root = self.state.join(id);
+        match Container::load(root.clone()) {
+            Ok(mut container) => {
+                if let Some(pid) = container.pid().and_then(|p| Pid::from_raw(p.as_raw())) {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    reap(pid);
+                }
+                if let Err(err) = container.delete(true) {
+                    // The cgroup may still hold a dying process; try once more.
+                    std::thread::sleep(Duration::from_millis(20));
+                    if container.delete(true).is_err() {
+                        eprintln!("warning: cannot delete container {id}: {err}");
+                    }
+                }
+            }
+            Err(_) => {
+                let _ = fs::remove_dir_all(&root);
+            }
+        }
+    }
+
+    /// Creates container `id` from `job` with `bundle` as its bundle
+    /// directory, wiring its stdio. Returns the created (not yet started)
+    /// container.
+    pub(crate) fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        job: &Job,
+        stdio: [OwnedFd; 3],
+    ) -> Result<Container, RunError> {
+        check_command(job)?;
+        prepare_mount_points(job)?;
+        let config = bundle.join("config.json");
+        let spec = runtime_spec(job, &format!("/utter/{id}"));
+        fs::write(
+            &config,
+            serde_json::to_vec(&spec).expect("a JSON value serializes"),
+        )
+        .map_err(RunError::io("write", &config))?;
+        let [stdin, stdout, stderr] = stdio;
+        let pid_file = bundle.join("init.pid");
+        let _lock = create_lock();
+        let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+            .with_root_path(&self.state)
+            .map_err(start_error)?
+            .with_pid_file(Some(&pid_file))
+            .map_err(start_error)?
+            .with_executor(DefaultExecutor {})
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr)
+            .validate_id()
+            .map_err(start_error)?
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(false)
+            .build();
+        built.map_err(|err| {
+            reap_failed_build(&pid_file);
+            start_error(err)
+        })
+    }
+
+    fn run_in(
+        &self,
+        id: &str,
+        bundle: &Path,
+        job: &Job,
+        stdio: Stdio,
+    ) -> Result<Finished, RunError> {
+        let (fds, pipes) = stdio_fds(stdio)?;
+        let mut container = self.create(id, bundle, job, fds)?;
+        let started = Instant::now();
+        create_lock_start(&mut container)?;
+        let pid = container
+            .pid()
+            .and_then(|p| Pid::from_raw(p.as_raw()))
+            .ok_or_else(|| RunError::Start("libcontainer gave no pid for the container".into()))?;
+        let mut finished = wait(pid, pipes, job.limits.timeout, job.limits.output)?;
+        finished.elapsed = started.elapsed();
+        let events = CgroupEvents::read(&format!("utter/{id}"));
+        finished.outcome = events.judge(finished.outcome, job);
+        Ok(finished)
+    }
+}
+
+impl Sandbox for Runtime {
+    fn run(&self, job: &Job, stdio: Stdio) -> Result<Finished, RunError> {
+        let id = self.new_id();
+        let bundle = self.job_dir(&id)?;
+        let result = self.run_in(&id, &bundle, job, stdio);
+        self.destroy(&id);
+        remove_job_dir(&bundle);
+        result
+    }
+
+    fn scratch(&self, size: u64) -> Result<Scratch, RunError> {
+        let job_dir = self.job_dir(&self.new_id())?;
+        let path = job_dir.join("scratch");
+        let mounted = fs::create_dir(&path)
+            .map_err(RunError::io("create", &path))
+            .and_then(|()| {
+                let data = std::ffi::CString::new(format!("size={size},mode=0755"))
+                    .expect("no NUL in a number");
+                rustix::mount::mount(
+                    "utter-scratch",
+                    &path,
+                    "tmpfs",
+                    rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+                    data.as_c_str(),
+                )
+                .map_err(|e| RunError::io("mount a tmpfs on", &path)(e.into()))
+            });
+        let scratch = Scratch { job_dir, path };
+        mounted.map(|()| scratch)
+    }
+}
+
+/// Removes a job directory, unmounting the scratch tmpfs a dapp run puts
+/// in it first.
+pub(crate) fn remove_job_dir(dir: &Path) {
+    let scratch = dir.join("scratch");
+    if scratch.exists() {
+        let _ = rustix::mount::unmount(&scratch, rustix::mount::UnmountFlags::DETACH);
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// After a failed `build`, libcontainer leaves its two processes unreaped:
+/// the init (whose pid it wrote to the pid file, when it got that far) and
+/// the intermediate process. Kill and reap the first; reap zombies named
+/// like the second (reaping one that libcontainer waits for itself is
+/// harmless: it treats `ECHILD` as already reaped).
+fn reap_failed_build(pid_file: &Path) {
+    if let Some(pid) = fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+        reap(pid);
+    }
+    let me = std::process::id().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let (state, ppid) = (fields.next(), fields.next());
+        if head.ends_with("(youki:[1:INTER]") && state == Some("Z") && ppid == Some(me.as_str()) {
+            if let Some(pid) = head
+                .split(' ')
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+                .and_then(Pid::from_raw)
+            {
+                let _ = rustix::process::waitpid(Some(pid), WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
+/// Starts a created container under [`CREATE`].
+pub(crate) fn create_lock_start(container: &mut Container) -> Result<(), RunError> {
+    let _lock = create_lock();
+    container.start().map_err(start_error)
+}
+
+pub(crate) fn start_error(err: libcontainer::error::LibcontainerError) -> RunError {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    RunError::Start(message)
+}
+
+/// Refuses a job whose command is not in its rootfs, with a message
+/// naming it (libcontainer's own error says less). A name without `/` is
+/// looked up in the job's `PATH`.
+fn check_command(job: &Job) -> Result<(), RunError> {
+    let Some(command) = job.args.first() else {
+        return Err(RunError::NoCommand("command (none was given)".into()));
+    };
+    let exists =
+        |path: &str| fs::symlink_metadata(job.rootfs.join(path.trim_start_matches('/'))).is_ok();
+    let found = if command.contains('/') {
+        exists(command)
+    } else {
+        let path = job
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("");
+        path.split(':')
+            .filter(|dir| dir.starts_with('/'))
+            .any(|dir| exists(&format!("{dir}/{command}")))
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(RunError::NoCommand(command.clone()))
+    }
+}
+
+/// Creates the directories the job mounts on inside the image's rootfs,
+/// which is read-only in the container. Directories only: a file or
+/// symlink in the way is refused (a symlink could point anywhere).
+fn prepare_mount_points(job: &Job) -> Result<(), RunError> {
+    let targets = BASE_MOUNT_POINTS
+        .iter()
+        .copied()
+        .chain(job.mounts.iter().filter_map(|m| match m {
+            // A file bind (results.jsonl) lands inside another mount.
+            Mount::Bind { source, target, .. } if !source.is_dir() => None,
+            m => Some(m.target()),
+        }));
+    for target in targets {
+        let mut path = job.rootfs.clone();
+        for part in target.split('/').filter(|p| !p.is_empty()) {
+            path.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(RunError::MountPoint {
+                        path: target.to_string(),
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => match fs::create_dir(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(err) => return Err(RunError::io("create", &path)(err)),
+                },
+                Err(err) => return Err(RunError::io("inspect", &path)(err)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The container's ends of stdio, and our ends of the capture pipes.
+pub(crate) fn stdio_fds(stdio: Stdio) -> Result<([OwnedFd; 3], Option<[OwnedFd; 2]>), RunError> {
+    let pipe_error = |e: rustix::io::Errno| RunError::Start(format!("cannot create a pipe: {e}"));
+    match stdio {
+        Stdio::Capture => {
+            let null = fs::File::open("/dev/null")
+                .map_err(RunError::io("open", Path::new("/dev/null")))?;
+            let (out_r, out_w) =
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(pipe_error)?;
+            let (err_r, err_w) =
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(pipe_error)?;
+            Ok(([null.into(), out_w, err_w], Some([out_r, err_r])))
+        }
+        Stdio::Inherit => {
+            let dup = |fd: std::os::fd::BorrowedFd<'_>| {
+                fd.try_clone_to_owned()
+                    .map_err(|e| RunError::Start(format!("cannot duplicate stdio: {e}")))
+            };
+            Ok((
+                [
+                    dup(io::stdin().as_fd())?,
+                    dup(io::stdout().as_fd())?,
+                    dup(io::stderr().as_fd())?,
+                ],
+                None,
+            ))
+        }
+    }
+}
+
+/// Waits for `pid` (a child of this process) to exit, reading the capture
+/// pipes meanwhile; kills it (and so its whole pid namespace) at the
+/// deadline or when the output passes `cap`. The returned outcome is the
+/// plain exit; [`CgroupEvents::judge`] adds what the cgroup saw.
+pub(crate) fn wait(
+    pid: Pid,
+    pipes: Option<[OwnedFd; 2]>,
+    timeout: Duration,
+    cap: u64,
+) -> Result<Finished, RunError> {
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| RunError::Wait(e.into()))?;
+    let deadline = Instant::now() + timeout;
+    let mut outputs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut open: Vec<(usize, fs::File)> = pipes
+        .map(|[o, e]| vec![(0, fs::File::from(o)), (1, fs::File::from(e))])
+        .unwrap_or_default();
+    let mut exited = false;
+    let mut killed: Option<Outcome> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    while killed.is_none() && (!exited || !open.is_empty()) {
+        let now = Instant::now();
+        if now >= deadline {
+            killed = Some(Outcome::TimedOut(timeout));
+            break;
+        }
+        let left = deadline - now;
+        let mut fds: Vec<PollFd<'_>> = open
+            .iter()
+            .map(|(_, f)| PollFd::new(f, PollFlags::IN))
+            .collect();
+        if !exited {
+            fds.push(PollFd::new(&pidfd, PollFlags::IN));
+        }
+        let spec = Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match poll(&mut fds, Some(&spec)) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(RunError::Wait(e.into())),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        if !exited && ready[open.len()] {
+            exited = true;
+        }
+        let mut closed = Vec::new();
+        for (slot, (which, file)) in open.iter_mut().enumerate() {
+            if !ready[slot] {
+                continue;
+            }
+            match file.read(&mut buf) {
+                Ok(0) => closed.push(slot),
+                Ok(n) => {
+                    let total = (outputs[0].len() + outputs[1].len()) as u64;
+                    let room = cap.saturating_sub(total) as usize;
+                    outputs[*which].extend_from_slice(&buf[..n.min(room)]);
+                    if n > room {
+                        killed = Some(Outcome::OutputTruncated { cap });
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(RunError::Wait(e)),
+            }
+        }
+        for slot in closed.into_iter().rev() {
+            open.remove(slot);
+        }
+    }
+    if killed.is_some() {
+        // SIGKILL to the namespace's init takes every process in it down.
+        let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+    }
+    let status = reap(pid);
+    let [stdout, stderr] = outputs;
+    let outcome = killed.unwrap_or(match status {
+        Some(status) => match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Outcome::Exited(code),
+            (None, Some(signal)) => Outcome::Crashed(signal),
+            _ => Outcome::Exited(-1),
+        },
+        None => Outcome::Exited(-1),
+    });
+    Ok(Finished {
+        outcome,
+        stdout,
+        stderr,
+        elapsed: Duration::ZERO,
+    })
+}
+
+/// Waits for child `pid` to end and returns its status; `None` when it is
+/// not a child of this process (already reaped, or started by another).
+pub(crate) fn reap(pid: Pid) -> Option<rustix::process::WaitStatus> {
+    loop {
+        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => return Some(status),
+            Ok(None) => return None,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// What a container's cgroup counted: OOM kills and refused forks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CgroupEvents {
+    pub oom_kills: u64,
+    pub pids_max: u64,
+}
+
+impl CgroupEvents {
+    /// Reads the counters of cgroup `path` (relative to the hierarchy
+    /// roots), from the v1 controllers where they are mounted (hybrid
+    /// hosts), else from the unified v2 hierarchy. Missing files count 0.
+    pub fn read(path: &str) -> Self {
+        let root = Path::new("/sys/fs/cgroup");
+        let v1_memory = root.join("memory").join(path);
+        let (memory, pids) = if v1_memory.is_dir() {
+            (
+                field(&v1_memory.join("memory.oom_control"), "oom_kill"),
+                field(&root.join("pids").join(path).join("pids.events"), "max"),
+            )
+        } else {
+            let v2 = root.join(path);
+            (
+                field(&v2.join("memory.events"), "oom_kill"),
+                field(&v2.join("pids.events"), "max"),
+            )
+        };
+        Self {
+            oom_kills: memory,
+            pids_max: pids,
+        }
+    }
+
+    /// The outcome, given what the cgroup saw: a limit hit is the reason a
+    /// run ended badly, whatever the exit looked like.
+    pub fn judge(self, plain: Outcome, job: &Job) -> Outcome {
+        if self.oom_kills > 0 {
+            Outcome::OutOfMemory {
+                limit: job.limits.memory,
+            }
+        } else if self.pids_max > 0 {
+            Outcome::PidsLimit {
+                limit: job.limits.pids,
+            }
+        } else {
+            plain
+        }
+    }
+}
+
+/// The number after `name ` on its own line of a cgroup keyed file.
+fn field(path: &Path, name: &str) -> u64 {
+    let Ok(text) = fs::read_to_string(path) else {
+        return 0;
+    };
+    text.lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_fields_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("memory.oom_control");
+        fs::write(&file, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").expect("write");
+        assert_eq!(field(&file, "oom_kill"), 3);
+        assert_eq!(field(&file, "oom"), 0);
+        assert_eq!(field(&dir.path().join("missing"), "oom_kill"), 0);
+    }
+}

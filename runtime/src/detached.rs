@@ -1,0 +1,239 @@
+//! Detached containers, for compute leases: started with limits, they run
+//! until stopped; their status can be read and commands run inside them
+//! (`exec`, a libcontainer tenant: same namespaces, cgroup and limits).
+//!
+//! A detached container is named by its owner (`lease-42`); its state is
+//! `containers/d-<name>` and its bundle and log `jobs/d-<name>`. The log
+//! (stdout and stderr of the main process) lives on a tmpfs of the job's
+//! output size, so a chatty workload fills its log, not the disk.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open};
+
+use crate::container::{
+    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, reap, remove_job_dir,
+    start_error, stdio_fds, wait,
+};
+use crate::outcome::Outcome;
+use crate::spec::Job;
+
+/// A detached container's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Its main process runs, with this host pid.
+    Running(i32),
+    /// Its main process has ended; `stop` removes it.
+    Stopped,
+}
+
+impl Runtime {
+    fn detached_id(name: &str) -> Result<String, RunError> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(format!("d-{name}"))
+        } else {
+            Err(RunError::Start(format!(
+                "{name:?} is not a container name: use 1 to 64 letters, digits, '-' or '_'"
+            )))
+        }
+    }
+
+    /// Starts `job` detached as `name`. Its time limit does not apply (a
+    /// lease ends by [`Runtime::stop`]); its other limits do.
+    pub fn start(&self, name: &str, job: &Job) -> Result<i32, RunError> {
+        let id = Self::detached_id(name)?;
+        if self.state_dir().join(&id).exists() {
+            return Err(RunError::Start(format!(
+                "a container named {name} exists; stop it first"
+            )));
+        }
+        let bundle = self.jobs_dir().join(&id);
+        if bundle.exists() {
+            remove_job_dir(&bundle);
+        }
+        fs::create_dir(&bundle).map_err(|e| RunError::Io {
+            what: "create",
+            path: bundle.clone(),
+            source: e,
+        })?;
+        let started = self.start_in(&id, &bundle, job);
+        if started.is_err() {
+            self.destroy(&id);
+            remove_job_dir(&bundle);
+        }
+        started
+    }
+
+    fn start_in(&self, id: &str, bundle: &std::path::Path, job: &Job) -> Result<i32, RunError> {
+        let log_dir = bundle.join("scratch");
+        fs::create_dir(&log_dir).map_err(|e| RunError::Io {
+            what: "create",
+            path: log_dir.clone(),
+            source: e,
+        })?;
+        let data =
+            std::ffi::CString::new(format!("size={},mode=0700", job.limits.output.max(4096)))
+                .expect("no NUL in a number");
+        rustix::mount::mount(
+            "utter-log",
+            &log_dir,
+            "tmpfs",
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            data.as_c_str(),
+        )
+        .map_err(|e| RunError::Io {
+            what: "mount a tmpfs on",
+            path: log_dir.clone(),
+            source: e.into(),
+        })?;
+        let log_path = log_dir.join("log");
+        let log = fs::File::create(&log_path).map_err(|e| RunError::Io {
+            what: "create",
+            path: log_path.clone(),
+            source: e,
+        })?;
+        let log2 = log.try_clone().map_err(|e| RunError::Io {
+            what: "open",
+            path: log_path,
+            source: e,
+        })?;
+        let null = fs::File::open("/dev/null").map_err(|e| RunError::Io {
+            what: "open",
+            path: "/dev/null".into(),
+            source: e,
+        })?;
+        let fds: [OwnedFd; 3] = [null.into(), log.into(), log2.into()];
+        let mut container = self.create(id, bundle, job, fds)?;
+        create_lock_start(&mut container)?;
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or_else(|| RunError::Start("libcontainer gave no pid for the container".into()))
+    }
+
+    fn load(&self, name: &str) -> Result<Container, RunError> {
+        let id = Self::detached_id(name)?;
+        let mut container = Container::load(self.state_dir().join(&id))
+            .map_err(|_| RunError::NoSuchContainer(name.to_string()))?;
+        container
+            .refresh_status()
+            .map_err(|e| RunError::Start(e.to_string()))?;
+        Ok(container)
+    }
+
+    /// The status of detached container `name`.
+    pub fn status(&self, name: &str) -> Result<Status, RunError> {
+        let container = self.load(name)?;
+        Ok(match (container.status(), container.pid()) {
+            (ContainerStatus::Running, Some(pid)) => Status::Running(pid.as_raw()),
+            _ => Status::Stopped,
+        })
+    }
+
+    /// The names of the detached containers.
+    pub fn detached(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.state_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("d-").map(String::from))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// What the main process of `name` wrote to stdout and stderr.
+    pub fn log(&self, name: &str) -> Result<Vec<u8>, RunError> {
+        let id = Self::detached_id(name)?;
+        let path: PathBuf = self.jobs_dir().join(id).join("scratch/log");
+        fs::read(&path).map_err(|_| RunError::NoSuchContainer(name.to_string()))
+    }
+
+    /// Runs `args` inside running container `name` (its namespaces, cgroup
+    /// and limits, no capabilities), waiting up to `timeout` and capturing
+    /// up to `cap` bytes of output (or attached to this process's stdio).
+    pub fn exec(
+        &self,
+        name: &str,
+        args: &[String],
+        stdio: Stdio,
+        timeout: Duration,
+        cap: u64,
+    ) -> Result<Finished, RunError> {
+        let container = self.load(name)?;
+        if container.status() != ContainerStatus::Running {
+            return Err(RunError::Start(format!(
+                "container {name} is not running; start it again"
+            )));
+        }
+        let (fds, pipes) = stdio_fds(stdio)?;
+        let [stdin, stdout, stderr] = fds;
+        let started = Instant::now();
+        let lock = create_lock();
+        let pid = ContainerBuilder::new(container.id().to_string(), SyscallType::Linux)
+            .with_root_path(self.state_dir())
+            .map_err(|e| RunError::Start(e.to_string()))?
+            .with_executor(DefaultExecutor {})
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr)
+            .as_tenant()
+            .with_container_args(args.to_vec())
+            .with_no_new_privs(true)
+            .with_detach(false)
+            .build()
+            .map_err(start_error)?;
+        drop(lock);
+        let pid = Pid::from_raw(pid.as_raw())
+            .ok_or_else(|| RunError::Start("libcontainer gave no pid for the process".into()))?;
+        let mut finished = wait(pid, pipes, timeout, cap)?;
+        finished.elapsed = started.elapsed();
+        Ok(finished)
+    }
+
+    /// Stops `name`: SIGTERM to its main process, SIGKILL to all of it
+    /// after `grace`, then removes its cgroup, state, bundle and log.
+    /// Returns how the main process ended when this process can tell (it
+    /// started it), `None` otherwise.
+    pub fn stop(&self, name: &str, grace: Duration) -> Result<Option<Outcome>, RunError> {
+        let container = self.load(name)?;
+        let id = container.id().to_string();
+        let mut outcome = None;
+        if let Some(pid) = container.pid().and_then(|p| Pid::from_raw(p.as_raw())) {
+            if let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) {
+                let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::TERM);
+                let spec = Timespec {
+                    tv_sec: grace.as_secs() as i64,
+                    tv_nsec: i64::from(grace.subsec_nanos()),
+                };
+                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+                let _ = poll(&mut fds, Some(&spec));
+                let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+            }
+            outcome =
+                reap(pid).map(
+                    |status| match (status.exit_status(), status.terminating_signal()) {
+                        (Some(code), _) => Outcome::Exited(code),
+                        (None, Some(signal)) => Outcome::Crashed(signal),
+                        _ => Outcome::Exited(-1),
+                    },
+                );
+        }
+        self.destroy(&id);
+        remove_job_dir(&self.jobs_dir().join(&id));
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,101 @@
+//! Detached containers: start, status, exec, log, stop.
+
+use std::time::Duration;
+
+use utter_runtime::detached::Status;
+use utter_runtime::{Outcome, RunError, Stdio};
+
+use crate::{env, sh, shared, text};
+
+#[test]
+fn start_exec_stop() {
+    let _g = shared();
+    let e = env();
+    let mut job = sh("echo started; exec sleep 1000");
+    job.limits.memory = 32 << 20;
+    let pid = e.rt.start("lease-1", &job).expect("starts");
+    assert!(pid > 1);
+    assert_eq!(
+        e.rt.status("lease-1").expect("status"),
+        Status::Running(pid)
+    );
+    assert_eq!(e.rt.detached(), vec!["lease-1".to_string()]);
+    let again = e.rt.start("lease-1", &job).expect_err("name taken");
+    assert!(again.to_string().contains("exists"), "{again}");
+
+    let f = e
+        .rt
+        .exec("lease-1", &["/bin/sh".into(), "-c".into(), "hostname; cat /proc/1/cmdline | tr '\\0' ' '; grep CapEff /proc/self/status; exit 3".into()], Stdio::Capture, Duration::from_secs(10), 1 << 20)
+        .expect("exec");
+    assert_eq!(f.outcome, Outcome::Exited(3), "{}", text(&f.stderr));
+    let out = text(&f.stdout);
+    assert!(
+        out.starts_with("sandbox\nsleep 1000"),
+        "same namespaces: {out}"
+    );
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    let slow =
+        e.rt.exec(
+            "lease-1",
+            &["sleep".into(), "100".into()],
+            Stdio::Capture,
+            Duration::from_millis(300),
+            1 << 20,
+        )
+        .expect("exec");
+    assert!(matches!(slow.outcome, Outcome::TimedOut(_)));
+    // The container runs on after a timed-out exec.
+    assert_eq!(
+        e.rt.status("lease-1").expect("status"),
+        Status::Running(pid)
+    );
+    assert_eq!(text(&e.rt.log("lease-1").expect("log")), "started\n");
+
+    let ended =
+        e.rt.stop("lease-1", Duration::from_millis(200))
+            .expect("stops");
+    // sleep is the namespace's init, which ignores SIGTERM without a
+    // handler, so it gets SIGKILL after the grace period.
+    assert_eq!(ended, Some(Outcome::Crashed(9)));
+    assert!(matches!(
+        e.rt.status("lease-1"),
+        Err(RunError::NoSuchContainer(_))
+    ));
+    assert!(e.rt.detached().is_empty());
+    assert_eq!(std::fs::read_dir(e.rt.jobs_dir()).expect("jobs").count(), 0);
+}
+
+#[test]
+fn exec_needs_a_running_container() {
+    let _g = shared();
+    let e = env();
+    let err =
+        e.rt.exec(
+            "nope",
+            &["true".into()],
+            Stdio::Capture,
+            Duration::from_secs(1),
+            1024,
+        )
+        .expect_err("no container");
+    assert!(matches!(err, RunError::NoSuchContainer(_)), "{err}");
+    e.rt.start("short", &sh("exit 0")).expect("starts");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(e.rt.status("short").expect("status"), Status::Stopped);
+    let err =
+        e.rt.exec(
+            "short",
+            &["true".into()],
+            Stdio::Capture,
+            Duration::from_secs(1),
+            1024,
+        )
+        .expect_err("stopped");
+    assert!(err.to_string().contains("not running"), "{err}");
+    assert_eq!(
+        e.rt.stop("short", Duration::ZERO).expect("stop"),
+        Some(Outcome::Exited(0))
+    );
+    let bad = e.rt.start("../x", &sh("true")).expect_err("bad name");
+    assert!(bad.to_string().contains("not a container name"), "{bad}");
+}
