@@ -45,6 +45,26 @@ utter image unpack hello:2 "$DIR/hello-rootfs"
 ls -l "$DIR/hello-rootfs/bin"
 
 echo
+echo "== running containers: no network, read-only image, limits; exit codes pass through"
+utter run hello:2 -- /bin/sh -c 'echo "in a container: hostname $(cat /proc/sys/kernel/hostname), pid $$"; exit 3' || echo "(exit code $?)"
+utter run --timeout 500ms hello:2 -- /bin/sh -c 'while :; do :; done' || echo "(exit code $?)"
+
+if [ -n "${COUNTER_BIN:-}" ] && [ -x "$COUNTER_BIN" ]; then
+    echo
+    echo "== the counter dapp (Rust, one static binary) applied to a block of transactions"
+    utter image build --binary "$COUNTER_BIN" --tag counter
+    mkdir -p "$DIR/counter-state"
+    : > "$DIR/txs.jsonl"
+    for n in 1 2 3; do
+        printf '{"sig":"-","tx":{"action":"add","args":{"by":%s,"name":"visits"},"chain":"local","dapp":"counter","nonce":%s,"signer":"ssh-ed25519 AAAAdemo","time":1,"v":1}}\n' "$n" "$n" >> "$DIR/txs.jsonl"
+    done
+    printf '{"sig":"-","tx":{"action":"add","args":{"name":"Bad Name"},"chain":"local","dapp":"counter","nonce":4,"signer":"ssh-ed25519 AAAAdemo","time":1,"v":1}}\n' >> "$DIR/txs.jsonl"
+    utter dapp run counter --state "$DIR/counter-state" --txs "$DIR/txs.jsonl"
+    echo "counters/visits now holds $(cat "$DIR/counter-state/counters/visits")"
+    utter dapp run counter --state "$DIR/counter-state" --entry test
+fi
+
+echo
 echo "== making a multi-version data set in $F"
 head -c 96M /dev/urandom > "$F/image-v1.img"
 # v2: a 4 KiB patch written into the middle, and 1 MiB inserted further on

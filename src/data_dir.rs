@@ -3,8 +3,15 @@
 use std::path::{Path, PathBuf};
 
 /// `--data-dir`, else `$XDG_DATA_HOME/utter`, else `~/.local/share/utter`,
-/// else `./utter-data` when there is no home at all.
+/// else `./utter-data` when there is no home at all; made absolute, because
+/// libcontainer briefly changes the process's working directory while it
+/// creates a container.
 pub fn resolve(flag: Option<PathBuf>) -> PathBuf {
+    let dir = resolve_relative(flag);
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+fn resolve_relative(flag: Option<PathBuf>) -> PathBuf {
     if let Some(dir) = flag {
         return dir;
     }
@@ -35,4 +42,19 @@ pub fn ledger(data_dir: &Path) -> PathBuf {
 /// The image store (index, documents, rootfs cache) inside a data directory.
 pub fn images(data_dir: &Path) -> PathBuf {
     data_dir.join("images")
+}
+
+/// The container runtime's directory for a data directory: under
+/// `/run/utter` (a tmpfs, emptied at boot, like runc's `/run/runc`), so
+/// container state is quick to write and never outlives a reboot; named by
+/// a hash of the data directory's path so two data directories never share
+/// containers.
+pub fn runtime(data_dir: &Path) -> PathBuf {
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in data_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    PathBuf::from("/run/utter").join(format!("{hash:016x}"))
 }

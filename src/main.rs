@@ -10,6 +10,7 @@ mod image;
 mod key;
 mod ledger;
 mod progress;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a fresh container of an image (no network, read-only
+    /// image, memory/pids/CPU limits); stdio attached, exit code passed on
+    Run(run::RunArgs),
+    /// Run dapps outside a chain (one protocol invocation)
+    #[command(subcommand)]
+    Dapp(run::DappCommand),
     /// Store, read, check and collect content-defined chunks
     #[command(subcommand)]
     Chunks(chunks::Command),
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let data_dir = data_dir::resolve(cli.data_dir);
     let result = match cli.command {
+        Command::Run(args) => run::run(&data_dir, args),
+        Command::Dapp(cmd) => run::dapp(&data_dir, cmd),
         Command::Chunks(cmd) => chunks::run(&data_dir, cmd),
         Command::Image(cmd) => image::run(&data_dir, cmd),
         Command::Key(cmd) => key::run(&data_dir, cmd),

@@ -6,9 +6,12 @@
 //! `utter-bench ledger` times block writing and `utter verify` against
 //! `git verify-commit`. `utter-bench images` times image import, the dedup
 //! of an image update and unpack against raw ingest, casync and umoci.
+//! `utter-bench runtime` times container runs against `runc run` and a
+//! counter-dapp block against an empty container run.
 
 mod images;
 mod ledger;
+mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -65,6 +68,18 @@ enum Bench {
         #[arg(long, default_value = "http://deb.debian.org/debian")]
         mirror: String,
     },
+    /// Container start against `runc run`, and a 1,000-transaction counter block
+    Runtime {
+        /// Runs of each measurement (the median is printed)
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Transactions in the counter block
+        #[arg(long, default_value_t = 1000)]
+        txs: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
     /// Block writing (tx/s) and `utter verify` against `git verify-commit`
     Ledger {
         /// Blocks to write in the writing benchmark
@@ -111,6 +126,7 @@ fn main() -> Result<()> {
             suite,
             mirror,
         }),
+        Bench::Runtime { runs, txs, work } => runtime::run(runtime::Options { runs, txs, work }),
         Bench::Ledger {
             write_blocks,
             txs_per_block,
