@@ -359,23 +359,26 @@ impl Sandbox for Runtime {
     fn scratch(&self, size: u64) -> Result<Scratch, RunError> {
         let job_dir = self.job_dir(&self.new_id())?;
         let path = job_dir.join("scratch");
-        let mounted = fs::create_dir(&path)
-            .map_err(RunError::io("create", &path))
-            .and_then(|()| {
-                let data = std::ffi::CString::new(format!("size={size},mode=0755"))
-                    .expect("no NUL in a number");
-                rustix::mount::mount(
-                    "utter-scratch",
-                    &path,
-                    "tmpfs",
-                    rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-                    data.as_c_str(),
-                )
-                .map_err(|e| RunError::io("mount a tmpfs on", &path)(e.into()))
-            });
+        let mounted = mount_tmpfs(&path, size, 0o755);
         let scratch = Scratch { job_dir, path };
         mounted.map(|()| scratch)
     }
+}
+
+/// Creates directory `path` and mounts a tmpfs of `size` bytes with
+/// `mode` on it (no setuid, no devices); [`remove_job_dir`] unmounts it.
+pub(crate) fn mount_tmpfs(path: &Path, size: u64, mode: u32) -> Result<(), RunError> {
+    fs::create_dir(path).map_err(RunError::io("create", path))?;
+    let data =
+        std::ffi::CString::new(format!("size={size},mode={mode:o}")).expect("no NUL in numbers");
+    rustix::mount::mount(
+        "utter",
+        path,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        data.as_c_str(),
+    )
+    .map_err(|e| RunError::io("mount a tmpfs on", path)(e.into()))
 }
 
 /// Removes a job directory, unmounting the scratch tmpfs a dapp run puts

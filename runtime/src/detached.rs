@@ -20,8 +20,8 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open};
 
 use crate::container::{
-    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, reap, remove_job_dir,
-    start_error, stdio_fds, wait,
+    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, mount_tmpfs, reap,
+    remove_job_dir, start_error, stdio_fds, wait,
 };
 use crate::outcome::Outcome;
 use crate::spec::Job;
@@ -79,26 +79,7 @@ impl Runtime {
 
     fn start_in(&self, id: &str, bundle: &std::path::Path, job: &Job) -> Result<i32, RunError> {
         let log_dir = bundle.join("scratch");
-        fs::create_dir(&log_dir).map_err(|e| RunError::Io {
-            what: "create",
-            path: log_dir.clone(),
-            source: e,
-        })?;
-        let data =
-            std::ffi::CString::new(format!("size={},mode=0700", job.limits.output.max(4096)))
-                .expect("no NUL in a number");
-        rustix::mount::mount(
-            "utter-log",
-            &log_dir,
-            "tmpfs",
-            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-            data.as_c_str(),
-        )
-        .map_err(|e| RunError::Io {
-            what: "mount a tmpfs on",
-            path: log_dir.clone(),
-            source: e.into(),
-        })?;
+        mount_tmpfs(&log_dir, job.limits.output.max(4096), 0o700)?;
         let log_path = log_dir.join("log");
         let log = fs::File::create(&log_path).map_err(|e| RunError::Io {
             what: "create",
