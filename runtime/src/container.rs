@@ -87,7 +87,10 @@ pub enum RunError {
 }
 
 impl RunError {
-    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RunError + 'a {
+    pub(crate) fn io<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(io::Error) -> RunError + 'a {
         move |source| RunError::Io {
             what,
             path: path.to_path_buf(),
@@ -618,20 +621,23 @@ pub(crate) fn wait(
     }
     let status = reap(pid);
     let [stdout, stderr] = outputs;
-    let outcome = killed.unwrap_or(match status {
-        Some(status) => match (status.exit_status(), status.terminating_signal()) {
-            (Some(code), _) => Outcome::Exited(code),
-            (None, Some(signal)) => Outcome::Crashed(signal),
-            _ => Outcome::Exited(-1),
-        },
-        None => Outcome::Exited(-1),
-    });
+    let outcome = killed.unwrap_or_else(|| outcome_of(status));
     Ok(Finished {
         outcome,
         stdout,
         stderr,
         elapsed: Duration::ZERO,
     })
+}
+
+/// The outcome a wait status tells; `None` (not our child, status lost)
+/// reads as exit code -1.
+pub(crate) fn outcome_of(status: Option<rustix::process::WaitStatus>) -> Outcome {
+    match status.map(|s| (s.exit_status(), s.terminating_signal())) {
+        Some((Some(code), _)) => Outcome::Exited(code),
+        Some((None, Some(signal))) => Outcome::Crashed(signal),
+        _ => Outcome::Exited(-1),
+    }
 }
 
 /// Waits for child `pid` to end and returns its status; `None` when it is

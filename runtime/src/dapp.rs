@@ -213,11 +213,7 @@ pub fn invoke<S: Sandbox + ?Sized>(
     let upper = root.join("upper");
     let work = root.join("work");
     for dir in [&block, &out, &upper, &work] {
-        fs::create_dir(dir).map_err(|e| RunError::Io {
-            what: "create",
-            path: dir.clone(),
-            source: e,
-        })?;
+        fs::create_dir(dir).map_err(RunError::io("create", dir))?;
     }
     let context = serde_json::to_vec(&invocation.context).expect("the context always serializes");
     let results = out.join("results.jsonl");
@@ -227,11 +223,7 @@ pub fn invoke<S: Sandbox + ?Sized>(
         (block.join("results.jsonl"), &[][..]),
         (results.clone(), &[][..]),
     ] {
-        fs::write(&path, bytes).map_err(|e| RunError::Io {
-            what: "write",
-            path,
-            source: e,
-        })?;
+        fs::write(&path, bytes).map_err(RunError::io("write", &path))?;
     }
     let mut args = invocation.command.clone();
     args.push(invocation.context.entry.as_str().to_string());

@@ -20,8 +20,8 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open};
 
 use crate::container::{
-    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, mount_tmpfs, reap,
-    remove_job_dir, start_error, stdio_fds, wait,
+    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, mount_tmpfs, outcome_of,
+    reap, remove_job_dir, start_error, stdio_fds, wait,
 };
 use crate::outcome::Outcome;
 use crate::spec::Job;
@@ -64,11 +64,7 @@ impl Runtime {
         if bundle.exists() {
             remove_job_dir(&bundle);
         }
-        fs::create_dir(&bundle).map_err(|e| RunError::Io {
-            what: "create",
-            path: bundle.clone(),
-            source: e,
-        })?;
+        fs::create_dir(&bundle).map_err(RunError::io("create", &bundle))?;
         let started = self.start_in(&id, &bundle, job);
         if started.is_err() {
             self.destroy(&id);
@@ -81,21 +77,10 @@ impl Runtime {
         let log_dir = bundle.join("scratch");
         mount_tmpfs(&log_dir, job.limits.output.max(4096), 0o700)?;
         let log_path = log_dir.join("log");
-        let log = fs::File::create(&log_path).map_err(|e| RunError::Io {
-            what: "create",
-            path: log_path.clone(),
-            source: e,
-        })?;
-        let log2 = log.try_clone().map_err(|e| RunError::Io {
-            what: "open",
-            path: log_path,
-            source: e,
-        })?;
-        let null = fs::File::open("/dev/null").map_err(|e| RunError::Io {
-            what: "open",
-            path: "/dev/null".into(),
-            source: e,
-        })?;
+        let log = fs::File::create(&log_path).map_err(RunError::io("create", &log_path))?;
+        let log2 = log.try_clone().map_err(RunError::io("open", &log_path))?;
+        let null = fs::File::open("/dev/null")
+            .map_err(RunError::io("open", std::path::Path::new("/dev/null")))?;
         let fds: [OwnedFd; 3] = [null.into(), log.into(), log2.into()];
         let mut container = self.create(id, bundle, job, fds)?;
         create_lock_start(&mut container)?;
@@ -204,14 +189,7 @@ impl Runtime {
                 let _ = poll(&mut fds, Some(&spec));
                 let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
             }
-            outcome =
-                reap(pid).map(
-                    |status| match (status.exit_status(), status.terminating_signal()) {
-                        (Some(code), _) => Outcome::Exited(code),
-                        (None, Some(signal)) => Outcome::Crashed(signal),
-                        _ => Outcome::Exited(-1),
-                    },
-                );
+            outcome = reap(pid).map(|status| outcome_of(Some(status)));
         }
         self.destroy(&id);
         remove_job_dir(&self.jobs_dir().join(&id));

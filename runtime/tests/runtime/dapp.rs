@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use utter_runtime::dapp::{Change, ChangeKind, Context, Entry, Invocation, invoke};
+use utter_runtime::dapp::{Change, ChangeKind, Context, DappRun, Entry, Invocation, invoke};
 use utter_runtime::spec::DEFAULT_PATH;
 use utter_runtime::{Limits, Outcome};
 
@@ -45,6 +45,24 @@ fn invocation(command: &[&str], state: &Path, entry: Entry, txs: &[String]) -> I
         limits: Limits::default(),
         scratch: 64 << 20,
     }
+}
+
+/// Insists the dapp exited 0, showing its stderr otherwise.
+fn succeeded(run: &DappRun) {
+    assert_eq!(
+        run.finished.outcome,
+        Outcome::Exited(0),
+        "{}",
+        text(&run.finished.stderr)
+    );
+}
+
+/// The results lines, parsed.
+fn results(run: &DappRun) -> Vec<serde_json::Value> {
+    text(&run.results)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
 }
 
 fn tree(dir: &Path) -> Vec<(String, String)> {
@@ -89,16 +107,8 @@ fn counter_applies_a_block_and_reports_changed_paths() {
         &invocation(&["/counter"], &state, Entry::Apply, &txs),
     )
     .expect("invoke");
-    assert_eq!(
-        run.finished.outcome,
-        Outcome::Exited(0),
-        "{}",
-        text(&run.finished.stderr)
-    );
-    let results: Vec<serde_json::Value> = text(&run.results)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    succeeded(&run);
+    let results = results(&run);
     assert_eq!(results.len(), txs.len());
     assert_eq!(
         results[0],
@@ -165,12 +175,7 @@ fn counter_test_entry_checks_invariants() {
     fs::create_dir_all(state.join("counters")).expect("mkdir");
     fs::write(state.join("counters/a"), "12").expect("write");
     let ok = invoke(&e.rt, &invocation(&["/counter"], &state, Entry::Test, &[])).expect("invoke");
-    assert_eq!(
-        ok.finished.outcome,
-        Outcome::Exited(0),
-        "{}",
-        text(&ok.finished.stderr)
-    );
+    succeeded(&ok);
     assert!(ok.changes.is_empty());
     fs::write(state.join("counters/b"), "twelve").expect("write");
     let bad = invoke(&e.rt, &invocation(&["/counter"], &state, Entry::Test, &[])).expect("invoke");
@@ -192,16 +197,8 @@ fn hello_sh_is_a_dapp_in_shell() {
     ];
     let cmd = ["/bin/sh", "/dapp/main.sh"];
     let run = invoke(&e.rt, &invocation(&cmd, &state, Entry::Apply, &txs)).expect("invoke");
-    assert_eq!(
-        run.finished.outcome,
-        Outcome::Exited(0),
-        "{}",
-        text(&run.finished.stderr)
-    );
-    let lines: Vec<serde_json::Value> = text(&run.results)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    succeeded(&run);
+    let lines = results(&run);
     assert_eq!(lines[0]["output"], "hello, Ada");
     assert_eq!(lines[1]["status"], "rejected");
     assert_eq!(lines[2]["status"], "rejected");
@@ -216,12 +213,7 @@ fn hello_sh_is_a_dapp_in_shell() {
         "Ada\nGrace Hopper\n"
     );
     let test = invoke(&e.rt, &invocation(&cmd, &state, Entry::Test, &[])).expect("invoke");
-    assert_eq!(
-        test.finished.outcome,
-        Outcome::Exited(0),
-        "{}",
-        text(&test.finished.stderr)
-    );
+    succeeded(&test);
 }
 
 #[test]
@@ -246,12 +238,7 @@ fn overlay_records_whiteouts_opaque_dirs_links_and_modes() {
         ),
     )
     .expect("invoke");
-    assert_eq!(
-        run.finished.outcome,
-        Outcome::Exited(0),
-        "{}",
-        text(&run.finished.stderr)
-    );
+    succeeded(&run);
     let kinds: Vec<(&str, &ChangeKind)> = run
         .changes
         .iter()
