@@ -44,11 +44,12 @@ pub fn images(data_dir: &Path) -> PathBuf {
     data_dir.join("images")
 }
 
-/// The container runtime's directory for a data directory: under
-/// `/run/utter` (a tmpfs, emptied at boot, like runc's `/run/runc`), so
-/// container state is quick to write and never outlives a reboot; named by
-/// a hash of the data directory's path so two data directories never share
-/// containers.
+/// The container runtime's directory for a data directory, named by a
+/// hash of the data directory's path so two data directories never share
+/// containers. As root it is under `/run/utter` (like runc's `/run/runc`),
+/// which [`utter_runtime::runtime_base`] keeps on a tmpfs; otherwise under
+/// the user's `$XDG_RUNTIME_DIR/utter`, or `/tmp/utter-<uid>` when there is
+/// none.
 pub fn runtime(data_dir: &Path) -> PathBuf {
     // FNV-1a: stable across builds, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -56,5 +57,17 @@ pub fn runtime(data_dir: &Path) -> PathBuf {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    PathBuf::from("/run/utter").join(format!("{hash:016x}"))
+    runtime_base().join(format!("{hash:016x}"))
+}
+
+/// The directory that holds every data directory's runtime directory.
+pub fn runtime_base() -> PathBuf {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/utter");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) if Path::new(&dir).is_dir() => PathBuf::from(dir).join("utter"),
+        _ => PathBuf::from(format!("/tmp/utter-{}", uid.as_raw())),
+    }
 }

@@ -131,6 +131,8 @@ pub struct DappRunArgs {
 const MAX_TXS: u64 = 256 << 20;
 
 fn open_runtime(data_dir: &Path) -> Result<Runtime> {
+    utter_runtime::runtime_base(&data_dir::runtime_base())
+        .context("cannot set up the container runtime")?;
     Runtime::open(data_dir::runtime(data_dir)).context("cannot set up the container runtime")
 }
 
@@ -193,6 +195,8 @@ fn exit_code(outcome: &Outcome) -> ExitCode {
 
 /// `utter run`.
 pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
+    utter_runtime::prewarm_cgroup_migration();
+    let runtime = open_runtime(data_dir)?;
     let (process, rootfs) = image_rootfs(data_dir, &args.image, args.json)?;
     let command = if args.command.is_empty() {
         process.default_args.clone()
@@ -217,7 +221,6 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
             .limits
             .limits(Duration::from_secs(100 * 365 * 24 * 3600))?,
     };
-    let runtime = open_runtime(data_dir)?;
     let stdio = if args.json {
         Stdio::Capture
     } else {
@@ -304,6 +307,7 @@ fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<ExitCode> {
             args.state.display()
         )
     })?;
+    let runtime = open_runtime(data_dir)?;
     let (process, rootfs) = image_rootfs(data_dir, &args.image, args.json)?;
     if process.command.is_empty() {
         bail!(
@@ -322,7 +326,6 @@ fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<ExitCode> {
         limits: args.limits.limits(Limits::default().timeout)?,
         scratch: args.scratch,
     };
-    let runtime = open_runtime(data_dir)?;
     let run = invoke(&runtime, &invocation)?;
     let ok = run.finished.outcome.success();
     if ok && !args.dry_run {

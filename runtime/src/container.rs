@@ -18,7 +18,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions, pidfd_open};
 
 use crate::outcome::Outcome;
-use crate::spec::{BASE_MOUNT_POINTS, Job, Mount, runtime_spec};
+use crate::spec::{BASE_MOUNT_POINTS, Job, Mount, Privilege, runtime_spec};
 
 /// Where a container's stdio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +48,19 @@ pub struct Finished {
 /// which is how a container that ran ended).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Containers need root here.
+    /// Not root, and this user may not create user namespaces.
     #[error(
-        "running containers needs root (for namespaces, cgroup limits and mounts); \
-         {0}; run utter as root"
+        "running containers needs root or unprivileged user namespaces, and {0}: \
+         run utter as root, or allow user namespaces"
     )]
-    NotRoot(&'static str),
+    NoUserNamespaces(String),
+    /// Not root, on a host whose cgroups are v1.
+    #[error(
+        "this host uses cgroup v1, where only root may set a container's device rules, \
+         so containers need root here: run utter as root (or boot the host with cgroup v2, \
+         systemd.unified_cgroup_hierarchy=1)"
+    )]
+    RootlessCgroupV1,
     /// Preparing the bundle, scratch space or mount points failed.
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -140,6 +147,7 @@ impl Drop for Scratch {
 pub struct Runtime {
     state: PathBuf,
     jobs: PathBuf,
+    privilege: Privilege,
 }
 
 /// Held around every libcontainer call that creates or starts a process:
@@ -166,11 +174,7 @@ impl Runtime {
     /// Opens (creating) the runtime directory `dir` and removes what dead
     /// processes left in it.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, RunError> {
-        if !rustix::process::geteuid().is_root() {
-            return Err(RunError::NotRoot(
-                "rootless containers are not supported: without root there are no cgroup limits here",
-            ));
-        }
+        let privilege = detect_privilege()?;
         let dir = dir.as_ref();
         let state = dir.join("containers");
         let jobs = dir.join("jobs");
@@ -195,9 +199,33 @@ impl Runtime {
                 ),
             });
         }
-        let runtime = Self { state, jobs };
+        let runtime = Self {
+            state,
+            jobs,
+            privilege,
+        };
         runtime.sweep();
         Ok(runtime)
+    }
+
+    /// Whether containers run as root with cgroup limits, or rootless.
+    pub fn privilege(&self) -> Privilege {
+        self.privilege
+    }
+
+    /// Creates directory `path` for a job's private files, holding at most
+    /// `size` bytes: a tmpfs of that size as root. Rootless, a plain
+    /// directory (an ordinary user may not mount), bounded only by the
+    /// filesystem of the runtime directory.
+    pub(crate) fn private_dir(&self, path: &Path, size: u64, mode: u32) -> Result<(), RunError> {
+        match self.privilege {
+            Privilege::Root => mount_tmpfs(path, size, mode),
+            Privilege::Rootless { .. } => {
+                fs::create_dir(path).map_err(RunError::io("create", path))?;
+                fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(RunError::io("set the mode of", path))
+            }
+        }
     }
 
     /// libcontainer's state directory (one subdirectory per live container).
@@ -296,7 +324,7 @@ impl Runtime {
         check_command(job)?;
         prepare_mount_points(job)?;
         let config = bundle.join("config.json");
-        let spec = runtime_spec(job, &format!("/utter/{id}"));
+        let spec = runtime_spec(job, &format!("/utter/{id}"), self.privilege);
         fs::write(
             &config,
             serde_json::to_vec(&spec).expect("a JSON value serializes"),
@@ -362,10 +390,180 @@ impl Sandbox for Runtime {
     fn scratch(&self, size: u64) -> Result<Scratch, RunError> {
         let job_dir = self.job_dir(&self.new_id())?;
         let path = job_dir.join("scratch");
-        let mounted = mount_tmpfs(&path, size, 0o755);
+        let mounted = self.private_dir(&path, size, 0o755);
         let scratch = Scratch { job_dir, path };
         mounted.map(|()| scratch)
     }
+}
+
+/// Starts, on a background thread, a no-op cgroup migration of this
+/// process (into the cgroup it is already in), and returns at once.
+///
+/// Moving a process between cgroups takes a kernel-wide lock whose first
+/// writer waits a full RCU grace period (about 10 ms here); writers that
+/// follow within a grace period do not wait. A one-off `utter run` would
+/// otherwise pay that wait in series, when libcontainer moves the
+/// container into its cgroup; started first, it passes while utter reads
+/// the image and builds the container. Best effort: errors are ignored.
+pub fn prewarm_cgroup_migration() {
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(procs) = own_cgroup_procs() else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("cgroup-prewarm".into())
+        .spawn(move || {
+            // "0" is the writing process itself, already a member.
+            let _ = fs::write(procs, "0");
+        });
+}
+
+/// The `cgroup.procs` file of this process's own cgroup in one mounted
+/// hierarchy (v1 `pids`, else the v2 unified one).
+fn own_cgroup_procs() -> Option<PathBuf> {
+    let table = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let root = Path::new("/sys/fs/cgroup");
+    table.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = path.trim_start_matches('/');
+        let dir = match controllers {
+            "pids" => root.join("pids").join(rel),
+            "" if root.join("unified").is_dir() => root.join("unified").join(rel),
+            "" => root.join(rel),
+            _ => return None,
+        };
+        let procs = dir.join("cgroup.procs");
+        procs.exists().then_some(procs)
+    })
+}
+
+/// Prepares `base`, the directory that holds runtime directories (see
+/// [`Runtime::open`]). As root it is kept on a tmpfs, like `/run` on most
+/// hosts: container state is small, written for every container, and
+/// worthless after a reboot, so it should not cost disk writes (an SD
+/// card's, on a Raspberry Pi). Where `base` is on a disk and empty, a
+/// 64 MiB tmpfs is mounted on it; one that already holds state is left as
+/// it is. For an ordinary user `base` must be a private directory of
+/// theirs.
+pub fn runtime_base(base: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(base)
+        .map_err(RunError::io("create", base))?;
+    let uid = rustix::process::geteuid();
+    if !uid.is_root() {
+        let meta = fs::symlink_metadata(base).map_err(RunError::io("inspect", base))?;
+        if !meta.is_dir() || meta.uid() != uid.as_raw() || meta.mode() & 0o022 != 0 {
+            return Err(RunError::Io {
+                what: "use",
+                path: base.to_path_buf(),
+                source: io::Error::other(
+                    "it is not a directory that only you can write to; remove it and run again",
+                ),
+            });
+        }
+        return Ok(());
+    }
+    if on_tmpfs(base) {
+        return Ok(());
+    }
+    let lock_path = base.with_extension("lock");
+    let lock = fs::File::create(&lock_path).map_err(RunError::io("create", &lock_path))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| RunError::io("lock", &lock_path)(e.into()))?;
+    let empty = fs::read_dir(base)
+        .map_err(RunError::io("read", base))?
+        .next()
+        .is_none();
+    if on_tmpfs(base) || !empty {
+        return Ok(());
+    }
+    rustix::mount::mount(
+        "utter",
+        base,
+        "tmpfs",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        c"size=64m,mode=700",
+    )
+    .map_err(|e| RunError::io("mount a tmpfs on", base)(e.into()))
+}
+
+/// Whether `path` is on a tmpfs (or ramfs).
+fn on_tmpfs(path: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    rustix::fs::statfs(path).is_ok_and(|s| matches!(fs_type(&s), TMPFS_MAGIC | RAMFS_MAGIC))
+}
+
+/// How this process may create containers: as root, or rootless through
+/// a user namespace (which needs user namespaces to be allowed, and cgroup
+/// v2: on v1 libcontainer writes device rules only root may write).
+pub fn detect_privilege() -> Result<Privilege, RunError> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(Privilege::Root);
+    }
+    let number = |path: &str| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
+    if let Some(reason) = userns_refusal(
+        number("/proc/sys/user/max_user_namespaces"),
+        number("/proc/sys/kernel/unprivileged_userns_clone"),
+        number("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+    ) {
+        return Err(RunError::NoUserNamespaces(reason));
+    }
+    if !unified_cgroups() {
+        return Err(RunError::RootlessCgroupV1);
+    }
+    Ok(Privilege::Rootless {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    })
+}
+
+/// Why an ordinary user may not create a user namespace here, from the
+/// kernel's settings (`None` where a setting does not exist), or `None`
+/// when nothing forbids it.
+pub(crate) fn userns_refusal(
+    max_user_namespaces: Option<u64>,
+    unprivileged_userns_clone: Option<u64>,
+    apparmor_restrict: Option<u64>,
+) -> Option<String> {
+    if max_user_namespaces == Some(0) {
+        return Some(
+            "user namespaces are turned off (sysctl user.max_user_namespaces is 0)".into(),
+        );
+    }
+    if unprivileged_userns_clone == Some(0) {
+        return Some(
+            "user namespaces are for root only here (sysctl kernel.unprivileged_userns_clone is 0)"
+                .into(),
+        );
+    }
+    if apparmor_restrict.is_some_and(|v| v != 0) {
+        return Some(
+            "AppArmor restricts user namespaces to allowed programs \
+             (sysctl kernel.apparmor_restrict_unprivileged_userns is 1)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Whether `/sys/fs/cgroup` is the unified (v2) hierarchy.
+fn unified_cgroups() -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| fs_type(&s) == CGROUP2_SUPER_MAGIC)
+}
+
+/// A filesystem's magic number (`f_type` is 32 bits wide on 32-bit ARM).
+#[allow(clippy::unnecessary_cast)]
+fn fs_type(s: &rustix::fs::StatFs) -> i64 {
+    // Magic numbers are 32 bits; on 32-bit ARM `f_type` is signed.
+    i64::from(s.f_type as u32)
 }
 
 /// Creates directory `path` and mounts a tmpfs of `size` bytes with
@@ -717,6 +915,22 @@ fn field(path: &Path, name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_namespace_settings_decide_rootless() {
+        assert_eq!(userns_refusal(Some(96343), None, None), None);
+        assert_eq!(userns_refusal(None, None, None), None);
+        assert_eq!(userns_refusal(Some(10), Some(1), Some(0)), None);
+        let off = userns_refusal(Some(0), Some(1), None).expect("refused");
+        assert!(off.contains("user.max_user_namespaces"), "{off}");
+        let debian = userns_refusal(Some(10), Some(0), None).expect("refused");
+        assert!(
+            debian.contains("kernel.unprivileged_userns_clone"),
+            "{debian}"
+        );
+        let ubuntu = userns_refusal(Some(10), None, Some(1)).expect("refused");
+        assert!(ubuntu.contains("apparmor"), "{ubuntu}");
+    }
 
     #[test]
     fn cgroup_fields_parse() {

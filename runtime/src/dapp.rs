@@ -379,11 +379,14 @@ fn walk(dir: &Path, prefix: &str, changes: &mut Vec<Change>) -> Result<(), State
 }
 
 /// Whether overlayfs marked the directory opaque (its lower contents
-/// hidden): the `trusted.overlay.opaque` attribute is `y`.
+/// hidden): the `trusted.overlay.opaque` attribute is `y`, or
+/// `user.overlay.opaque` for an overlay mounted in a user namespace
+/// (rootless).
 fn is_opaque(dir: &Path) -> bool {
-    let mut value = [0u8; 4];
-    matches!(
-        rustix::fs::lgetxattr(dir, "trusted.overlay.opaque", &mut value[..]),
-        Ok(1) if value[0] == b'y'
-    )
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .into_iter()
+        .any(|name| {
+            let mut value = [0u8; 4];
+            matches!(rustix::fs::lgetxattr(dir, name, &mut value[..]), Ok(1) if value[0] == b'y')
+        })
 }

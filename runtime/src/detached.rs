@@ -20,8 +20,8 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open};
 
 use crate::container::{
-    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, mount_tmpfs, outcome_of,
-    reap, remove_job_dir, start_error, stdio_fds, wait,
+    Finished, RunError, Runtime, Stdio, create_lock, create_lock_start, outcome_of, reap,
+    remove_job_dir, start_error, stdio_fds, wait,
 };
 use crate::outcome::Outcome;
 use crate::spec::Job;
@@ -75,7 +75,7 @@ impl Runtime {
 
     fn start_in(&self, id: &str, bundle: &std::path::Path, job: &Job) -> Result<i32, RunError> {
         let log_dir = bundle.join("scratch");
-        mount_tmpfs(&log_dir, job.limits.output.max(4096), 0o700)?;
+        self.private_dir(&log_dir, job.limits.output.max(4096), 0o700)?;
         let log_path = log_dir.join("log");
         let log = fs::File::create(&log_path).map_err(RunError::io("create", &log_path))?;
         let log2 = log.try_clone().map_err(RunError::io("open", &log_path))?;

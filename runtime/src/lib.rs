@@ -26,8 +26,11 @@ pub mod image;
 pub mod outcome;
 pub mod spec;
 
-pub use container::{Finished, RunError, Runtime, Sandbox, Scratch, Stdio};
+pub use container::{
+    Finished, RunError, Runtime, Sandbox, Scratch, Stdio, detect_privilege,
+    prewarm_cgroup_migration, runtime_base,
+};
 pub use dapp::{Change, ChangeKind, Context, DappRun, Entry, Invocation, invoke};
 pub use image::ImageProcess;
 pub use outcome::Outcome;
-pub use spec::{Job, Limits, Mount};
+pub use spec::{Job, Limits, Mount, Privilege};

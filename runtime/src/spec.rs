@@ -103,11 +103,31 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// the rootfs because it is mounted read-only.
 pub const BASE_MOUNT_POINTS: [&str; 3] = ["/proc", "/dev", "/tmp"];
 
+/// Who creates the containers, which decides how limits are enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// Root: containers get cgroup limits on memory, processes and CPU.
+    Root,
+    /// An ordinary user, through a user namespace whose root is this user
+    /// (`uid`, `gid`) outside it. Without a cgroup of its own the
+    /// container's limits fall back to resource limits: memory per process
+    /// (`RLIMIT_DATA`), processes of the container's user (`RLIMIT_NPROC`),
+    /// and no CPU quota. The timeout and the output cap hold either way.
+    Rootless {
+        /// The user outside.
+        uid: u32,
+        /// The user's group outside.
+        gid: u32,
+    },
+}
+
 /// Scheduling period for the CPU quota, microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
-/// The OCI runtime spec for `job`, with its cgroup at `cgroup_path`.
-pub fn runtime_spec(job: &Job, cgroup_path: &str) -> Value {
+/// The OCI runtime spec for `job`, with its cgroup at `cgroup_path`, for
+/// containers created with `privilege`.
+pub fn runtime_spec(job: &Job, cgroup_path: &str, privilege: Privilege) -> Value {
+    let rootless = matches!(privilege, Privilege::Rootless { .. });
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc",
                "options": ["nosuid", "noexec", "nodev"]}),
@@ -131,23 +151,66 @@ pub fn runtime_spec(job: &Job, cgroup_path: &str) -> Value {
                 upper,
                 work,
                 target,
-            } => json!({
-                "destination": target, "type": "overlay", "source": "overlay",
-                "options": [
-                    "nosuid", "nodev",
+            } => {
+                let mut options = vec![
+                    "nosuid".to_string(),
+                    "nodev".into(),
                     format!("lowerdir={}", lower.display()),
                     format!("upperdir={}", upper.display()),
                     format!("workdir={}", work.display()),
                     // Every change is a plain file or whiteout in `upper`,
                     // so the changed paths can be read straight off it.
-                    "redirect_dir=off", "metacopy=off", "index=off",
-                ],
-            }),
+                    "redirect_dir=off".into(),
+                    "metacopy=off".into(),
+                    "index=off".into(),
+                ];
+                if rootless {
+                    // Only root may set `trusted.*` attributes; an overlay
+                    // mounted in a user namespace marks opaque directories
+                    // with `user.overlay.opaque` instead, and then must not
+                    // follow redirects either.
+                    options.push("userxattr".into());
+                    options.retain(|o| o != "redirect_dir=off");
+                    options.push("redirect_dir=nofollow".into());
+                }
+                json!({
+                    "destination": target, "type": "overlay", "source": "overlay",
+                    "options": options,
+                })
+            }
         });
     }
     let quota = (job.limits.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as i64;
     let no_caps: [&str; 0] = [];
-    json!({
+    let mut rlimits = vec![
+        json!({"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}),
+        json!({"type": "RLIMIT_CORE", "hard": 0, "soft": 0}),
+    ];
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "mount"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "cgroup"}),
+        json!({"type": "network"}),
+    ];
+    let resources = match privilege {
+        Privilege::Root => json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "memory": {"limit": job.limits.memory},
+            "pids": {"limit": job.limits.pids},
+            "cpu": {"quota": quota, "period": CPU_PERIOD_US},
+        }),
+        Privilege::Rootless { .. } => {
+            rlimits.push(json!({"type": "RLIMIT_DATA",
+                                "hard": job.limits.memory, "soft": job.limits.memory}));
+            rlimits.push(json!({"type": "RLIMIT_NPROC",
+                                "hard": job.limits.pids, "soft": job.limits.pids}));
+            namespaces.push(json!({"type": "user"}));
+            json!({})
+        }
+    };
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -159,27 +222,16 @@ pub fn runtime_spec(job: &Job, cgroup_path: &str) -> Value {
                 "bounding": no_caps, "effective": no_caps, "permitted": no_caps,
                 "inheritable": no_caps, "ambient": no_caps,
             },
-            "rlimits": [
-                {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
-                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
-            ],
+            "rlimits": rlimits,
             "noNewPrivileges": true,
         },
         "root": {"path": job.rootfs, "readonly": true},
         "hostname": job.hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [
-                {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
-                {"type": "cgroup"}, {"type": "network"},
-            ],
+            "namespaces": namespaces,
             "cgroupsPath": cgroup_path,
-            "resources": {
-                "devices": [{"allow": false, "access": "rwm"}],
-                "memory": {"limit": job.limits.memory},
-                "pids": {"limit": job.limits.pids},
-                "cpu": {"quota": quota, "period": CPU_PERIOD_US},
-            },
+            "resources": resources,
             "rootfsPropagation": "private",
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
@@ -191,7 +243,13 @@ pub fn runtime_spec(job: &Job, cgroup_path: &str) -> Value {
             ],
             "seccomp": seccomp_profile(),
         },
-    })
+    });
+    if let Privilege::Rootless { uid, gid } = privilege {
+        // The container's root is the user outside, and nobody else.
+        spec["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
+        spec["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
+    }
+    spec
 }
 
 /// System calls a container may not make (they fail with `EPERM`): kernel
@@ -315,7 +373,7 @@ mod tests {
 
     #[test]
     fn spec_parses_as_an_oci_runtime_spec_and_isolates() {
-        let value = runtime_spec(&job(), "/utter/c1");
+        let value = runtime_spec(&job(), "/utter/c1", Privilege::Root);
         let spec: Spec = serde_json::from_value(value).expect("a valid runtime spec");
         let linux = spec.linux().as_ref().expect("linux section");
         let namespaces: Vec<_> = linux
@@ -386,13 +444,68 @@ mod tests {
     }
 
     #[test]
+    fn rootless_spec_maps_the_user_and_limits_by_rlimits() {
+        let value = runtime_spec(
+            &job(),
+            "/utter/c1",
+            Privilege::Rootless {
+                uid: 1000,
+                gid: 100,
+            },
+        );
+        let spec: Spec = serde_json::from_value(value.clone()).expect("a valid runtime spec");
+        let linux = spec.linux().as_ref().expect("linux section");
+        assert!(
+            linux
+                .namespaces()
+                .as_ref()
+                .expect("namespaces")
+                .iter()
+                .any(|n| n.typ() == LinuxNamespaceType::User)
+        );
+        let uids = linux.uid_mappings().as_ref().expect("uid mappings");
+        assert_eq!(
+            (uids[0].container_id(), uids[0].host_id(), uids[0].size()),
+            (0, 1000, 1)
+        );
+        let gids = linux.gid_mappings().as_ref().expect("gid mappings");
+        assert_eq!((gids[0].container_id(), gids[0].host_id()), (0, 100));
+        // No cgroup resources: an ordinary user may not set them.
+        assert_eq!(value["linux"]["resources"], json!({}));
+        let rlimits = &value["process"]["rlimits"];
+        let limit = |name: &str| {
+            rlimits
+                .as_array()
+                .expect("rlimits")
+                .iter()
+                .find(|r| r["type"] == name)
+                .map(|r| r["hard"].clone())
+        };
+        assert_eq!(limit("RLIMIT_DATA"), Some(json!(256 << 20)));
+        assert_eq!(limit("RLIMIT_NPROC"), Some(json!(64)));
+        let state = value["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["destination"] == "/state")
+            .expect("/state")
+            .clone();
+        assert!(
+            state["options"]
+                .as_array()
+                .expect("options")
+                .contains(&json!("userxattr"))
+        );
+    }
+
+    #[test]
     fn cpu_quota_follows_cpus() {
         let mut j = job();
         j.limits.cpus = 0.5;
-        let v = runtime_spec(&j, "/utter/c1");
+        let v = runtime_spec(&j, "/utter/c1", Privilege::Root);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
         j.limits.cpus = 0.0;
-        let v = runtime_spec(&j, "/utter/c1");
+        let v = runtime_spec(&j, "/utter/c1", Privilege::Root);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 1000);
     }
 }

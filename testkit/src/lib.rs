@@ -80,10 +80,22 @@ pub fn static_binary(package: &str, bin: &str) -> std::path::PathBuf {
     if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
         return path.clone();
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit is inside the workspace")
-        .to_path_buf();
+    // The workspace of the test that runs now (cargo sets the variable for
+    // test processes); the path compiled into this crate may be another
+    // checkout that shares the target directory.
+    let workspace = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("Cargo.lock").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("testkit is inside the workspace")
+                .to_path_buf()
+        });
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"))

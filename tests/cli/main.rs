@@ -8,6 +8,7 @@ mod crash;
 mod image;
 mod key;
 mod ledger;
+mod rootless;
 mod run;
 
 use std::path::{Path, PathBuf};
