@@ -259,6 +259,7 @@ fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
 }
 
 fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<ExitCode> {
+    utter_runtime::prewarm_cgroup_migration();
     let entry = match args.entry {
         EntryArg::Apply => Entry::Apply,
         EntryArg::Test => Entry::Test,
