@@ -29,23 +29,9 @@ const IDLE: Duration = Duration::from_millis(60);
 /// the first time after idle: the RCU grace period the kernel waits for
 /// the first cgroup migration, which every container start pays.
 fn first_cgroup_move() -> Result<Duration> {
-    let table = std::fs::read_to_string("/proc/self/cgroup")?;
-    let path = table
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("0::")
-                .or_else(|| l.split_once(":pids:").map(|(_, p)| p))
-        })
-        .context("no cgroup in /proc/self/cgroup")?;
-    let pids = Path::new("/sys/fs/cgroup/pids");
-    let dir = if pids.is_dir() {
-        pids.join(path.trim_start_matches('/'))
-    } else {
-        Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))
-    };
+    let procs = utter_runtime::own_cgroup_procs().context("no cgroup of this process found")?;
     let started = Instant::now();
-    std::fs::write(dir.join("cgroup.procs"), "0")
-        .with_context(|| format!("cannot write {}/cgroup.procs", dir.display()))?;
+    std::fs::write(&procs, "0").with_context(|| format!("cannot write {}", procs.display()))?;
     Ok(started.elapsed())
 }
 

@@ -422,7 +422,7 @@ pub fn prewarm_cgroup_migration() {
 
 /// The `cgroup.procs` file of this process's own cgroup in one mounted
 /// hierarchy (v1 `pids`, else the v2 unified one).
-fn own_cgroup_procs() -> Option<PathBuf> {
+pub fn own_cgroup_procs() -> Option<PathBuf> {
     let table = fs::read_to_string("/proc/self/cgroup").ok()?;
     let root = Path::new("/sys/fs/cgroup");
     table.lines().find_map(|line| {

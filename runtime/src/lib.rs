@@ -27,7 +27,7 @@ pub mod outcome;
 pub mod spec;
 
 pub use container::{
-    Finished, RunError, Runtime, Sandbox, Scratch, Stdio, detect_privilege,
+    Finished, RunError, Runtime, Sandbox, Scratch, Stdio, detect_privilege, own_cgroup_procs,
     prewarm_cgroup_migration, runtime_base,
 };
 pub use dapp::{Change, ChangeKind, Context, DappRun, Entry, Invocation, invoke};
