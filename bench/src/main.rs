@@ -9,6 +9,7 @@
 //! `utter-bench runtime` times container runs against `runc run` and a
 //! counter-dapp block against an empty container run.
 
+mod consensus;
 mod images;
 mod ledger;
 mod runtime;
@@ -68,6 +69,16 @@ enum Bench {
         #[arg(long, default_value = "http://deb.debian.org/debian")]
         mirror: String,
     },
+    /// Proof of merge in simulation: 4 validators on 1 ms links; consensus
+    /// work per block, commit latency in round trips, machine events/s
+    Consensus {
+        /// Validators
+        #[arg(long, default_value_t = 4)]
+        validators: u32,
+        /// Transactions submitted (spread over 10 simulated seconds)
+        #[arg(long, default_value_t = 2000)]
+        txs: u32,
+    },
     /// Container start against `runc run`, and a 1,000-transaction counter block
     Runtime {
         /// Runs of each measurement (the median is printed)
@@ -126,6 +137,7 @@ fn main() -> Result<()> {
             suite,
             mirror,
         }),
+        Bench::Consensus { validators, txs } => consensus::run(validators, txs),
         Bench::Runtime { runs, txs, work } => runtime::run(runtime::Options { runs, txs, work }),
         Bench::Ledger {
             write_blocks,

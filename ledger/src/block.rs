@@ -43,6 +43,11 @@ impl FromStr for BlockId {
 }
 
 impl BlockId {
+    /// The id whose SHA-1 bytes are `bytes`.
+    pub fn from_sha1(bytes: [u8; 20]) -> Self {
+        Self(ObjectId::Sha1(bytes))
+    }
+
     /// The first 12 hex digits, for tables.
     pub fn short(&self) -> String {
         self.0.to_hex_with_len(12).to_string()

@@ -1,0 +1,235 @@
+//! The state machine's rules, and the simulator over many seeds.
+
+use std::time::Duration;
+
+use crate::machine::*;
+use crate::sim::{Failure, Scenario, Sim};
+
+use utter_ledger::BlockId;
+
+fn id(n: u8) -> BlockId {
+    BlockId::from_sha1([n; 20])
+}
+
+fn fresh(me: NodeId, n: u32) -> Machine {
+    Machine::new(
+        Config::new(me, (0..n).collect()),
+        Persisted {
+            genesis: id(0),
+            main: id(0),
+            vote_tip: None,
+            blocks: Vec::new(),
+            mempool: Vec::new(),
+        },
+        Duration::ZERO,
+    )
+}
+
+fn proposal(block: u8, parents: &[u8], round: u64, n: u32) -> Header {
+    Header {
+        id: id(block),
+        parents: parents.iter().map(|p| id(*p)).collect(),
+        round,
+        proposer: (round % u64::from(n)) as NodeId,
+        kind: Kind::Proposal,
+        txs: Vec::new(),
+    }
+}
+
+/// Delivers a block and validates it as `valid`; returns the actions.
+fn deliver(m: &mut Machine, h: Header, valid: bool) -> Vec<Action> {
+    let block = h.id;
+    m.handle(
+        Duration::ZERO,
+        Event::Received {
+            from: h.proposer,
+            message: Message::Block(h),
+        },
+    );
+    let mut out: Vec<Action> = m.drain().collect();
+    if out.contains(&Action::Validate(block)) {
+        m.handle(Duration::ZERO, Event::Validated { block, valid });
+        out.extend(m.drain());
+    }
+    out
+}
+
+fn votes_for(actions: &[Action]) -> Vec<BlockId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Broadcast(Message::Vote(v)) => Some(v.block),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn quorum_is_two_thirds_plus_one() {
+    let q = |n: u32| Config::new(0, (0..n).collect()).quorum();
+    assert_eq!([q(1), q(3), q(4), q(7), q(10)], [1, 3, 3, 5, 7]);
+}
+
+#[test]
+fn a_validator_persists_its_vote_tip_before_the_vote_leaves() {
+    let mut m = fresh(1, 4);
+    let out = deliver(&mut m, proposal(1, &[0], 1, 4), true);
+    let persist = out.iter().position(|a| *a == Action::PersistVoteTip(id(1)));
+    let vote = out
+        .iter()
+        .position(|a| matches!(a, Action::Broadcast(Message::Vote(_))));
+    assert!(persist.is_some() && vote.is_some(), "{out:?}");
+    assert!(persist < vote, "the tip must be persisted first: {out:?}");
+}
+
+#[test]
+fn a_validator_never_votes_for_a_sibling_of_its_vote() {
+    let mut m = fresh(1, 4);
+    assert_eq!(
+        votes_for(&deliver(&mut m, proposal(1, &[0], 1, 4), true)),
+        [id(1)]
+    );
+    // A competing proposal of a later round, on genesis: not a descendant.
+    assert!(votes_for(&deliver(&mut m, proposal(2, &[0], 2, 4), true)).is_empty());
+    // A merge over both descends from the vote: allowed.
+    assert_eq!(
+        votes_for(&deliver(&mut m, proposal(3, &[1, 2], 3, 4), true)),
+        [id(3)]
+    );
+}
+
+#[test]
+fn invalid_blocks_and_their_children_get_no_vote() {
+    let mut m = fresh(1, 4);
+    assert!(votes_for(&deliver(&mut m, proposal(1, &[0], 1, 4), false)).is_empty());
+    // The child is invalid without validation being asked.
+    let out = deliver(&mut m, proposal(2, &[1], 2, 4), true);
+    assert!(!out.contains(&Action::Validate(id(2))), "{out:?}");
+    assert!(votes_for(&out).is_empty());
+}
+
+#[test]
+fn a_proposal_from_the_wrong_leader_is_refused() {
+    let mut m = fresh(1, 4);
+    let mut h = proposal(1, &[0], 1, 4);
+    h.proposer = 3;
+    assert!(votes_for(&deliver(&mut m, h, true)).is_empty());
+}
+
+#[test]
+fn q_votes_commit_and_main_moves_forward_only() {
+    let mut m = fresh(3, 4);
+    deliver(&mut m, proposal(1, &[0], 1, 4), true);
+    for voter in [0, 1] {
+        m.handle(
+            Duration::ZERO,
+            Event::Received {
+                from: voter,
+                message: Message::Vote(Vote {
+                    voter,
+                    block: id(1),
+                }),
+            },
+        );
+    }
+    // Two votes from others plus its own: 3 = q for n = 4.
+    let commits: Vec<Action> = m
+        .drain()
+        .filter(|a| matches!(a, Action::Commit { .. }))
+        .collect();
+    assert_eq!(commits.len(), 1, "{commits:?}");
+    assert_eq!(m.main(), id(1));
+    // Votes from non-validators and duplicates count for nothing.
+    deliver(&mut m, proposal(2, &[1], 2, 4), true);
+    for voter in [9, 9, 2, 2] {
+        m.handle(
+            Duration::ZERO,
+            Event::Received {
+                from: voter,
+                message: Message::Vote(Vote {
+                    voter,
+                    block: id(2),
+                }),
+            },
+        );
+    }
+    assert_eq!(m.main(), id(1), "two distinct validator votes are not q");
+}
+
+#[test]
+fn a_restarted_validator_keeps_its_vote_rule() {
+    let mut m = fresh(1, 4);
+    deliver(&mut m, proposal(1, &[0], 1, 4), true);
+    deliver(&mut m, proposal(2, &[0], 2, 4), true);
+    let mut m = Machine::new(
+        Config::new(1, (0..4).collect()),
+        Persisted {
+            genesis: id(0),
+            main: id(0),
+            vote_tip: Some(id(1)),
+            blocks: vec![
+                (proposal(1, &[0], 1, 4), true),
+                (proposal(2, &[0], 2, 4), true),
+            ],
+            mempool: Vec::new(),
+        },
+        Duration::ZERO,
+    );
+    assert!(votes_for(&deliver(&mut m, proposal(4, &[2], 5, 4), true)).is_empty());
+    assert_eq!(
+        votes_for(&deliver(&mut m, proposal(5, &[1], 6, 4), true)),
+        [id(5)]
+    );
+}
+
+fn sweep(seeds: std::ops::Range<u64>, weaken: bool) -> (u64, u64, Vec<(u64, Failure)>) {
+    let (mut safety, mut liveness, mut failures) = (0, 0, Vec::new());
+    for seed in seeds {
+        #[allow(unused_mut)]
+        let mut sc = Scenario::random(seed);
+        sc.weaken_vote_rule = weaken;
+        if weaken {
+            // The weakened rule is only unsafe under splits: make some.
+            sc.byzantine = (sc.validators - 1) / 3;
+        }
+        if let Err((f, _)) = Sim::new(sc).run() {
+            if f.is_safety() {
+                safety += 1;
+            } else {
+                liveness += 1;
+            }
+            if failures.len() < 5 {
+                failures.push((seed, f));
+            }
+        }
+    }
+    (safety, liveness, failures)
+}
+
+#[test]
+fn a_seed_reproduces_exactly() {
+    for seed in [1, 17, 4242] {
+        let a = Sim::new(Scenario::random(seed)).run().map_err(|e| e.0);
+        let b = Sim::new(Scenario::random(seed)).run().map_err(|e| e.0);
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(
+                    (a.events, a.blocks, a.commits),
+                    (b.events, b.blocks, b.commits)
+                );
+                assert_eq!(a.commit_latencies, b.commit_latencies);
+            }
+            (a, b) => assert_eq!(a.err(), b.err()),
+        }
+    }
+}
+
+#[test]
+fn the_checker_finds_the_fork_a_weakened_vote_rule_allows() {
+    let (safety, _, failures) = sweep(0..2_000, true);
+    eprintln!(
+        "weakened vote rule: {safety} safety violations, e.g. {:?}",
+        failures.first()
+    );
+    assert!(safety > 0, "the simulator must catch a weakened vote rule");
+}
