@@ -67,23 +67,13 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Builds `bin` of workspace package `package` as a static executable (glibc,
-/// `-C target-feature=+crt-static`) and returns its path: a program that
-/// can be the only file of a container image. Built once per test process
-/// into `<target>/static`, a target directory of its own so the ordinary
-/// build is not disturbed.
-pub fn static_binary(package: &str, bin: &str) -> std::path::PathBuf {
+/// The workspace of the test that runs now. Cargo sets `CARGO_MANIFEST_DIR`
+/// for test processes; the path compiled in (`env!`) may belong to another
+/// checkout that shares the target directory, because cargo reuses test
+/// binaries across checkouts whose sources are identical.
+pub fn workspace() -> std::path::PathBuf {
     use std::path::{Path, PathBuf};
-    use std::sync::Mutex;
-    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
-        return path.clone();
-    }
-    // The workspace of the test that runs now (cargo sets the variable for
-    // test processes); the path compiled into this crate may be another
-    // checkout that shares the target directory.
-    let workspace = std::env::var_os("CARGO_MANIFEST_DIR")
+    std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .and_then(|dir| {
             dir.ancestors()
@@ -95,7 +85,23 @@ pub fn static_binary(package: &str, bin: &str) -> std::path::PathBuf {
                 .parent()
                 .expect("testkit is inside the workspace")
                 .to_path_buf()
-        });
+        })
+}
+
+/// Builds `bin` of workspace package `package` as a static executable (glibc,
+/// `-C target-feature=+crt-static`) and returns its path: a program that
+/// can be the only file of a container image. Built once per test process
+/// into `<target>/static`, a target directory of its own so the ordinary
+/// build is not disturbed.
+pub fn static_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built.iter().find(|(name, _)| name == bin) {
+        return path.clone();
+    }
+    let workspace = workspace();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"))

@@ -32,7 +32,7 @@ fn setup() -> tempfile::TempDir {
         "bb",
     ]));
     std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("dapps/hello-sh/main.sh"),
+        utter_testkit::workspace().join("dapps/hello-sh/main.sh"),
         tree.join("dapp/main.sh"),
     )
     .expect("copy");

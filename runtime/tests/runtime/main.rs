@@ -65,7 +65,7 @@ fn rootfs() -> &'static Path {
         }
         let dapp = root.join("dapp");
         std::fs::create_dir(&dapp).expect("mkdir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dapps/hello-sh/main.sh");
+        let script = utter_testkit::workspace().join("dapps/hello-sh/main.sh");
         std::fs::copy(script, dapp.join("main.sh")).expect("hello-sh");
         root
     })
