@@ -23,7 +23,7 @@
 //!   progress never depends on one node. A commit of a block proposed in
 //!   round r moves everyone to round r+1.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use utter_ledger::BlockId;
@@ -255,7 +255,7 @@ pub struct Machine {
     /// This node's own side branch head (non-validators).
     my_side: Option<BlockId>,
     side_deadline: Option<Duration>,
-    outbox: Vec<Action>,
+    outbox: VecDeque<Action>,
 }
 
 impl Machine {
@@ -288,7 +288,7 @@ impl Machine {
             side_heads: BTreeSet::new(),
             my_side: None,
             side_deadline: None,
-            outbox: Vec::new(),
+            outbox: VecDeque::new(),
         };
         m.blocks.insert(
             m.genesis,
@@ -450,15 +450,11 @@ impl Machine {
 
     /// The next action, in the order they must be carried out.
     pub fn poll(&mut self) -> Option<Action> {
-        if self.outbox.is_empty() {
-            None
-        } else {
-            Some(self.outbox.remove(0))
-        }
+        self.outbox.pop_front()
     }
 
     /// Every pending action, in order.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Action> {
+    pub fn drain(&mut self) -> std::collections::vec_deque::Drain<'_, Action> {
         self.outbox.drain(..)
     }
 
@@ -471,7 +467,7 @@ impl Machine {
             Event::LocalTx(tx) => {
                 if self.mempool.insert(tx) {
                     if self.is_validator() {
-                        self.outbox.push(Action::Broadcast(Message::Tx(tx)));
+                        self.outbox.push_back(Action::Broadcast(Message::Tx(tx)));
                         self.maybe_propose(now);
                     } else if self.side_deadline.is_none() {
                         self.side_deadline = Some(now + self.cfg.side_interval);
@@ -494,13 +490,25 @@ impl Machine {
         }
     }
 
+    /// This validator's last vote, to announce again.
+    fn own_vote(&self) -> Option<Vote> {
+        self.vote_tip.map(|block| Vote {
+            voter: self.cfg.me,
+            block,
+        })
+    }
+
+    /// Blocks asked for (as a parent or by a vote) that have not arrived.
+    fn missing(&self) -> impl Iterator<Item = BlockId> + '_ {
+        self.waiting
+            .keys()
+            .filter(|b| !self.blocks.contains_key(b))
+            .copied()
+    }
+
     fn on_connected(&mut self, peer: NodeId) {
-        let send = |m: &mut Self, message| m.outbox.push(Action::Send { to: peer, message });
-        if let Some(tip) = self.vote_tip {
-            let v = Vote {
-                voter: self.cfg.me,
-                block: tip,
-            };
+        let send = |m: &mut Self, message| m.outbox.push_back(Action::Send { to: peer, message });
+        if let Some(v) = self.own_vote() {
             send(self, Message::Vote(v));
         }
         if let Some(head) = self.my_side.filter(|h| !self.is_committed(*h)) {
@@ -527,7 +535,7 @@ impl Machine {
             }
             Message::Fetch(id) => {
                 if let Some(e) = self.blocks.get(&id) {
-                    self.outbox.push(Action::Send {
+                    self.outbox.push_back(Action::Send {
                         to: from,
                         message: Message::Block(e.header.clone()),
                     });
@@ -581,7 +589,7 @@ impl Machine {
                 let first = !self.waiting.contains_key(&p);
                 self.waiting.entry(p).or_default().push(id);
                 if first {
-                    self.outbox.push(Action::Fetch(p));
+                    self.outbox.push_back(Action::Fetch(p));
                 }
             }
         }
@@ -623,7 +631,7 @@ impl Machine {
             if let Some(e) = self.blocks.get_mut(&id) {
                 e.status = Status::Validating;
             }
-            self.outbox.push(Action::Validate(id));
+            self.outbox.push_back(Action::Validate(id));
         } else {
             // A parent is still waiting or validating; its verdict wakes
             // this block.
@@ -707,12 +715,13 @@ impl Machine {
         }
         self.vote_tip = Some(id);
         self.voted_round = Some(round);
-        self.outbox.push(Action::PersistVoteTip(id));
+        self.outbox.push_back(Action::PersistVoteTip(id));
         let vote = Vote {
             voter: self.cfg.me,
             block: id,
         };
-        self.outbox.push(Action::Broadcast(Message::Vote(vote)));
+        self.outbox
+            .push_back(Action::Broadcast(Message::Vote(vote)));
         self.count_vote(now, vote);
     }
 
@@ -725,7 +734,7 @@ impl Machine {
             if let std::collections::btree_map::Entry::Vacant(slot) = self.waiting.entry(vote.block)
             {
                 slot.insert(Vec::new());
-                self.outbox.push(Action::Send {
+                self.outbox.push_back(Action::Send {
                     to: from,
                     message: Message::Fetch(vote.block),
                 });
@@ -770,7 +779,7 @@ impl Machine {
         }
         let voters: Vec<NodeId> = voters.iter().copied().collect();
         self.main = id;
-        self.outbox.push(Action::Commit { block: id, voters });
+        self.outbox.push_back(Action::Commit { block: id, voters });
         // Mark the newly committed blocks and drop their transactions.
         for tx in self.mark_committed(id) {
             self.mempool.remove(&tx);
@@ -796,7 +805,7 @@ impl Machine {
             return true;
         }
         // A block still missing (its fetch may have been lost).
-        if self.waiting.keys().any(|b| !self.blocks.contains_key(b)) {
+        if self.missing().next().is_some() {
             return true;
         }
         let main = self.main;
@@ -837,22 +846,13 @@ impl Machine {
         self.failed_rounds = self.failed_rounds.saturating_add(1);
         // Tell everyone where this validator's votes stand (a lost vote
         // would otherwise keep a leader from merging over it).
-        if let Some(tip) = self.vote_tip {
-            let v = Vote {
-                voter: self.cfg.me,
-                block: tip,
-            };
-            self.outbox.push(Action::Broadcast(Message::Vote(v)));
+        if let Some(v) = self.own_vote() {
+            self.outbox.push_back(Action::Broadcast(Message::Vote(v)));
         }
         // Ask again for anything still missing.
-        let missing: Vec<BlockId> = self
-            .waiting
-            .keys()
-            .filter(|b| !self.blocks.contains_key(b))
-            .copied()
-            .collect();
+        let missing: Vec<BlockId> = self.missing().collect();
         for b in missing {
-            self.outbox.push(Action::Fetch(b));
+            self.outbox.push_back(Action::Fetch(b));
         }
         let next = self.round.saturating_add(1);
         self.enter_round(now, next);
@@ -921,7 +921,7 @@ impl Machine {
         }
         self.proposing = true;
         self.proposed_round = Some(self.round);
-        self.outbox.push(Action::Propose {
+        self.outbox.push_back(Action::Propose {
             parents,
             round: self.round,
             kind: Kind::Proposal,
@@ -957,7 +957,7 @@ impl Machine {
         if !txs.is_empty() && !self.proposing {
             let parent = self.my_side.unwrap_or(self.main);
             self.proposing = true;
-            self.outbox.push(Action::Propose {
+            self.outbox.push_back(Action::Propose {
                 parents: vec![parent],
                 round: 0,
                 kind: Kind::Side,
@@ -965,7 +965,8 @@ impl Machine {
             });
         } else if let Some(head) = self.my_side.filter(|h| !self.is_committed(*h)) {
             let header = self.blocks[&head].header.clone();
-            self.outbox.push(Action::Broadcast(Message::Block(header)));
+            self.outbox
+                .push_back(Action::Broadcast(Message::Block(header)));
         }
         if !self.mempool.is_empty() || self.my_side.is_some_and(|h| !self.is_committed(h)) {
             self.side_deadline = Some(now + self.cfg.side_interval);
@@ -982,7 +983,7 @@ impl Machine {
             }
         }
         self.outbox
-            .push(Action::Broadcast(Message::Block(header.clone())));
+            .push_back(Action::Broadcast(Message::Block(header.clone())));
         self.on_block(now, self.cfg.me, header);
     }
 }

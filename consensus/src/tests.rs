@@ -54,6 +54,16 @@ fn deliver(m: &mut Machine, h: Header, valid: bool) -> Vec<Action> {
     out
 }
 
+fn receive_vote(m: &mut Machine, voter: NodeId, block: BlockId) {
+    m.handle(
+        Duration::ZERO,
+        Event::Received {
+            from: voter,
+            message: Message::Vote(Vote { voter, block }),
+        },
+    );
+}
+
 fn votes_for(actions: &[Action]) -> Vec<BlockId> {
     actions
         .iter()
@@ -121,16 +131,7 @@ fn q_votes_commit_and_main_moves_forward_only() {
     let mut m = fresh(3, 4);
     deliver(&mut m, proposal(1, &[0], 1, 4), true);
     for voter in [0, 1] {
-        m.handle(
-            Duration::ZERO,
-            Event::Received {
-                from: voter,
-                message: Message::Vote(Vote {
-                    voter,
-                    block: id(1),
-                }),
-            },
-        );
+        receive_vote(&mut m, voter, id(1));
     }
     // Two votes from others plus its own: 3 = q for n = 4.
     let commits: Vec<Action> = m
@@ -142,16 +143,7 @@ fn q_votes_commit_and_main_moves_forward_only() {
     // Votes from non-validators and duplicates count for nothing.
     deliver(&mut m, proposal(2, &[1], 2, 4), true);
     for voter in [9, 9, 2, 2] {
-        m.handle(
-            Duration::ZERO,
-            Event::Received {
-                from: voter,
-                message: Message::Vote(Vote {
-                    voter,
-                    block: id(2),
-                }),
-            },
-        );
+        receive_vote(&mut m, voter, id(2));
     }
     assert_eq!(m.main(), id(1), "two distinct validator votes are not q");
 }
