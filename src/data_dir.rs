@@ -39,6 +39,12 @@ pub fn ledger(data_dir: &Path) -> PathBuf {
     data_dir.join("ledger.git")
 }
 
+/// The executor's state checkouts (one directory per dapp, rebuilt from
+/// the ledger whenever an executor starts).
+pub fn checkouts(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkouts")
+}
+
 /// The image store (index, documents, rootfs cache) inside a data directory.
 pub fn images(data_dir: &Path) -> PathBuf {
     data_dir.join("images")

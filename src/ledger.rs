@@ -11,10 +11,10 @@ use serde_json::json;
 use utter_chunkstore::{OpenError, OpenOptions, Store};
 use utter_ledger::key::Keypair;
 use utter_ledger::layout::ChainConfig;
-use utter_ledger::{Block, BlockId, BlockReport, Changes, Ledger, MAIN, Verification};
+use utter_ledger::{Block, BlockId, BlockReport, Ledger, MAIN, Verification};
 
 use crate::progress::Progress;
-use crate::{data_dir, key};
+use crate::{chain, data_dir, key};
 
 /// `utter init`
 #[derive(Args)]
@@ -30,6 +30,10 @@ pub struct InitArgs {
     /// This node's name in chain.toml
     #[arg(long, default_value = "node", value_name = "NAME")]
     name: String,
+    /// Install a dapp in the genesis block: NAME=IMAGE (a tag or digest in
+    /// this data directory's image store); repeatable
+    #[arg(long = "dapp", value_name = "NAME=IMAGE")]
+    dapps: Vec<String>,
     /// Print JSON: chain, genesis block, public key
     #[arg(long)]
     json: bool,
@@ -66,12 +70,17 @@ pub struct ShowArgs {
 /// `utter verify`
 #[derive(Args)]
 pub struct VerifyArgs {
+    /// Also re-execute every block's transactions with the dapps (in
+    /// containers) and check each block's state is what they make
+    #[arg(long)]
+    reexecute: bool,
     /// Print JSON: counts, and the first invalid block if any
     #[arg(long)]
     json: bool,
 }
 
-fn open_chunks(data_dir: &Path, create: bool) -> Result<Arc<Store>> {
+/// Opens the data directory's chunk store.
+pub fn open_chunks(data_dir: &Path, create: bool) -> Result<Store> {
     let path = data_dir::db(data_dir);
     match Store::open(
         &path,
@@ -80,7 +89,7 @@ fn open_chunks(data_dir: &Path, create: bool) -> Result<Arc<Store>> {
             ..OpenOptions::default()
         },
     ) {
-        Ok(s) => Ok(Arc::new(s)),
+        Ok(s) => Ok(s),
         Err(OpenError::NotFound { .. }) => bail!(
             "no ledger in {}: create one with `utter init` (or pass the right --data-dir)",
             data_dir.display()
@@ -92,7 +101,7 @@ fn open_chunks(data_dir: &Path, create: bool) -> Result<Arc<Store>> {
 /// Opens the data directory's ledger.
 pub fn open(data_dir: &Path) -> Result<Ledger> {
     let chunks = open_chunks(data_dir, false)?;
-    Ok(Ledger::open(&data_dir::ledger(data_dir), chunks)?)
+    Ok(Ledger::open(&data_dir::ledger(data_dir), Arc::new(chunks))?)
 }
 
 fn now() -> i64 {
@@ -133,7 +142,13 @@ pub fn init(data_dir: &Path, args: InitArgs) -> Result<ExitCode> {
     };
     let chunks = open_chunks(data_dir, true)?;
     let config = ChainConfig::single(&args.chain, &args.name, &keypair.public());
-    let (_, genesis) = Ledger::create(&repo, chunks, &config, Changes::new(), &keypair, now())?;
+    let dapps = chain::genesis_dapps(
+        data_dir,
+        &chunks,
+        &args.dapps,
+        &keypair.public().to_openssh(),
+    )?;
+    let (_, genesis) = Ledger::create(&repo, Arc::new(chunks), &config, dapps, &keypair, now())?;
     if args.json {
         println!(
             "{}",
@@ -402,14 +417,22 @@ pub fn show(data_dir: &Path, args: ShowArgs) -> Result<ExitCode> {
 }
 
 pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
-    let ledger = open(data_dir)?;
+    let opened = chain::open(data_dir)?;
+    let ledger = &opened.ledger;
     let branches = ledger.branches()?;
-    let report = verify_from(&ledger, None, args.json)?;
+    let report = verify_from(ledger, None, args.json)?;
     let bad: Vec<&BlockReport> = report
         .blocks
         .iter()
         .filter(|r| r.verdict.is_err())
         .collect();
+    // Re-execution only makes sense on blocks that are well-formed.
+    let reexecuted = if args.reexecute && bad.is_empty() {
+        Some(chain::reexecute_all(data_dir, &opened, args.json)?)
+    } else {
+        None
+    };
+    let mismatched = reexecuted.as_ref().map_or(0, |r| r.bad.len());
     if args.json {
         println!(
             "{}",
@@ -417,10 +440,30 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
                 "blocks": report.blocks.len(),
                 "transactions": report.txs(),
                 "branches": branches.len(),
-                "invalid": bad.len(),
+                "invalid": bad.len() + mismatched,
                 "first_invalid": bad.first().map(|r| report_json(r)),
+                "reexecuted": reexecuted.as_ref().map(|r| json!({
+                    "valid": r.checked,
+                    "skipped": r.skipped,
+                    "invalid": r.bad.iter().map(|m| json!({
+                        "id": m.id.to_string(),
+                        "height": m.height,
+                        "error": m.why,
+                    })).collect::<Vec<_>>(),
+                })),
             })
         );
+    } else if let Some(m) = reexecuted.as_ref().and_then(|r| r.bad.first()) {
+        eprintln!(
+            "error: block {} at height {} is not what its transactions make: {}",
+            m.id, m.height, m.why
+        );
+        if mismatched > 1 {
+            eprintln!(
+                "       and {} more block(s) that re-execute differently",
+                mismatched - 1
+            );
+        }
     } else if let Some(first) = bad.first() {
         eprintln!(
             "error: block {} at height {} {}",
@@ -448,8 +491,15 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
             plural(report.txs(), "transaction", "transactions"),
             plural(branches.len(), "branch", "branches"),
         );
+        if let Some(r) = &reexecuted {
+            println!(
+                "re-executed {}: each gives exactly its state ({} not re-executed: genesis and merges)",
+                plural(r.checked, "block", "blocks"),
+                r.skipped
+            );
+        }
     }
-    Ok(if bad.is_empty() {
+    Ok(if bad.is_empty() && mismatched == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

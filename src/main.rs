@@ -4,6 +4,7 @@
 //! crates and prints. Errors are `anyhow` with context naming the file or id
 //! and, where the user can do something, what to do.
 
+mod chain;
 mod chunks;
 mod data_dir;
 mod image;
@@ -57,6 +58,16 @@ enum Command {
     /// Check every block on every branch: signatures, signers, parents,
     /// heights, layout, transactions (exit 1 naming the first bad block)
     Verify(ledger::VerifyArgs),
+    /// Sign transactions
+    #[command(subcommand)]
+    Tx(chain::TxCommand),
+    /// Make blocks from signed transactions
+    #[command(subcommand)]
+    Block(chain::BlockCommand),
+    /// (internal) Run dapp containers for another utter process over
+    /// stdin/stdout
+    #[command(hide = true)]
+    SandboxHelper,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +83,9 @@ fn main() -> ExitCode {
         Command::Log(args) => ledger::log(&data_dir, args),
         Command::Show(args) => ledger::show(&data_dir, args),
         Command::Verify(args) => ledger::verify(&data_dir, args),
+        Command::Tx(cmd) => chain::tx(&data_dir, cmd),
+        Command::Block(cmd) => chain::block(&data_dir, cmd),
+        Command::SandboxHelper => chain::sandbox_helper(&data_dir),
     };
     match result {
         Ok(code) => code,

@@ -322,6 +322,7 @@ fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<ExitCode> {
         env: process.env,
         cwd: process.cwd,
         state: state.clone(),
+        chain: None,
         context,
         txs,
         limits: args.limits.limits(Limits::default().timeout)?,

@@ -241,6 +241,7 @@ pub fn run(opts: Options) -> Result<()> {
         env: counter_process.env.clone(),
         cwd: counter_process.cwd.clone(),
         state: empty_state.clone(),
+        chain: None,
         context: Context {
             chain: "bench".into(),
             dapp: "counter".into(),

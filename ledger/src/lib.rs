@@ -32,5 +32,8 @@ pub use repo::{
 };
 pub use verify::{BlockError, BlockReport, Verification};
 
+/// Git object ids (trees, blobs, commits), as gix spells them.
+pub use gix::ObjectId;
+
 #[cfg(test)]
 mod tests;

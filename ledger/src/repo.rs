@@ -489,6 +489,30 @@ impl Ledger {
     /// and results, signs the commit as `git commit -S` with
     /// `gpg.format=ssh` would, and makes it durable. Moves no branch.
     pub fn write_block(&self, draft: &Draft, key: &Keypair) -> Result<Block, LedgerError> {
+        let (tree, height, chain) = self.write_tree(draft)?;
+        let message = block::message(&draft.text, height, &chain);
+        let id = self.write_commit(tree, &draft.parents, &message, draft.time, Some(key))?;
+        self.sync_all()?;
+        let block = Block {
+            id,
+            tree,
+            parents: draft.parents.clone(),
+            height,
+            chain,
+            summary: draft.text.lines().next().unwrap_or_default().to_string(),
+            time: draft.time,
+            signer: Some(key.public()),
+        };
+        self.remember(&block);
+        Ok(block)
+    }
+
+    /// Writes the state tree `draft` makes (its changes applied to the
+    /// first parent's tree, with its transactions and results) without a
+    /// commit, and returns it with the block's height and chain: what a
+    /// validator compares with a proposed block's tree after re-executing
+    /// it. Checks what [`Self::write_block`] checks.
+    pub fn write_tree(&self, draft: &Draft) -> Result<(ObjectId, u64, String), LedgerError> {
         if draft.txs.len() != draft.results.len() {
             return Err(LedgerError::Draft(format!(
                 "{} transactions but {} results",
@@ -621,8 +645,6 @@ impl Ledger {
             .map_err(git("writing the state tree"))?
             .detach();
 
-        let message = block::message(&draft.text, height, &chain);
-        let id = self.write_commit(tree, &draft.parents, &message, draft.time, Some(key))?;
         let written: usize = draft
             .changes
             .paths
@@ -639,19 +661,7 @@ impl Ledger {
         let (objects, bytes) = self.unpacked.get();
         self.unpacked
             .set((objects + 2 * draft.changes.paths.len() + 5, bytes + written));
-        self.sync_all()?;
-        let block = Block {
-            id,
-            tree,
-            parents: draft.parents.clone(),
-            height,
-            chain,
-            summary: draft.text.lines().next().unwrap_or_default().to_string(),
-            time: draft.time,
-            signer: Some(key.public()),
-        };
-        self.remember(&block);
-        Ok(block)
+        Ok((tree, height, chain))
     }
 
     /// Writes a commit as `git commit -S` with `gpg.format=ssh` does: the
@@ -848,6 +858,15 @@ impl Ledger {
 
     // ---- state --------------------------------------------------------
 
+    /// The id of the tree at `path` inside `tree` (`None` when there is
+    /// no directory there): a dapp's state subtree, for instance.
+    pub fn subtree(&self, tree: ObjectId, path: &str) -> Result<Option<ObjectId>, LedgerError> {
+        Ok(match self.entry_at(tree, path)? {
+            Some((EntryKind::Tree, id)) => Some(id),
+            _ => None,
+        })
+    }
+
     fn entry_at(
         &self,
         tree: ObjectId,
@@ -871,7 +890,16 @@ impl Ledger {
         block: &Block,
         path: &str,
     ) -> Result<Option<ValueReader>, LedgerError> {
-        let Some((kind, id)) = self.entry_at(block.tree, path)? else {
+        self.open_value_in(block.tree, path)
+    }
+
+    /// [`Self::open_value`] in any tree (a state subtree, for instance).
+    pub fn open_value_in(
+        &self,
+        tree: ObjectId,
+        path: &str,
+    ) -> Result<Option<ValueReader>, LedgerError> {
+        let Some((kind, id)) = self.entry_at(tree, path)? else {
             return Ok(None);
         };
         if kind != EntryKind::Blob {
@@ -893,7 +921,16 @@ impl Ledger {
     /// Reads the whole value at tree `path` in `block` (see
     /// [`Self::open_value`]).
     pub fn read_value(&self, block: &Block, path: &str) -> Result<Option<Vec<u8>>, LedgerError> {
-        let Some(mut reader) = self.open_value(block, path)? else {
+        self.read_value_in(block.tree, path)
+    }
+
+    /// [`Self::read_value`] in any tree.
+    pub fn read_value_in(
+        &self,
+        tree: ObjectId,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, LedgerError> {
+        let Some(mut reader) = self.open_value_in(tree, path)? else {
             return Ok(None);
         };
         let mut out = Vec::with_capacity(usize::try_from(reader.size()).unwrap_or(0));
@@ -927,21 +964,26 @@ impl Ledger {
                 _ => return Ok(None),
             }
         };
+        self.list_tree(tree_id).map(Some)
+    }
+
+    /// Lists the entries of tree `tree_id`.
+    pub fn list_tree(&self, tree_id: ObjectId) -> Result<Vec<DirEntry>, LedgerError> {
         let tree = self
             .repo
             .find_tree(tree_id)
-            .map_err(git(format!("reading {path}")))?;
-        let decoded = tree.decode().map_err(git(format!("decoding {path}")))?;
-        Ok(Some(
-            decoded
-                .entries
-                .iter()
-                .map(|e| DirEntry {
-                    name: e.filename.to_str_lossy().into_owned(),
-                    is_dir: e.mode.is_tree(),
-                })
-                .collect(),
-        ))
+            .map_err(git(format!("reading tree {tree_id}")))?;
+        let decoded = tree
+            .decode()
+            .map_err(git(format!("decoding tree {tree_id}")))?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| DirEntry {
+                name: e.filename.to_str_lossy().into_owned(),
+                is_dir: e.mode.is_tree(),
+            })
+            .collect())
     }
 
     /// The block's `chain.toml`.

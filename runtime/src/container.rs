@@ -32,7 +32,7 @@ pub enum Stdio {
 }
 
 /// A finished run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Finished {
     /// How it ended.
     pub outcome: Outcome,

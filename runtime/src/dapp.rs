@@ -8,6 +8,8 @@
 //! /block/context.json       chain, dapp, entry, height, time, parent, proposer (read-only)
 //! /block/txs.jsonl          this block's transactions for the dapp (read-only)
 //! /block/results.jsonl      written by the dapp: one line per transaction
+//! /chain/<dapp>/…           every dapp's state before the block (read-only,
+//!                           when the caller gives it)
 //! ```
 //! The entrypoint is run with one more argument, `apply` or `test`. After
 //! the run the changed paths are read off the overlay's upper directory
@@ -66,7 +68,7 @@ pub struct Context {
 }
 
 /// One invocation of a dapp.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Invocation {
     /// The image's unpacked rootfs.
     pub rootfs: PathBuf,
@@ -79,14 +81,38 @@ pub struct Invocation {
     /// The state before the block: a directory that is never changed
     /// (the overlay's lower layer).
     pub state: PathBuf,
+    /// Every dapp's state as of the parent block (`<dapp>/…`), mounted
+    /// read-only at `/chain`, so a dapp can read what others keep (the
+    /// doors dapp reads members and certifications). `None`: no `/chain`.
+    #[serde(default)]
+    pub chain: Option<PathBuf>,
     /// The context.
     pub context: Context,
-    /// The transactions, one JSON line each (`/block/txs.jsonl`).
+    /// The transactions, one JSON line each (`/block/txs.jsonl`); text
+    /// (UTF-8) when it crosses to a helper process.
+    #[serde(with = "text_bytes")]
     pub txs: Vec<u8>,
     /// The container's limits.
     pub limits: Limits,
     /// Bytes the dapp may write: its state changes and results together.
     pub scratch: u64,
+}
+
+/// Transaction lines cross the helper's pipe as one JSON string, not as
+/// an array of numbers (a quarter of the size, and quick to parse).
+mod text_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de, ser};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| ser::Error::custom("transaction lines must be UTF-8"))?;
+        s.serialize_str(text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d).map_err(de::Error::custom)?;
+        Ok(text.into_bytes())
+    }
 }
 
 /// What an invocation produced. The state changes stay readable (in a
@@ -100,11 +126,12 @@ pub struct DappRun {
     /// The changed paths, parents before children.
     pub changes: Vec<Change>,
     upper: PathBuf,
+    results_path: PathBuf,
     _scratch: Scratch,
 }
 
 /// One changed path of a dapp's state, relative to `/state`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// Relative path, `/`-separated, UTF-8.
     pub path: String,
@@ -113,7 +140,8 @@ pub struct Change {
 }
 
 /// What happened to a path.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     /// A regular file was written (created or replaced); its bytes are in
     /// the run's upper directory ([`DappRun::file`]).
@@ -227,7 +255,7 @@ pub fn invoke<S: Sandbox + ?Sized>(
     }
     let mut args = invocation.command.clone();
     args.push(invocation.context.entry.as_str().to_string());
-    let job = Job {
+    let mut job = Job {
         rootfs: invocation.rootfs.clone(),
         args,
         env: invocation.env.clone(),
@@ -253,14 +281,23 @@ pub fn invoke<S: Sandbox + ?Sized>(
         ],
         limits: invocation.limits.clone(),
     };
+    if let Some(chain) = &invocation.chain {
+        job.mounts.push(Mount::Bind {
+            source: chain.clone(),
+            target: "/chain".into(),
+            writable: false,
+        });
+    }
     let finished = sandbox.run(&job, Stdio::Capture)?;
-    let results = fs::read(&results).map_err(state_io("read", &results))?;
+    let results_path = results;
+    let results = fs::read(&results_path).map_err(state_io("read", &results_path))?;
     let changes = read_changes(&upper)?;
     Ok(DappRun {
         finished,
         results,
         changes,
         upper,
+        results_path,
         _scratch: scratch,
     })
 }
@@ -275,34 +312,50 @@ impl DappRun {
     /// Applies the changes to `dir`, a copy of the state the dapp ran on,
     /// which then holds the new state.
     pub fn apply_to(&self, dir: &Path) -> Result<(), StateError> {
-        for change in &self.changes {
-            let target = dir.join(&change.path);
-            match &change.kind {
-                ChangeKind::Removed => remove_any(&target)?,
-                ChangeKind::Dir { opaque } => {
-                    let is_dir = fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
-                    if *opaque || !is_dir {
-                        remove_any(&target)?;
-                        fs::create_dir(&target).map_err(state_io("create", &target))?;
-                    }
-                }
-                ChangeKind::File { executable } => {
+        apply_changes(&self.upper, &self.changes, dir)
+    }
+
+    /// Where the results file is (in the scratch).
+    pub fn results_path(&self) -> PathBuf {
+        self.results_path.clone()
+    }
+
+    /// The overlay's upper directory, where changed files' bytes are.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+}
+
+/// Applies `changes`, read from the overlay upper directory `upper`, to
+/// `dir`, a copy of the state the dapp ran on, which then holds the new
+/// state.
+pub fn apply_changes(upper: &Path, changes: &[Change], dir: &Path) -> Result<(), StateError> {
+    for change in changes {
+        let target = dir.join(&change.path);
+        match &change.kind {
+            ChangeKind::Removed => remove_any(&target)?,
+            ChangeKind::Dir { opaque } => {
+                let is_dir = fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
+                if *opaque || !is_dir {
                     remove_any(&target)?;
-                    let source = self.upper.join(&change.path);
-                    fs::copy(&source, &target).map_err(state_io("write", &target))?;
-                    let mode = if *executable { 0o755 } else { 0o644 };
-                    fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                        .map_err(state_io("chmod", &target))?;
-                }
-                ChangeKind::Symlink { target: link } => {
-                    remove_any(&target)?;
-                    std::os::unix::fs::symlink(link, &target)
-                        .map_err(state_io("create", &target))?;
+                    fs::create_dir(&target).map_err(state_io("create", &target))?;
                 }
             }
+            ChangeKind::File { executable } => {
+                remove_any(&target)?;
+                let source = upper.join(&change.path);
+                fs::copy(&source, &target).map_err(state_io("write", &target))?;
+                let mode = if *executable { 0o755 } else { 0o644 };
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .map_err(state_io("chmod", &target))?;
+            }
+            ChangeKind::Symlink { target: link } => {
+                remove_any(&target)?;
+                std::os::unix::fs::symlink(link, &target).map_err(state_io("create", &target))?;
+            }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 fn remove_any(path: &Path) -> Result<(), StateError> {

@@ -10,6 +10,8 @@
 //! - [`dapp`]: the dapp protocol's host side: `/state` as an overlay over a
 //!   read-only checkout, `/block` with the context and transactions, the
 //!   results and the changed paths read back.
+//! - [`helper`]: a child process that runs dapp invocations for a process
+//!   that may not create containers (one that opened RocksDB).
 //! - [`detached`]: long-running containers for compute leases: start,
 //!   status, exec (a tenant process), stop.
 //! - [`image`]: the process an image's config describes.
@@ -22,6 +24,7 @@
 pub mod container;
 pub mod dapp;
 pub mod detached;
+pub mod helper;
 pub mod image;
 pub mod outcome;
 pub mod spec;
@@ -31,6 +34,7 @@ pub use container::{
     prewarm_cgroup_migration, runtime_base,
 };
 pub use dapp::{Change, ChangeKind, Context, DappRun, Entry, Invocation, invoke};
+pub use helper::{Helper, HelperError, Ran};
 pub use image::ImageProcess;
 pub use outcome::Outcome;
 pub use spec::{Job, Limits, Mount, Privilege};

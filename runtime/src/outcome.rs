@@ -6,7 +6,8 @@ use std::time::Duration;
 /// How a container's process ended. A dapp that breaks a limit is an
 /// outcome, not an error: the caller decides what it means (a block fails,
 /// a lease stops) and the node carries on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// The entrypoint exited with this code.
     Exited(i32),

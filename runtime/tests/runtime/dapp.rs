@@ -36,6 +36,7 @@ fn invocation(command: &[&str], state: &Path, entry: Entry, txs: &[String]) -> I
         env: vec![DEFAULT_PATH.into()],
         cwd: "/".into(),
         state: state.to_path_buf(),
+        chain: None,
         context: context(entry),
         txs: txs
             .iter()

@@ -113,6 +113,7 @@ fn failing_runs_leave_nothing_behind() {
             env: vec![DEFAULT_PATH.into()],
             cwd: "/".into(),
             state,
+            chain: None,
             context: Context {
                 chain: "c".into(),
                 dapp: "d".into(),

@@ -1,0 +1,457 @@
+//! Executing blocks: `utter tx sign`, `utter block propose`, the
+//! re-execution half of `utter verify --reexecute`, and the container
+//! helper (`utter sandbox-helper`) they run dapps through.
+//!
+//! A process that opened RocksDB never creates containers (libcontainer's
+//! children would hang in RocksDB's exit handler), so these commands start
+//! `utter sandbox-helper` — the same binary, which opens only the container
+//! runtime — and hand it every dapp run.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use utter_chunkstore::Store;
+use utter_consensus::executor::{self, Executor, Images, Verdict};
+use utter_images::Images as ImageStore;
+use utter_ledger::key::Keypair;
+use utter_ledger::tx::{MAX_LINE, Tx, VERSION};
+use utter_ledger::{BlockId, Ledger, MAIN, Status};
+use utter_runtime::{Helper, ImageProcess, Runtime};
+
+use crate::progress::Progress;
+use crate::{data_dir, key, ledger};
+
+/// `utter tx …`
+#[derive(Subcommand)]
+pub enum TxCommand {
+    /// Sign transactions and print their lines (one canonical JSON line
+    /// each), ready for `utter block propose --txs`
+    Sign(SignArgs),
+}
+
+/// `utter tx sign`
+#[derive(Args)]
+pub struct SignArgs {
+    /// The dapp that handles it (with ACTION; or use --file)
+    #[arg(required_unless_present = "file")]
+    dapp: Option<String>,
+    /// What the dapp should do
+    #[arg(required_unless_present = "file")]
+    action: Option<String>,
+    /// The action's arguments, JSON
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    args: String,
+    /// Many transactions: one JSON object per line, {"dapp","action","args"};
+    /// they get consecutive nonces
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["dapp", "action"])]
+    file: Option<PathBuf>,
+    /// The signer's OpenSSH ed25519 private key [default: the node key]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// The (first) nonce [default: one above the highest the key used on main]
+    #[arg(long, value_name = "N")]
+    nonce: Option<u64>,
+    /// The chain [default: the data directory's chain]
+    #[arg(long, value_name = "NAME")]
+    chain: Option<String>,
+    /// The transaction time, Unix seconds [default: now]
+    #[arg(long, value_name = "SECS")]
+    time: Option<u64>,
+}
+
+/// `utter block …`
+#[derive(Subcommand)]
+pub enum BlockCommand {
+    /// Execute signed transactions as one block on main: verify them, run
+    /// each touched dapp once in a container, write and sign the block, move
+    /// main
+    Propose(ProposeArgs),
+}
+
+/// `utter block propose`
+#[derive(Args)]
+pub struct ProposeArgs {
+    /// Signed transaction lines (`utter tx sign` output); `-` reads stdin
+    #[arg(long, value_name = "FILE")]
+    txs: PathBuf,
+    /// The block's time, Unix seconds [default: now]
+    #[arg(long, value_name = "SECS")]
+    time: Option<i64>,
+    /// Print JSON: the block, each transaction's result, refused lines and
+    /// timings
+    #[arg(long)]
+    json: bool,
+}
+
+/// The most bytes of transaction lines `block propose` reads.
+const MAX_TXS_FILE: u64 = 256 << 20;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The data directory's node key, or the key file given.
+fn load_key(data_dir: &Path, path: Option<&Path>) -> Result<Keypair> {
+    let path = path.map_or_else(|| key::key_path(data_dir), Path::to_path_buf);
+    Keypair::load(&path).with_context(|| {
+        format!(
+            "cannot load the key {}: make one with `utter key gen` or pass --key FILE",
+            path.display()
+        )
+    })
+}
+
+/// One chunk store, shared by the ledger and the image store (RocksDB
+/// allows one opener per directory).
+pub struct Opened {
+    pub store: Store,
+    pub ledger: Ledger,
+}
+
+pub fn open(data_dir: &Path) -> Result<Opened> {
+    let store = ledger::open_chunks(data_dir, false)?;
+    let ledger = Ledger::open(&data_dir::ledger(data_dir), Arc::new(store.clone()))?;
+    Ok(Opened { store, ledger })
+}
+
+/// The node's images, for the executor: rootfs unpacked on first use.
+pub struct NodeImages {
+    images: ImageStore,
+}
+
+impl NodeImages {
+    pub fn new(data_dir: &Path, store: &Store) -> Result<Self> {
+        Ok(Self {
+            images: ImageStore::open(data_dir::images(data_dir), store.clone())?,
+        })
+    }
+}
+
+impl Images for NodeImages {
+    fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), String> {
+        let image = self
+            .images
+            .get(digest)
+            .map_err(|e| format!("{e}; import it with `utter image import`"))?;
+        let rootfs = self.images.rootfs(&image).map_err(|e| e.to_string())?;
+        let config = self.images.config(&image).map_err(|e| e.to_string())?;
+        let process = ImageProcess::from_config(&config);
+        if process.command.is_empty() {
+            return Err("the image has no entrypoint".into());
+        }
+        Ok((rootfs, process))
+    }
+}
+
+/// Starts `utter sandbox-helper` for this data directory.
+pub fn spawn_helper(data_dir: &Path) -> Result<Helper> {
+    let exe = std::env::current_exe().context("cannot find the utter executable")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("sandbox-helper");
+    Ok(Helper::spawn(command)?)
+}
+
+/// `utter sandbox-helper`: serves dapp runs on stdin/stdout until stdin
+/// closes. Never opens RocksDB.
+pub fn sandbox_helper(data_dir: &Path) -> Result<ExitCode> {
+    // Die with the parent: a helper outliving its node would hold
+    // containers nobody waits for.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("cannot set the helper's parent-death signal")?;
+    utter_runtime::runtime_base(&data_dir::runtime_base())
+        .context("cannot set up the container runtime")?;
+    let runtime = Runtime::open(data_dir::runtime(data_dir))
+        .context("cannot set up the container runtime")?;
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    utter_runtime::helper::serve(&runtime, stdin, stdout).context("the helper's pipe broke")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn tx(data_dir: &Path, cmd: TxCommand) -> Result<ExitCode> {
+    match cmd {
+        TxCommand::Sign(args) => sign(data_dir, args),
+    }
+}
+
+fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
+    let key = load_key(data_dir, args.key.as_deref())?;
+    let signer = key.public().to_openssh();
+    let mut requests: Vec<(String, String, serde_json::Value)> = Vec::new();
+    if let Some(file) = &args.file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("line {} of {} is not JSON", n + 1, file.display()))?;
+            let field = |name: &str| {
+                v.get(name)
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+                    .with_context(|| {
+                        format!(
+                            "line {} of {} has no string {name:?}: each line is {{\"dapp\",\"action\",\"args\"}}",
+                            n + 1,
+                            file.display()
+                        )
+                    })
+            };
+            requests.push((
+                field("dapp")?,
+                field("action")?,
+                v.get("args").cloned().unwrap_or(json!({})),
+            ));
+        }
+    } else {
+        let args_value: serde_json::Value = serde_json::from_str(&args.args)
+            .with_context(|| format!("--args `{}` is not JSON", args.args))?;
+        requests.push((
+            args.dapp.clone().unwrap_or_default(),
+            args.action.clone().unwrap_or_default(),
+            args_value,
+        ));
+    }
+    let (chain, first_nonce) = match (&args.chain, args.nonce) {
+        (Some(chain), Some(nonce)) => (chain.clone(), nonce),
+        _ => {
+            let opened = open(data_dir)?;
+            let l = &opened.ledger;
+            let chain = args.chain.clone().unwrap_or_else(|| l.chain().to_string());
+            let nonce = match args.nonce {
+                Some(n) => n,
+                None => executor::next_nonce(l, l.resolve(MAIN)?, &signer)?,
+            };
+            (chain, nonce)
+        }
+    };
+    let time = args.time.unwrap_or_else(now);
+    let mut out = std::io::stdout().lock();
+    for (i, (dapp, action, args_value)) in requests.into_iter().enumerate() {
+        let tx = Tx {
+            v: VERSION,
+            chain: chain.clone(),
+            dapp,
+            action,
+            args: args_value,
+            signer: signer.clone(),
+            nonce: first_nonce + i as u64,
+            time,
+        };
+        let line = tx.sign(&key)?.to_line();
+        if line.len() > MAX_LINE {
+            bail!(
+                "transaction {} is {} bytes signed; the limit is {MAX_LINE}: keep large values out of args",
+                i + 1,
+                line.len()
+            );
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn block(data_dir: &Path, cmd: BlockCommand) -> Result<ExitCode> {
+    match cmd {
+        BlockCommand::Propose(args) => propose(data_dir, args),
+    }
+}
+
+fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let mut add = |line: String| {
+        if !line.trim().is_empty() {
+            lines.push(line);
+        }
+    };
+    if path == Path::new("-") {
+        for line in std::io::stdin().lock().lines() {
+            add(line.context("cannot read transactions from stdin")?);
+        }
+    } else {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read transactions file {}", path.display()))?;
+        if meta.len() > MAX_TXS_FILE {
+            bail!(
+                "{} is {} bytes; one block takes at most {MAX_TXS_FILE}",
+                path.display(),
+                meta.len()
+            );
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {} as text", path.display()))?;
+        text.lines().map(str::to_string).for_each(&mut add);
+    }
+    Ok(lines)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn propose(data_dir: &Path, args: ProposeArgs) -> Result<ExitCode> {
+    let lines = read_lines(&args.txs)?;
+    if lines.is_empty() {
+        bail!("{} holds no transactions", args.txs.display());
+    }
+    let key = load_key(data_dir, None)?;
+    let opened = open(data_dir)?;
+    let ledger = &opened.ledger;
+    let mut images = NodeImages::new(data_dir, &opened.store)?;
+    let mut helper = spawn_helper(data_dir)?;
+    let mut executor = Executor::new(ledger, &data_dir::checkouts(data_dir))?;
+    let tip = ledger.resolve(MAIN)?;
+    let time = args
+        .time
+        .unwrap_or_else(|| i64::try_from(now()).unwrap_or(i64::MAX));
+    let proposed = executor
+        .propose(&mut helper, &mut images, tip, &lines, time, &key)
+        .context("cannot make a block")?;
+    ledger.advance(MAIN, tip, proposed.block.id)?;
+    let accepted = proposed
+        .results
+        .iter()
+        .filter(|r| r.status == Status::Accepted)
+        .count();
+    if args.json {
+        let results: Vec<serde_json::Value> = proposed
+            .results
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect();
+        let refused: Vec<serde_json::Value> = proposed
+            .refused
+            .iter()
+            .map(|r| json!({"line": r.line, "error": r.error.to_string()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "block": proposed.block.id.to_string(),
+                "height": proposed.block.height,
+                "transactions": proposed.results.len(),
+                "accepted": accepted,
+                "results": results,
+                "refused": refused,
+                "dapps_ms": ms(proposed.timings.dapps),
+                "total_ms": ms(proposed.timings.total),
+            }))?
+        );
+    } else {
+        for (i, r) in proposed.results.iter().enumerate() {
+            match r.status {
+                Status::Accepted => match &r.output {
+                    Some(out) => println!("{:>4}  accepted  {out}", i + 1),
+                    None => println!("{:>4}  accepted", i + 1),
+                },
+                Status::Rejected => println!(
+                    "{:>4}  rejected  {}",
+                    i + 1,
+                    r.reason.as_deref().unwrap_or("")
+                ),
+            }
+        }
+        for r in &proposed.refused {
+            eprintln!("refused (not in the block): {}", r.error);
+        }
+        println!(
+            "block {} at height {}: {} transactions, {accepted} accepted; main moved ({:.1} ms, {:.1} ms in dapps)",
+            proposed.block.id.short(),
+            proposed.block.height,
+            proposed.results.len(),
+            ms(proposed.timings.total),
+            ms(proposed.timings.dapps),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A block re-execution found wrong.
+pub struct Mismatch {
+    pub id: BlockId,
+    pub height: u64,
+    pub why: String,
+}
+
+/// What `verify --reexecute` found.
+pub struct Reexecuted {
+    pub checked: usize,
+    pub skipped: usize,
+    pub bad: Vec<Mismatch>,
+}
+
+/// Re-executes every block reachable from a branch, parents first.
+pub fn reexecute_all(data_dir: &Path, opened: &Opened, quiet: bool) -> Result<Reexecuted> {
+    let ledger = &opened.ledger;
+    let tips: Vec<BlockId> = ledger.branches()?.into_iter().map(|(_, id)| id).collect();
+    let blocks = ledger.ancestors(&tips)?;
+    let mut images = NodeImages::new(data_dir, &opened.store)?;
+    let mut helper = spawn_helper(data_dir)?;
+    let mut executor = Executor::new(ledger, &data_dir::checkouts(data_dir))?;
+    let mut progress = Progress::items("re-executing blocks", blocks.len() as u64, quiet);
+    let mut out = Reexecuted {
+        checked: 0,
+        skipped: 0,
+        bad: Vec::new(),
+    };
+    for (i, id) in blocks.iter().enumerate() {
+        let block = ledger.block(*id)?;
+        match executor.reexecute(&mut helper, &mut images, &block)? {
+            Verdict::Valid => out.checked += 1,
+            Verdict::Skipped(_) => out.skipped += 1,
+            Verdict::Invalid(why) => out.bad.push(Mismatch {
+                id: *id,
+                height: block.height,
+                why,
+            }),
+        }
+        progress.set(i as u64 + 1);
+    }
+    progress.finish();
+    Ok(out)
+}
+
+/// The dapps to install at genesis: `NAME=IMAGE` pairs, each image
+/// resolved to its digest in the image store.
+pub fn genesis_dapps(
+    data_dir: &Path,
+    store: &Store,
+    pairs: &[String],
+    owner: &str,
+) -> Result<utter_ledger::Changes> {
+    let mut changes = utter_ledger::Changes::new();
+    if pairs.is_empty() {
+        return Ok(changes);
+    }
+    let images = ImageStore::open(data_dir::images(data_dir), store.clone())?;
+    for pair in pairs {
+        let Some((name, reference)) = pair.split_once('=') else {
+            bail!("--dapp {pair:?} is not NAME=IMAGE (e.g. --dapp counter=counter:latest)");
+        };
+        let image = images.get(reference).with_context(|| {
+            format!("no image {reference} for dapp {name}: build or import it first")
+        })?;
+        let config = utter_ledger::layout::DappConfig {
+            image: image.id.to_string(),
+            owners: vec![owner.to_string()],
+            permissions: Default::default(),
+        };
+        changes
+            .set_dapp(name, &config)
+            .with_context(|| format!("cannot install dapp {name}"))?;
+    }
+    Ok(changes)
+}
