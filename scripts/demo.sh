@@ -62,6 +62,28 @@ if [ -n "${COUNTER_BIN:-}" ] && [ -x "$COUNTER_BIN" ]; then
     utter dapp run counter --state "$DIR/counter-state" --txs "$DIR/txs.jsonl"
     echo "counters/visits now holds $(cat "$DIR/counter-state/counters/visits")"
     utter dapp run counter --state "$DIR/counter-state" --entry test
+
+    echo
+    echo "== a chain running dapps: signed transactions become a block (one container per dapp)"
+    C="$DIR/chain"
+    chain() { echo "\$ utter --data-dir $C $*" >&2; "$UTTER" --data-dir "$C" "$@"; }
+    chain image build --binary "$COUNTER_BIN" --tag counter > /dev/null
+    chain init --chain makerspace --dapp counter=counter
+    printf '%s\n' '{"dapp":"counter","action":"add","args":{"name":"visits","by":2}}' \
+        '{"dapp":"counter","action":"add","args":{"name":"visits"}}' \
+        '{"dapp":"counter","action":"add","args":{"name":"Bad Name"}}' \
+        '{"dapp":"doors","action":"open","args":{}}' > "$DIR/requests.jsonl"
+    chain tx sign --file "$DIR/requests.jsonl" > "$DIR/signed.jsonl"
+    chain block propose --txs "$DIR/signed.jsonl"
+    echo "== the same lines again: every nonce is used, so each is recorded as a rejected replay"
+    chain block propose --txs "$DIR/signed.jsonl"
+    chain log
+    echo "== every block re-executed in containers gives exactly its state"
+    chain verify --reexecute
+    if command -v git > /dev/null; then
+        echo "\$ git show main:dapps/counter/state/counters/visits   (the state is a git tree)" >&2
+        git --git-dir "$C/ledger.git" show main:dapps/counter/state/counters/visits; echo
+    fi
 fi
 
 echo

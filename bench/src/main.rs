@@ -10,6 +10,7 @@
 //! counter-dapp block against an empty container run.
 
 mod consensus;
+mod executor;
 mod images;
 mod ledger;
 mod runtime;
@@ -91,6 +92,19 @@ enum Bench {
         #[arg(long)]
         work: Option<PathBuf>,
     },
+    /// Blocks of counter transactions through the executor: where a block's
+    /// time goes, and the overhead beyond the dapp run
+    Executor {
+        /// Blocks to time (after a warm-up block)
+        #[arg(long, default_value_t = 20)]
+        blocks: usize,
+        /// Transactions per block
+        #[arg(long, default_value_t = 1000)]
+        txs: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
     /// Block writing (tx/s) and `utter verify` against `git verify-commit`
     Ledger {
         /// Blocks to write in the writing benchmark
@@ -139,6 +153,9 @@ fn main() -> Result<()> {
         }),
         Bench::Consensus { validators, txs } => consensus::run(validators, txs),
         Bench::Runtime { runs, txs, work } => runtime::run(runtime::Options { runs, txs, work }),
+        Bench::Executor { blocks, txs, work } => {
+            executor::run(executor::Options { blocks, txs, work })
+        }
         Bench::Ledger {
             write_blocks,
             txs_per_block,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic with the failing call in the message
 
+mod chain;
 mod chunks;
 mod crash;
 mod image;

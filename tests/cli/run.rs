@@ -8,7 +8,7 @@ use super::*;
 
 /// A data dir with `bb` (busybox with every applet, entrypoint /bin/sh),
 /// `counter` (the Rust dapp, static) and `hello` (the busybox shell dapp).
-fn setup() -> tempfile::TempDir {
+pub(crate) fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let tree = dir.path().join("bb");

@@ -334,3 +334,80 @@ fn a_missing_state_directory_is_a_clear_error() {
     .expect_err("no state dir");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+#[test]
+fn the_helper_runs_invocations_with_chain_state_and_answers_bad_requests() {
+    let _g = shared();
+    let e = env();
+    let state = e.dir.path().join("state");
+    let chain = e.dir.path().join("chain");
+    fs::create_dir_all(&state).expect("mkdir");
+    fs::create_dir_all(chain.join("other")).expect("mkdir");
+    fs::write(chain.join("other/x"), "from another dapp").expect("write");
+    let mut reads = invocation(
+        &[
+            "/bin/sh",
+            "-c",
+            "touch /chain/other/y 2>/dev/null && exit 9; \
+             cat /chain/other/x > /state/seen; \
+             echo '{\"status\":\"accepted\"}' > /block/results.jsonl",
+            "dapp",
+        ],
+        &state,
+        Entry::Apply,
+        &[tx("look", "{}")],
+    );
+    reads.chain = Some(chain.clone());
+    let missing = invocation(
+        &["/bin/true"],
+        &e.dir.path().join("nope"),
+        Entry::Apply,
+        &[],
+    );
+    let mut input = String::from("not a request\n");
+    for inv in [&reads, &missing] {
+        input.push_str(&serde_json::json!({ "invoke": inv_json(inv) }).to_string());
+        input.push('\n');
+    }
+    input.push_str("{\"release\":1}\n");
+    let mut output = Vec::new();
+    utter_runtime::helper::serve(&e.rt, input.as_bytes(), &mut output).expect("serve");
+    let answers: Vec<serde_json::Value> = text(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each answer is JSON"))
+        .collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(
+        answers[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot read this request")),
+        "{answers:?}"
+    );
+    let ran = &answers[1]["ran"];
+    assert_eq!(
+        ran["finished"]["outcome"],
+        serde_json::json!({"exited": 0}),
+        "{ran}"
+    );
+    assert_eq!(ran["changes"][0]["path"], "seen", "{ran}");
+    let upper = std::path::PathBuf::from(ran["upper"].as_str().expect("upper"));
+    assert!(
+        !upper.exists(),
+        "released and dropped runs leave no scratch behind"
+    );
+    assert!(
+        answers[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot use") && e.contains("nope")),
+        "{answers:?}"
+    );
+    assert!(!chain.join("other/y").exists(), "/chain is read-only");
+    assert!(
+        !state.join("seen").exists(),
+        "the lower state is never changed"
+    );
+}
+
+fn inv_json(inv: &Invocation) -> serde_json::Value {
+    serde_json::to_value(inv).expect("an invocation serializes")
+}

@@ -1,0 +1,196 @@
+//! `utter-bench executor`: blocks of 1,000 counter transactions through the
+//! whole executor path (signature checks, one container run per block
+//! through the helper process, results, tree, signed and synced commit,
+//! main moved), printing where a block's time goes and the executor's
+//! overhead beside the dapp run it wraps.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use utter_chunkstore::{OpenOptions, Store};
+use utter_consensus::executor::{Executor, Images};
+use utter_images::Catalog;
+use utter_ledger::key::Keypair;
+use utter_ledger::tx::{Tx, VERSION};
+use utter_ledger::{Ledger, MAIN, Status};
+use utter_runtime::{Helper, ImageProcess};
+
+use crate::{timed, utter_bin};
+
+/// Options of `utter-bench executor`.
+pub struct Options {
+    /// Blocks to time (after one warm-up block).
+    pub blocks: usize,
+    /// Transactions per block.
+    pub txs: usize,
+    /// Work directory; a temporary one when `None`.
+    pub work: Option<PathBuf>,
+}
+
+/// Images already unpacked by the warm-up block: read from the catalog.
+struct Unpacked(Catalog);
+
+impl Images for Unpacked {
+    fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), String> {
+        let image = self.0.get(digest).map_err(|e| e.to_string())?;
+        let config = self.0.config(&image).map_err(|e| e.to_string())?;
+        Ok((
+            self.0.rootfs_path(&image.id),
+            ImageProcess::from_config(&config),
+        ))
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn batch(key: &Keypair, chain: &str, first_nonce: u64, n: usize) -> Result<Vec<String>> {
+    let signer = key.public().to_openssh();
+    (0..n)
+        .map(|i| {
+            let tx = Tx {
+                v: VERSION,
+                chain: chain.into(),
+                dapp: "counter".into(),
+                action: "add".into(),
+                args: serde_json::json!({"name": format!("c{}", i % 100)}),
+                signer: signer.clone(),
+                nonce: first_nonce + i as u64,
+                time: 1,
+            };
+            Ok(tx.sign(key)?.to_line())
+        })
+        .collect()
+}
+
+fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
+    Ok(timed(Command::new(bin).arg("--data-dir").arg(data).args(args))?.1)
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let bin = utter_bin()?;
+    let tmp = tempfile::tempdir()?;
+    let work = opts
+        .work
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    let data = work.join("data");
+    let counter = utter_testkit::static_binary("utter-counter", "counter");
+    utter(
+        &bin,
+        &data,
+        &[
+            "image",
+            "build",
+            "--binary",
+            &counter.display().to_string(),
+            "--tag",
+            "counter",
+        ],
+    )?;
+    utter(
+        &bin,
+        &data,
+        &["init", "--chain", "bench", "--dapp", "counter=counter"],
+    )?;
+    // Warm-up through the CLI: unpacks the rootfs cache.
+    let warm = work.join("warm.jsonl");
+    let user = Keypair::generate("bench user")?;
+    std::fs::write(&warm, batch(&user, "bench", 1, 10)?.join("\n") + "\n")?;
+    utter(
+        &bin,
+        &data,
+        &["block", "propose", "--txs", &warm.display().to_string()],
+    )?;
+
+    let store = Store::open(data.join("db"), &OpenOptions::default())?;
+    let ledger = Ledger::open(&data.join("ledger.git"), Arc::new(store))?;
+    let key = Keypair::load(&data.join("keys/node"))?;
+    let mut images = Unpacked(Catalog::open(data.join("images")));
+    let mut helper = {
+        let mut c = Command::new(&bin);
+        c.arg("--data-dir").arg(&data).arg("sandbox-helper");
+        Helper::spawn(c)?
+    };
+    let mut executor = Executor::new(&ledger, &data.join("checkouts"))?;
+    let (mut total, mut dapps, mut verify, mut write) = (vec![], vec![], vec![], vec![]);
+    let mut nonce = 11;
+    println!(
+        "## executor: {} blocks of {} counter transactions (1 signer, 100 counters), synced",
+        opts.blocks, opts.txs
+    );
+    for i in 0..=opts.blocks {
+        let lines = batch(&user, "bench", nonce, opts.txs)?;
+        nonce += opts.txs as u64;
+        let tip = ledger.resolve(MAIN)?;
+        let p = executor
+            .propose(
+                &mut helper,
+                &mut images,
+                tip,
+                &lines,
+                1_700_000_000 + i as i64,
+                &key,
+            )
+            .context("the executor failed")?;
+        let accepted = p
+            .results
+            .iter()
+            .filter(|r| r.status == Status::Accepted)
+            .count();
+        anyhow::ensure!(
+            accepted == opts.txs,
+            "only {accepted} of {} accepted: {:?}",
+            opts.txs,
+            p.results.iter().find(|r| r.status != Status::Accepted)
+        );
+        ledger.advance(MAIN, tip, p.block.id)?;
+        if i == 0 {
+            continue; // the first block builds the checkout
+        }
+        total.push(ms(p.timings.total));
+        dapps.push(ms(p.timings.dapps));
+        verify.push(ms(p.timings.verify));
+        write.push(ms(p.timings.write));
+    }
+    let (t, d, v, w) = (median(total), median(dapps), median(verify), median(write));
+    println!("                                   median ms   share of block");
+    println!("block, whole path                  {t:>9.1}");
+    println!(
+        "  dapp run (container + helper)    {d:>9.1}   {:>5.1}%",
+        100.0 * d / t
+    );
+    println!(
+        "  signature and form checks        {v:>9.1}   {:>5.1}%",
+        100.0 * v / t
+    );
+    println!(
+        "  tree, signed commit, sync        {w:>9.1}   {:>5.1}%",
+        100.0 * w / t
+    );
+    println!(
+        "  the rest (checkout, results)     {:>9.1}   {:>5.1}%",
+        t - d - v - w,
+        100.0 * (t - d - v - w) / t
+    );
+    println!(
+        "executor overhead beyond the dapp run: {:.1}% of the block time (target <= 30%)",
+        100.0 * (t - d) / t
+    );
+    println!(
+        "throughput: {:.0} tx/s on one block at a time",
+        opts.txs as f64 / (t / 1000.0)
+    );
+    Ok(())
+}
