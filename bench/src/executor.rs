@@ -4,7 +4,7 @@
 //! main moved), printing where a block's time goes and the executor's
 //! overhead beside the dapp run it wraps.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,8 @@ use utter_ledger::tx::{Tx, VERSION};
 use utter_ledger::{Ledger, MAIN, Status};
 use utter_runtime::{Helper, ImageProcess};
 
-use crate::{timed, utter_bin};
+use crate::runtime::utter;
+use crate::utter_bin;
 
 /// Options of `utter-bench executor`.
 pub struct Options {
@@ -72,33 +73,12 @@ fn batch(key: &Keypair, chain: &str, first_nonce: u64, n: usize) -> Result<Vec<S
         .collect()
 }
 
-fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
-    Ok(timed(Command::new(bin).arg("--data-dir").arg(data).args(args))?.1)
-}
-
 pub fn run(opts: Options) -> Result<()> {
     let bin = utter_bin()?;
     let tmp = tempfile::tempdir()?;
-    let work = opts
-        .work
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&work)?;
-    let work = work.canonicalize()?;
+    let work = crate::work_dir(opts.work.clone(), tmp.path())?;
     let data = work.join("data");
-    let counter = utter_testkit::static_binary("utter-counter", "counter");
-    utter(
-        &bin,
-        &data,
-        &[
-            "image",
-            "build",
-            "--binary",
-            &counter.display().to_string(),
-            "--tag",
-            "counter",
-        ],
-    )?;
+    crate::runtime::counter_image(&bin, &data)?;
     utter(
         &bin,
         &data,

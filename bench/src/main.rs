@@ -181,6 +181,13 @@ fn default_cache() -> PathBuf {
         .join(".cache/utter-bench")
 }
 
+/// The work directory given, else `tmp`; made and made absolute.
+fn work_dir(given: Option<PathBuf>, tmp: &Path) -> Result<PathBuf> {
+    let work = given.unwrap_or_else(|| tmp.to_path_buf());
+    std::fs::create_dir_all(&work)?;
+    Ok(work.canonicalize()?)
+}
+
 fn utter_bin() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.with_file_name("utter");

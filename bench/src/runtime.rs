@@ -60,7 +60,26 @@ fn busybox_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
+/// Builds the counter dapp statically and tags its image `counter`.
+pub(crate) fn counter_image(bin: &Path, data: &Path) -> Result<()> {
+    let counter = utter_testkit::static_binary("utter-counter", "counter");
+    utter(
+        bin,
+        data,
+        &[
+            "image",
+            "build",
+            "--binary",
+            &counter.display().to_string(),
+            "--tag",
+            "counter",
+        ],
+    )?;
+    Ok(())
+}
+
+/// `utter --data-dir DATA ARGS…`, its stdout; fails with its stderr.
+pub(crate) fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
     Ok(timed(Command::new(bin).arg("--data-dir").arg(data).args(args))?.1)
 }
 
@@ -70,18 +89,11 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let bin = utter_bin()?;
     let tmp = tempfile::tempdir()?;
-    let work = opts
-        .work
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&work)?;
-    let work = work.canonicalize()?;
+    let work = crate::work_dir(opts.work.clone(), tmp.path())?;
     let data = work.join("data");
     let tree = work.join("busybox");
     busybox_dir(&tree)?;
-    let counter = utter_testkit::static_binary("utter-counter", "counter");
     let tree_arg = tree.display().to_string();
-    let counter_arg = counter.display().to_string();
     utter(
         &bin,
         &data,
@@ -95,18 +107,7 @@ pub fn run(opts: Options) -> Result<()> {
             "bb",
         ],
     )?;
-    utter(
-        &bin,
-        &data,
-        &[
-            "image",
-            "build",
-            "--binary",
-            &counter_arg,
-            "--tag",
-            "counter",
-        ],
-    )?;
+    counter_image(&bin, &data)?;
     // First runs unpack the rootfs caches.
     utter(&bin, &data, &["run", "bb", "--", "/bin/true"])?;
     let empty_state = work.join("state");

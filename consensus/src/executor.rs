@@ -654,6 +654,29 @@ impl<'l> Executor<'l> {
         Ok(names)
     }
 
+    /// A run of `dapp` on its checkout, with every dapp's state at `/chain`.
+    fn invocation(
+        &self,
+        dapp: &str,
+        rootfs: PathBuf,
+        process: ImageProcess,
+        context: Context,
+        txs: Vec<u8>,
+    ) -> Invocation {
+        Invocation {
+            rootfs,
+            command: process.command,
+            env: process.env,
+            cwd: process.cwd,
+            state: self.checkouts.dir(dapp),
+            chain: Some(self.checkouts.root.clone()),
+            context,
+            txs,
+            limits: self.limits.clone(),
+            scratch: self.scratch,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn execute(
         &mut self,
@@ -780,18 +803,8 @@ impl<'l> Executor<'l> {
                 txs.extend_from_slice(slots[i].line.as_bytes());
                 txs.push(b'\n');
             }
-            let invocation = Invocation {
-                rootfs,
-                command: process.command.clone(),
-                env: process.env.clone(),
-                cwd: process.cwd.clone(),
-                state: self.checkouts.dir(dapp),
-                chain: Some(self.checkouts.root.clone()),
-                context: context(dapp, Entry::Apply),
-                txs,
-                limits: self.limits.clone(),
-                scratch: self.scratch,
-            };
+            let invocation =
+                self.invocation(dapp, rootfs, process, context(dapp, Entry::Apply), txs);
             let started = Instant::now();
             let ran = match host.invoke(&invocation) {
                 Ok(ran) => ran,
@@ -850,18 +863,13 @@ impl<'l> Executor<'l> {
                         break;
                     }
                 };
-                let invocation = Invocation {
+                let invocation = self.invocation(
+                    test,
                     rootfs,
-                    command: process.command.clone(),
-                    env: process.env.clone(),
-                    cwd: process.cwd.clone(),
-                    state: self.checkouts.dir(test),
-                    chain: Some(self.checkouts.root.clone()),
-                    context: context(test, Entry::Test),
-                    txs: Vec::new(),
-                    limits: self.limits.clone(),
-                    scratch: self.scratch,
-                };
+                    process,
+                    context(test, Entry::Test),
+                    Vec::new(),
+                );
                 let started = Instant::now();
                 let ran = match host.invoke(&invocation) {
                     Ok(ran) => ran,

@@ -27,6 +27,23 @@ fn git_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs `cmd` with `input` on its stdin.
+fn with_input(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("the command ends")
+}
+
 fn sign(data: &Path, dapp: &str, action: &str, args: &str, nonce: u64) -> String {
     ok(utter(data).args([
         "tx",
@@ -177,19 +194,7 @@ fn blocks_run_dapps_record_every_outcome_and_reexecute() {
     let id = blake3::hash(tx.as_bytes()).to_hex().to_string();
     let result = format!(r#"{{"output":5,"status":"accepted","tx":"{id}"}}"#);
     let blob = |bytes: &str| {
-        let mut child = git(&data)
-            .args(["hash-object", "-w", "--stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(bytes.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = with_input(git(&data).args(["hash-object", "-w", "--stdin"]), bytes);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let entries = [
@@ -213,26 +218,17 @@ fn blocks_run_dapps_record_every_outcome_and_reexecute() {
     let tree = git_ok(git(&data).env("GIT_INDEX_FILE", &index).arg("write-tree"));
     let keyfile = data.join("keys/node");
     let email = "forger";
-    let mut child = git(&data)
-        .args(["-c", "gpg.format=ssh", "-c"])
-        .arg(format!("user.signingkey={}", keyfile.display()))
-        .args(["commit-tree", "-S", &tree, "-p", b2_id, "-F", "-"])
-        .env("GIT_AUTHOR_NAME", "utter")
-        .env("GIT_AUTHOR_EMAIL", email)
-        .env("GIT_COMMITTER_NAME", "utter")
-        .env("GIT_COMMITTER_EMAIL", email)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"block 3: forged\n\nHeight: 3\nChain: space\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_input(
+        git(&data)
+            .args(["-c", "gpg.format=ssh", "-c"])
+            .arg(format!("user.signingkey={}", keyfile.display()))
+            .args(["commit-tree", "-S", &tree, "-p", b2_id, "-F", "-"])
+            .env("GIT_AUTHOR_NAME", "utter")
+            .env("GIT_AUTHOR_EMAIL", email)
+            .env("GIT_COMMITTER_NAME", "utter")
+            .env("GIT_COMMITTER_EMAIL", email),
+        "block 3: forged\n\nHeight: 3\nChain: space\n",
+    );
     assert!(
         out.status.success(),
         "git commit-tree -S: {}",
