@@ -36,6 +36,8 @@ pub use serde_json::{Value, json};
 pub const BLOCK_DIR: &str = "/block";
 /// Where the state is in a container.
 pub const STATE_DIR: &str = "/state";
+/// Where every dapp's state as of the parent block is, read-only.
+pub const CHAIN_DIR: &str = "/chain";
 
 /// An error of the protocol: a file missing or malformed. A dapp reports
 /// it on stderr and exits non-zero, which fails the block.
@@ -96,6 +98,38 @@ pub struct Tx {
     pub nonce: u64,
     /// When the signer made it, Unix seconds.
     pub time: u64,
+}
+
+impl Tx {
+    /// `args.<name>` as a string, or the reason to reject the transaction.
+    pub fn str_arg(&self, name: &str) -> Result<&str, String> {
+        self.args
+            .get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("args.{name} must be a string"))
+    }
+
+    /// `args.<name>` as a whole number, or the reason to reject.
+    pub fn u64_arg(&self, name: &str) -> Result<u64, String> {
+        self.args
+            .get(name)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("args.{name} must be a whole number"))
+    }
+
+    /// `args.<name>` as a list of strings (missing: empty), or the reason
+    /// to reject.
+    pub fn strs_arg(&self, name: &str) -> Result<Vec<String>, String> {
+        match self.args.get(name) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("args.{name} must be a list of strings")),
+            Some(_) => Err(format!("args.{name} must be a list of strings")),
+        }
+    }
 }
 
 /// A transaction's result.
@@ -231,6 +265,16 @@ impl State {
         Self::at(root)
     }
 
+    /// Another dapp's state as of the parent block, `/chain/<dapp>` (or
+    /// `$UTTER_CHAIN/<dapp>`), for reading: changes to it are never
+    /// written.
+    pub fn of_dapp(dapp: &str) -> Self {
+        let root = std::env::var_os("UTTER_CHAIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(CHAIN_DIR));
+        Self::at(root.join(dapp))
+    }
+
     /// A state directory.
     pub fn at(root: impl Into<PathBuf>) -> Self {
         Self {
@@ -268,6 +312,25 @@ impl State {
             self.cache.insert(path.to_string(), value);
         }
         Ok(self.cache[path].as_deref())
+    }
+
+    /// The JSON value in `path`, or `None` when there is no such file. A
+    /// file that is not JSON is an error (a damaged state fails the block).
+    pub fn get_json(&mut self, path: &str) -> Result<Option<Value>, Error> {
+        match self.get(path)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map(Some)
+                .map_err(|e| Error(format!("{path} is not JSON: {e}"))),
+        }
+    }
+
+    /// Sets `path` to `value` as JSON (keys sorted, so the same value is
+    /// always the same bytes).
+    pub fn put_json(&mut self, path: &str, value: &Value) -> Result<(), Error> {
+        let mut bytes = serde_json::to_vec(value).expect("a JSON value serializes");
+        bytes.push(b'\n');
+        self.put(path, bytes)
     }
 
     /// Sets `path` to `bytes` (written by [`State::flush`]).

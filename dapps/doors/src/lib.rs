@@ -1,0 +1,759 @@
+//! `doors`: doors and the rules to open them, the controllers (device
+//! keys) that may log events for a door, the access log, and
+//! [`may_open`], the decision a door controller makes offline.
+//!
+//! State:
+//! ```text
+//! doors/<door>.json              {"name","roles":[…],"certs":[…],"schedule":null|{"days":[1-7],"from":min,"to":min},"controllers":[…]}
+//! log/<door>/<YYYY-MM-DD>.jsonl  one event per line, in block order:
+//!                                {"time","badge","member","granted","reason","controller"}
+//! ```
+//! A door opens for an active member's badge when the member has one of
+//! `roles` (none listed: any member), every certification in `certs`
+//! valid at that time, and the time is inside `schedule` (days 1 = Monday
+//! … 7 = Sunday, minutes of the day UTC, `from` inclusive, `to`
+//! exclusive; null: always).
+//!
+//! Actions:
+//! - `define-door {name, roles?, certs?, schedule?}` (admin; keeps the
+//!   door's controllers)
+//! - `authorize-controller {door, key}`, `revoke-controller {door, key}` (admin)
+//! - `access {door, badge, time, granted, reason}` (an authorized
+//!   controller of that door): logs an event the controller decided,
+//!   offline or not; events are never refused for being old.
+//!
+//! Depends on `utter-dapp-sdk`, `utter-membership` and
+//! `utter-certifications` (to read their states).
+
+use utter_certifications::{cert, is_tool};
+use utter_dapp_sdk::{Error, Outcome, State, Tx, Value, json};
+use utter_membership::{key_id, member, member_by_badge};
+
+/// Events may carry a time at most this far after the block's (clock skew).
+pub const MAX_SKEW: u64 = 300;
+
+/// When a door is open to its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// 1 = Monday … 7 = Sunday.
+    pub days: Vec<u8>,
+    /// First minute of the day (UTC) it opens.
+    pub from: u16,
+    /// First minute it no longer opens.
+    pub to: u16,
+}
+
+/// A door's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Door {
+    /// Its name.
+    pub name: String,
+    /// The member needs one of these (empty: any member).
+    pub roles: Vec<String>,
+    /// The member needs all of these, valid.
+    pub certs: Vec<String>,
+    /// When it opens (`None`: always).
+    pub schedule: Option<Schedule>,
+    /// Device keys that log its events.
+    pub controllers: Vec<String>,
+}
+
+impl Door {
+    fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "roles": self.roles,
+            "certs": self.certs,
+            "schedule": self.schedule.as_ref().map(|s| json!({"days": s.days, "from": s.from, "to": s.to})),
+            "controllers": self.controllers,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        let strs = |x: &Value| -> Option<Vec<String>> {
+            x.as_array()?
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect()
+        };
+        Some(Self {
+            name: v.get("name")?.as_str()?.to_string(),
+            roles: strs(v.get("roles")?)?,
+            certs: strs(v.get("certs")?)?,
+            schedule: match v.get("schedule")? {
+                Value::Null => None,
+                s => Some(parse_schedule(s).ok()?),
+            },
+            controllers: strs(v.get("controllers")?)?,
+        })
+    }
+}
+
+fn parse_schedule(v: &Value) -> Result<Schedule, String> {
+    const WHAT: &str = "args.schedule must be {\"days\":[1-7…],\"from\":minute,\"to\":minute} (minutes of the day, UTC)";
+    let days: Vec<u8> = v
+        .get("days")
+        .and_then(Value::as_array)
+        .ok_or(WHAT)?
+        .iter()
+        .map(|d| d.as_u64().filter(|d| (1..=7).contains(d)).map(|d| d as u8))
+        .collect::<Option<_>>()
+        .ok_or(WHAT)?;
+    let minute = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .filter(|m| *m <= 1440)
+            .map(|m| m as u16)
+            .ok_or(WHAT)
+    };
+    let (from, to) = (minute("from")?, minute("to")?);
+    if from >= to || days.is_empty() {
+        return Err(WHAT.into());
+    }
+    let mut days = days;
+    days.sort_unstable();
+    days.dedup();
+    Ok(Schedule { days, from, to })
+}
+
+/// A door name: 1-64 of `a-z 0-9 - _`.
+pub fn is_door(s: &str) -> bool {
+    is_tool(s)
+}
+
+/// Reads door `name` (`None`: not defined).
+pub fn door(state: &mut State, name: &str) -> Result<Option<Door>, Error> {
+    if !is_door(name) {
+        return Ok(None);
+    }
+    let p = format!("doors/{name}.json");
+    match state.get_json(&p)? {
+        None => Ok(None),
+        Some(v) => Door::from_json(&v)
+            .map(Some)
+            .ok_or_else(|| Error::from_message(format!("{p} is not a door"))),
+    }
+}
+
+/// Whether a door opens, and why: a value the controller acts on and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Open the door.
+    pub granted: bool,
+    /// Why, for the log and the person at the door.
+    pub reason: String,
+    /// The badge's member, when known.
+    pub member: Option<String>,
+}
+
+fn deny(reason: impl Into<String>, member: Option<&str>) -> Decision {
+    Decision {
+        granted: false,
+        reason: reason.into(),
+        member: member.map(str::to_string),
+    }
+}
+
+/// Day of the week (1 = Monday … 7 = Sunday) and minute of the day, UTC.
+pub fn weekday_minute(time: u64) -> (u8, u16) {
+    let day = time / 86_400;
+    // 1970-01-01 was a Thursday.
+    (((day + 3) % 7 + 1) as u8, ((time % 86_400) / 60) as u16)
+}
+
+/// `YYYY-MM-DD` (UTC) of Unix time `time`.
+pub fn date(time: u64) -> String {
+    let days = (time / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// May `badge` open `door` at `time`? Reads the doors, membership and
+/// certifications states; fails secure: anything unreadable or unknown
+/// keeps the door shut, with the reason.
+pub fn may_open(
+    doors: &mut State,
+    members: &mut State,
+    certs: &mut State,
+    door_name: &str,
+    badge: &str,
+    time: u64,
+) -> Decision {
+    match decide(doors, members, certs, door_name, badge, time) {
+        Ok(d) => d,
+        Err(e) => deny(
+            format!("the rules cannot be read ({e}); the door stays shut"),
+            None,
+        ),
+    }
+}
+
+fn decide(
+    doors: &mut State,
+    members: &mut State,
+    certs: &mut State,
+    door_name: &str,
+    badge: &str,
+    time: u64,
+) -> Result<Decision, Error> {
+    let Some(d) = door(doors, door_name)? else {
+        return Ok(deny(format!("there is no door {door_name:?}"), None));
+    };
+    if !utter_membership::is_badge(badge) {
+        return Ok(deny("not a badge hash", None));
+    }
+    let Some(m) = member_by_badge(members, badge)? else {
+        return Ok(deny("unknown badge", None));
+    };
+    let who = Some(m.key.as_str());
+    if !m.active {
+        return Ok(deny(format!("{} is suspended", m.name), who));
+    }
+    if !d.roles.is_empty() && !d.roles.iter().any(|r| m.has_role(r)) {
+        return Ok(deny(
+            format!("{} needs the role {}", d.name, d.roles.join(" or ")),
+            who,
+        ));
+    }
+    for tool in &d.certs {
+        match cert(certs, &m.key, tool)? {
+            None => {
+                return Ok(deny(format!("{} is not certified for {tool}", m.name), who));
+            }
+            Some(c) if !c.valid_at(time) => {
+                return Ok(deny(
+                    format!("{}'s {tool} certification has expired", m.name),
+                    who,
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(s) = &d.schedule {
+        let (day, minute) = weekday_minute(time);
+        if !s.days.contains(&day) || minute < s.from || minute >= s.to {
+            return Ok(deny(format!("outside {}'s opening hours", d.name), who));
+        }
+    }
+    Ok(Decision {
+        granted: true,
+        reason: format!("{} may enter", m.name),
+        member: m.key.clone().into(),
+    })
+}
+
+/// Applies one transaction at block time `now`; `members` is the
+/// membership dapp's state.
+pub fn apply(now: u64, tx: &Tx, state: &mut State, members: &mut State) -> Result<Outcome, Error> {
+    let verdict = match tx.action.as_str() {
+        "define-door" | "authorize-controller" | "revoke-controller" => {
+            if !member(members, &tx.signer)?.is_some_and(|m| m.is_admin()) {
+                Err(format!(
+                    "only an active admin may {}; the signer is not one",
+                    tx.action
+                ))
+            } else if tx.action == "define-door" {
+                define(tx, state)?
+            } else {
+                controller(tx, state, tx.action == "authorize-controller")?
+            }
+        }
+        "access" => access(now, tx, state)?,
+        other => Err(format!(
+            "unknown action {other:?}: expected define-door, authorize-controller, \
+             revoke-controller or access"
+        )),
+    };
+    Ok(match verdict {
+        Ok(out) => Outcome::Accepted(out),
+        Err(reason) => Outcome::Rejected(reason),
+    })
+}
+
+type Verdict = Result<Option<Value>, String>;
+
+fn define(tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
+    let parsed = (|| {
+        let name = tx.str_arg("name")?;
+        if !is_door(name) {
+            return Err(format!(
+                "args.name {name:?} must be 1-64 of a-z, 0-9, - and _"
+            ));
+        }
+        let mut roles = tx.strs_arg("roles")?;
+        roles.sort();
+        roles.dedup();
+        let mut certs = tx.strs_arg("certs")?;
+        if let Some(c) = certs.iter().find(|c| !is_tool(c)) {
+            return Err(format!(
+                "certification {c:?} must be 1-64 of a-z, 0-9, - and _"
+            ));
+        }
+        certs.sort();
+        certs.dedup();
+        let schedule = match tx.args.get("schedule") {
+            None | Some(Value::Null) => None,
+            Some(s) => Some(parse_schedule(s)?),
+        };
+        Ok((name.to_string(), roles, certs, schedule))
+    })();
+    let (name, roles, certs, schedule) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let controllers = door(state, &name)?
+        .map(|d| d.controllers)
+        .unwrap_or_default();
+    let d = Door {
+        name: name.clone(),
+        roles,
+        certs,
+        schedule,
+        controllers,
+    };
+    state.put_json(&format!("doors/{name}.json"), &d.to_json())?;
+    Ok(Ok(None))
+}
+
+fn controller(tx: &Tx, state: &mut State, add: bool) -> Result<Verdict, Error> {
+    let (name, key) = match (tx.str_arg("door"), tx.str_arg("key")) {
+        (Ok(n), Ok(k)) => (n.to_string(), k.to_string()),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
+    if key_id(&key).is_none() {
+        return Ok(Err(format!(
+            "args.key {key:?} is not an ssh-ed25519 public key"
+        )));
+    }
+    let Some(mut d) = door(state, &name)? else {
+        return Ok(Err(format!("there is no door {name:?}; define it first")));
+    };
+    let has = d.controllers.contains(&key);
+    match (add, has) {
+        (true, true) => return Ok(Err("that controller is already authorized".into())),
+        (false, false) => return Ok(Err("that key is not a controller of this door".into())),
+        (true, false) => {
+            d.controllers.push(key);
+            d.controllers.sort();
+        }
+        (false, true) => d.controllers.retain(|k| *k != key),
+    }
+    state.put_json(&format!("doors/{name}.json"), &d.to_json())?;
+    Ok(Ok(None))
+}
+
+fn access(now: u64, tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
+    let parsed = (|| {
+        let name = tx.str_arg("door")?.to_string();
+        let badge = tx.str_arg("badge")?.to_string();
+        let time = tx.u64_arg("time")?;
+        let granted = tx
+            .args
+            .get("granted")
+            .and_then(Value::as_bool)
+            .ok_or("args.granted must be true or false")?;
+        let reason = tx.str_arg("reason")?.to_string();
+        if reason.len() > 200 {
+            return Err("args.reason is longer than 200 bytes".to_string());
+        }
+        if !utter_membership::is_badge(&badge) {
+            return Err(
+                "args.badge must be a badge hash (64 hex digits), never a card number".into(),
+            );
+        }
+        if time > now + MAX_SKEW {
+            return Err(format!(
+                "args.time {time} is more than {MAX_SKEW} s after the block's time {now}: fix the controller's clock"
+            ));
+        }
+        let member = tx
+            .args
+            .get("member")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok((name, badge, time, granted, reason, member))
+    })();
+    let (name, badge, time, granted, reason, member) = match parsed {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let Some(d) = door(state, &name)? else {
+        return Ok(Err(format!("there is no door {name:?}")));
+    };
+    if !d.controllers.contains(&tx.signer) {
+        return Ok(Err(format!(
+            "the signer is not an authorized controller of {name}"
+        )));
+    }
+    let path = format!("log/{name}/{}.jsonl", date(time));
+    let mut log = state.get(&path)?.map(<[u8]>::to_vec).unwrap_or_default();
+    let event = json!({
+        "time": time,
+        "badge": badge,
+        "member": member,
+        "granted": granted,
+        "reason": reason,
+        "controller": tx.signer,
+    });
+    log.extend_from_slice(event.to_string().as_bytes());
+    log.push(b'\n');
+    state.put(&path, log)?;
+    Ok(Ok(None))
+}
+
+/// The `test` entry: every door parses, every log line names its door and
+/// parses.
+pub fn test(state: &mut State) -> Result<(), Error> {
+    for file in state.list("doors")? {
+        let name = file.trim_end_matches(".json");
+        if door(state, name)?.is_none() {
+            return Err(Error::from_message(format!("doors/{file} is not a door")));
+        }
+    }
+    for name in state.list("log")? {
+        if door(state, &name)?.is_none() {
+            return Err(Error::from_message(format!(
+                "log/{name} is the log of a door that is not defined"
+            )));
+        }
+        for day in state.list(&format!("log/{name}"))? {
+            let p = format!("log/{name}/{day}");
+            let bytes = state.get(&p)?.unwrap_or_default().to_vec();
+            for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+                let v: Value = serde_json::from_str(line)
+                    .map_err(|e| Error::from_message(format!("{p} line {}: {e}", i + 1)))?;
+                if v.get("granted").and_then(Value::as_bool).is_none() {
+                    return Err(Error::from_message(format!(
+                        "{p} line {} is not an event",
+                        i + 1
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> String {
+        format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{n:03}key")
+    }
+
+    fn tx(signer: &str, action: &str, args: Value) -> Tx {
+        Tx {
+            index: 0,
+            action: action.into(),
+            args,
+            signer: signer.into(),
+            nonce: 1,
+            time: 1,
+        }
+    }
+
+    fn accepted(out: Result<Outcome, Error>) {
+        let out = out.expect("apply");
+        assert!(matches!(out, Outcome::Accepted(_)), "{out:?}");
+    }
+
+    /// Monday 2026-11-23 10:00 UTC and Saturday 2026-11-28 10:00 UTC.
+    const MONDAY: u64 = 1_795_428_000;
+    const SATURDAY: u64 = 1_795_860_000;
+    /// Certifications are made at `CERTIFIED`; an expiring one lapses
+    /// before MONDAY.
+    const CERTIFIED: u64 = MONDAY - 100_000;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum CertState {
+        Missing,
+        Valid,
+        Expired,
+    }
+
+    struct World {
+        _dirs: Vec<tempfile::TempDir>,
+        members: State,
+        certs: State,
+        doors: State,
+    }
+
+    fn world(active: bool, has_role: bool, cert: CertState, badge: &str) -> World {
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut members = State::at(dirs[0].path());
+        let mut certs = State::at(dirs[1].path());
+        let mut doors = State::at(dirs[2].path());
+        let (admin, m) = (key(1), key(2));
+        let salt = "00112233445566778899aabbccddeeff";
+        accepted(utter_membership::apply(
+            &tx(
+                &admin,
+                "add-member",
+                json!({"key": admin, "name": "Ada", "salt": salt, "roles": ["trainer"]}),
+            ),
+            &mut members,
+        ));
+        let roles: Vec<&str> = if has_role { vec!["woodshop"] } else { vec![] };
+        accepted(utter_membership::apply(
+            &tx(
+                &admin,
+                "add-member",
+                json!({"key": m, "name": "Max", "roles": roles}),
+            ),
+            &mut members,
+        ));
+        accepted(utter_membership::apply(
+            &tx(&admin, "add-badge", json!({"key": m, "badge": badge})),
+            &mut members,
+        ));
+        members.flush().expect("flush");
+        if cert != CertState::Missing {
+            let expires = if cert == CertState::Expired {
+                json!(CERTIFIED + 10)
+            } else {
+                Value::Null
+            };
+            accepted(utter_certifications::apply(
+                CERTIFIED,
+                &tx(
+                    &admin,
+                    "certify",
+                    json!({"member": m, "tool": "saw", "expires": expires}),
+                ),
+                &mut certs,
+                &mut members,
+            ));
+            certs.flush().expect("flush");
+        }
+        if !active {
+            accepted(utter_membership::apply(
+                &tx(&admin, "suspend", json!({"key": m})),
+                &mut members,
+            ));
+            members.flush().expect("flush");
+        }
+        // Eight doors: every combination of a role rule, a certification
+        // rule and opening hours.
+        for n in 0..8u8 {
+            let schedule = if n & 4 != 0 {
+                json!({"days": [1, 2, 3, 4, 5], "from": 480, "to": 1200})
+            } else {
+                Value::Null
+            };
+            let args = json!({
+                "name": format!("d{n}"),
+                "roles": if n & 1 != 0 { json!(["woodshop"]) } else { json!([]) },
+                "certs": if n & 2 != 0 { json!(["saw"]) } else { json!([]) },
+                "schedule": schedule,
+            });
+            accepted(apply(
+                MONDAY,
+                &tx(&admin, "define-door", args),
+                &mut doors,
+                &mut members,
+            ));
+        }
+        doors.flush().expect("flush");
+        World {
+            _dirs: dirs,
+            members,
+            certs,
+            doors,
+        }
+    }
+
+    /// What the rules say, written out independently of `decide`.
+    #[allow(clippy::too_many_arguments)]
+    fn oracle(
+        door: Option<u8>,
+        badge_ok: bool,
+        known: bool,
+        active: bool,
+        has_role: bool,
+        cert: CertState,
+        time: u64,
+    ) -> (bool, &'static str) {
+        let Some(n) = door else {
+            return (false, "there is no door");
+        };
+        if !badge_ok {
+            return (false, "not a badge hash");
+        }
+        if !known {
+            return (false, "unknown badge");
+        }
+        if !active {
+            return (false, "is suspended");
+        }
+        if n & 1 != 0 && !has_role {
+            return (false, "needs the role woodshop");
+        }
+        if n & 2 != 0 {
+            match cert {
+                CertState::Missing => return (false, "is not certified for saw"),
+                CertState::Expired => return (false, "certification has expired"),
+                CertState::Valid => {}
+            }
+        }
+        if n & 4 != 0 && time == SATURDAY {
+            return (false, "opening hours");
+        }
+        (true, "may enter")
+    }
+
+    #[test]
+    fn may_open_follows_every_rule_in_every_combination() {
+        let badge = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        let mut checked = 0;
+        for active in [true, false] {
+            for has_role in [true, false] {
+                for cert in [CertState::Missing, CertState::Valid, CertState::Expired] {
+                    let mut w = world(active, has_role, cert, &badge);
+                    for door in (0..8).map(Some).chain([None]) {
+                        let name = door.map_or("nope".to_string(), |n| format!("d{n}"));
+                        for (b, badge_ok, known) in [
+                            (badge.as_str(), true, true),
+                            (other.as_str(), true, false),
+                            ("12345678", false, false),
+                        ] {
+                            for time in [MONDAY, SATURDAY] {
+                                let d = may_open(
+                                    &mut w.doors,
+                                    &mut w.members,
+                                    &mut w.certs,
+                                    &name,
+                                    b,
+                                    time,
+                                );
+                                let (granted, why) =
+                                    oracle(door, badge_ok, known, active, has_role, cert, time);
+                                assert_eq!(
+                                    (d.granted, d.reason.contains(why)),
+                                    (granted, true),
+                                    "door {name} badge {b} active {active} role {has_role} cert {cert:?} \
+                                     time {time}: {d:?}, expected {granted} ({why})"
+                                );
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 2 * 2 * 3 * 9 * 3 * 2);
+    }
+
+    #[test]
+    fn damaged_rules_keep_the_door_shut() {
+        let badge = "ab".repeat(32);
+        let mut w = world(true, true, CertState::Valid, &badge);
+        w.doors.put("doors/d0.json", "not json").expect("put");
+        w.doors.flush().expect("flush");
+        let d = may_open(
+            &mut w.doors,
+            &mut w.members,
+            &mut w.certs,
+            "d0",
+            &badge,
+            MONDAY,
+        );
+        assert!(
+            !d.granted && d.reason.contains("the door stays shut"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn only_a_doors_controllers_log_its_events() {
+        let badge = "ab".repeat(32);
+        let mut w = world(true, true, CertState::Valid, &badge);
+        let (admin, ctl, stranger) = (key(1), key(9), key(8));
+        let event = json!({"door": "d0", "badge": badge, "time": MONDAY - 86_400 * 3,
+                           "granted": true, "reason": "Max may enter"});
+        let out = apply(
+            MONDAY,
+            &tx(&ctl, "access", event.clone()),
+            &mut w.doors,
+            &mut w.members,
+        )
+        .expect("apply");
+        assert!(
+            matches!(&out, Outcome::Rejected(r) if r.contains("not an authorized controller")),
+            "{out:?}"
+        );
+        let out = apply(
+            MONDAY,
+            &tx(
+                &stranger,
+                "authorize-controller",
+                json!({"door": "d0", "key": ctl}),
+            ),
+            &mut w.doors,
+            &mut w.members,
+        )
+        .expect("apply");
+        assert!(
+            matches!(&out, Outcome::Rejected(r) if r.contains("only an active admin")),
+            "{out:?}"
+        );
+        accepted(apply(
+            MONDAY,
+            &tx(
+                &admin,
+                "authorize-controller",
+                json!({"door": "d0", "key": ctl}),
+            ),
+            &mut w.doors,
+            &mut w.members,
+        ));
+        // An event from three days ago (the controller was offline) is kept.
+        accepted(apply(
+            MONDAY,
+            &tx(&ctl, "access", event),
+            &mut w.doors,
+            &mut w.members,
+        ));
+        let future = json!({"door": "d0", "badge": badge, "time": MONDAY + 3600,
+                            "granted": true, "reason": "x"});
+        let out = apply(
+            MONDAY,
+            &tx(&ctl, "access", future),
+            &mut w.doors,
+            &mut w.members,
+        )
+        .expect("apply");
+        assert!(
+            matches!(&out, Outcome::Rejected(r) if r.contains("clock")),
+            "{out:?}"
+        );
+        w.doors.flush().expect("flush");
+        let log = w
+            .doors
+            .get("log/d0/2026-11-20.jsonl")
+            .expect("read")
+            .expect("logged");
+        assert_eq!(String::from_utf8_lossy(log).lines().count(), 1);
+        test(&mut w.doors).expect("invariants hold");
+    }
+
+    #[test]
+    fn dates_and_weekdays_are_utc() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(MONDAY), "2026-11-23");
+        assert_eq!(weekday_minute(MONDAY), (1, 600));
+        assert_eq!(weekday_minute(SATURDAY), (6, 600));
+        assert_eq!(weekday_minute(0), (4, 0));
+    }
+}
