@@ -424,19 +424,70 @@ pub fn reexecute_all(data_dir: &Path, opened: &Opened, quiet: bool) -> Result<Re
     Ok(out)
 }
 
-/// The dapps to install at genesis: `NAME=IMAGE` pairs, each image
-/// resolved to its digest in the image store.
+/// The built-in dapps: each a static executable built by `build.rs`.
+pub const BUILTIN: [(&str, &[u8]); 3] = [
+    (
+        "membership",
+        include_bytes!(concat!(env!("OUT_DIR"), "/membership")),
+    ),
+    (
+        "certifications",
+        include_bytes!(concat!(env!("OUT_DIR"), "/certifications")),
+    ),
+    ("doors", include_bytes!(concat!(env!("OUT_DIR"), "/doors"))),
+];
+
+/// Packages each built-in dapp as a one-file image tagged `utter/<name>`
+/// (reproducible: the same utter binary makes the same image ids) and
+/// returns (name, image) pairs.
+fn builtin_images(data_dir: &Path, images: &ImageStore) -> Result<Vec<(String, String)>> {
+    let dir = data_dir::images(data_dir).join(format!("builtin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut out = Vec::new();
+    let result = (|| -> Result<()> {
+        for (name, bytes) in BUILTIN {
+            let file = dir.join(name);
+            std::fs::write(&file, bytes)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            let options = utter_images::BuildOptions {
+                entrypoint: vec![format!("/{name}")],
+                cmd: Vec::new(),
+                env: Vec::new(),
+                workdir: None,
+                tags: vec![format!("utter/{name}")],
+            };
+            let built = images
+                .build(
+                    &utter_images::BuildInput::Binary(file),
+                    &options,
+                    &mut |_| {},
+                )
+                .with_context(|| format!("cannot package the built-in dapp {name}"))?;
+            out.push((name.to_string(), built.image.id.to_string()));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map(|()| out)
+}
+
+/// The dapps to install at genesis: the built-in ones (unless
+/// `builtin` is false), then `NAME=IMAGE` pairs, each image resolved to its
+/// digest in the image store. A pair may replace a built-in dapp.
 pub fn genesis_dapps(
     data_dir: &Path,
     store: &Store,
+    builtin: bool,
     pairs: &[String],
     owner: &str,
-) -> Result<utter_ledger::Changes> {
+) -> Result<(utter_ledger::Changes, Vec<String>)> {
     let mut changes = utter_ledger::Changes::new();
-    if pairs.is_empty() {
-        return Ok(changes);
-    }
     let images = ImageStore::open(data_dir::images(data_dir), store.clone())?;
+    let mut chosen: Vec<(String, String)> = if builtin {
+        builtin_images(data_dir, &images)?
+    } else {
+        Vec::new()
+    };
     for pair in pairs {
         let Some((name, reference)) = pair.split_once('=') else {
             bail!("--dapp {pair:?} is not NAME=IMAGE (e.g. --dapp counter=counter:latest)");
@@ -444,8 +495,12 @@ pub fn genesis_dapps(
         let image = images.get(reference).with_context(|| {
             format!("no image {reference} for dapp {name}: build or import it first")
         })?;
+        chosen.retain(|(n, _)| n != name);
+        chosen.push((name.to_string(), image.id.to_string()));
+    }
+    for (name, image) in &chosen {
         let config = utter_ledger::layout::DappConfig {
-            image: image.id.to_string(),
+            image: image.clone(),
             owners: vec![owner.to_string()],
             permissions: Default::default(),
         };
@@ -453,5 +508,5 @@ pub fn genesis_dapps(
             .set_dapp(name, &config)
             .with_context(|| format!("cannot install dapp {name}"))?;
     }
-    Ok(changes)
+    Ok((changes, chosen.into_iter().map(|(n, _)| n).collect()))
 }

@@ -31,9 +31,14 @@ pub struct InitArgs {
     #[arg(long, default_value = "node", value_name = "NAME")]
     name: String,
     /// Install a dapp in the genesis block: NAME=IMAGE (a tag or digest in
-    /// this data directory's image store); repeatable
+    /// this data directory's image store); repeatable; replaces a built-in
+    /// dapp of the same name
     #[arg(long = "dapp", value_name = "NAME=IMAGE")]
     dapps: Vec<String>,
+    /// Leave out the built-in makerspace dapps (membership, certifications,
+    /// doors)
+    #[arg(long)]
+    no_builtin: bool,
     /// Print JSON: chain, genesis block, public key
     #[arg(long)]
     json: bool,
@@ -142,9 +147,10 @@ pub fn init(data_dir: &Path, args: InitArgs) -> Result<ExitCode> {
     };
     let chunks = open_chunks(data_dir, true)?;
     let config = ChainConfig::single(&args.chain, &args.name, &keypair.public());
-    let dapps = chain::genesis_dapps(
+    let (dapps, names) = chain::genesis_dapps(
         data_dir,
         &chunks,
+        !args.no_builtin,
         &args.dapps,
         &keypair.public().to_openssh(),
     )?;
@@ -157,12 +163,16 @@ pub fn init(data_dir: &Path, args: InitArgs) -> Result<ExitCode> {
                 "genesis": genesis.id.to_string(),
                 "public_key": keypair.public().to_string(),
                 "ledger": repo,
+                "dapps": names,
             })
         );
     } else {
         println!("created chain {} in {}", args.chain, data_dir.display());
         println!("genesis   {}", genesis.id);
         println!("node key  {} ({})", keypair.public(), node_key.display());
+        if !names.is_empty() {
+            println!("dapps     {}", names.join(", "));
+        }
         println!("next: `utter log`, `utter verify`");
     }
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ mod image;
 mod key;
 mod ledger;
 mod progress;
+mod query;
 mod run;
 
 use std::path::PathBuf;
@@ -64,6 +65,15 @@ enum Command {
     /// Make blocks from signed transactions
     #[command(subcommand)]
     Block(chain::BlockCommand),
+    /// Read dapp state files
+    #[command(subcommand)]
+    State(query::StateCommand),
+    /// The makerspace's members
+    #[command(subcommand)]
+    Members(query::MembersCommand),
+    /// The makerspace's doors and their access log
+    #[command(subcommand)]
+    Doors(query::DoorsCommand),
     /// (internal) Run dapp containers for another utter process over
     /// stdin/stdout
     #[command(hide = true)]
@@ -86,6 +96,9 @@ fn main() -> ExitCode {
         Command::Tx(cmd) => chain::tx(&data_dir, cmd),
         Command::Block(cmd) => chain::block(&data_dir, cmd),
         Command::SandboxHelper => chain::sandbox_helper(&data_dir),
+        Command::State(cmd) => query::state(&data_dir, cmd),
+        Command::Members(cmd) => query::members_cmd(&data_dir, cmd),
+        Command::Doors(cmd) => query::doors_cmd(&data_dir, cmd),
     };
     match result {
         Ok(code) => code,

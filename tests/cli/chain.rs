@@ -93,6 +93,7 @@ fn blocks_run_dapps_record_every_outcome_and_reexecute() {
     // "apply": a dapp that always fails.
     ok(utter(&data).args([
         "init",
+        "--no-builtin",
         "--chain",
         "space",
         "--dapp",
@@ -277,4 +278,141 @@ fn a_missing_image_rejects_its_dapps_transactions_and_the_chain_goes_on() {
         "{r:?}"
     );
     assert_eq!(r[1], "accepted 1");
+}
+
+fn public_key(data: &Path) -> String {
+    let v: Value =
+        serde_json::from_str(&ok(utter(data).args(["key", "show", "--json"]))).expect("json");
+    v["public_key"].as_str().expect("public_key").to_string()
+}
+
+#[test]
+fn a_makerspace_on_the_built_in_dapps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = ok(utter(&data).args(["init", "--chain", "space"]));
+    assert!(
+        out.contains("dapps     membership, certifications, doors"),
+        "{out}"
+    );
+    let admin = public_key(&data);
+    // A door controller is a device with its own key.
+    let device = dir.path().join("device");
+    ok(utter(&device).args(["key", "gen"]));
+    let controller = public_key(&device);
+    let badge = "ab".repeat(32);
+    let stranger = "cd".repeat(32);
+    let signed = |requests: &[Value], key: Option<&Path>, nonce: u64| -> Vec<String> {
+        let file = dir.path().join("requests.jsonl");
+        let text: String = requests.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&file, text).expect("write");
+        let mut cmd = utter(&data);
+        cmd.args(["tx", "sign", "--file"]).arg(&file);
+        cmd.args(["--nonce", &nonce.to_string()]);
+        if let Some(k) = key {
+            cmd.arg("--key").arg(k);
+        }
+        ok(&mut cmd).lines().map(str::to_string).collect()
+    };
+    let salt = "00112233445566778899aabbccddeeff";
+    // Other dapps see a block's changes from the next block on: the first
+    // admin comes first.
+    let b = propose(
+        &data,
+        &signed(
+            &[
+                serde_json::json!({"dapp": "membership", "action": "add-member",
+                "args": {"key": admin, "name": "Ada", "salt": salt, "roles": ["trainer"]}}),
+            ],
+            None,
+            1,
+        ),
+    );
+    assert_eq!(
+        reasons(&b)[0],
+        r#"accepted {"first_admin":true,"member":"Ada"}"#
+    );
+    let b = propose(
+        &data,
+        &signed(
+            &[
+                serde_json::json!({"dapp": "membership", "action": "add-badge", "args": {"key": admin, "badge": badge}}),
+                serde_json::json!({"dapp": "doors", "action": "define-door", "args": {"name": "shop", "certs": ["saw"]}}),
+                serde_json::json!({"dapp": "doors", "action": "define-door", "args": {"name": "front"}}),
+                serde_json::json!({"dapp": "doors", "action": "authorize-controller", "args": {"door": "front", "key": controller}}),
+                serde_json::json!({"dapp": "certifications", "action": "certify", "args": {"member": admin, "tool": "saw"}}),
+                serde_json::json!({"dapp": "membership", "action": "add-member", "args": {"key": controller, "name": "X"}}),
+            ],
+            None,
+            2,
+        ),
+    );
+    let r = reasons(&b);
+    assert!(r.iter().take(5).all(|r| r.starts_with("accepted")), "{r:?}");
+    // The controller is a device, not an admin: it may not add members.
+    let b = propose(
+        &data,
+        &signed(
+            &[
+                serde_json::json!({"dapp": "membership", "action": "add-member",
+                    "args": {"key": controller, "name": "Mallory"}}),
+                serde_json::json!({"dapp": "doors", "action": "access", "args": {"door": "front",
+                    "badge": badge, "member": admin, "time": 1_000, "granted": true, "reason": "Ada may enter"}}),
+                serde_json::json!({"dapp": "doors", "action": "access", "args": {"door": "front",
+                    "badge": stranger, "time": 1_060, "granted": false, "reason": "unknown badge"}}),
+                serde_json::json!({"dapp": "doors", "action": "access", "args": {"door": "shop",
+                    "badge": badge, "time": 1_100, "granted": true, "reason": "x"}}),
+            ],
+            Some(&device.join("keys/node")),
+            1,
+        ),
+    );
+    let r = reasons(&b);
+    assert!(
+        r[0].contains("only an active admin may add-member"),
+        "{r:?}"
+    );
+    assert!(
+        r[1].starts_with("accepted") && r[2].starts_with("accepted"),
+        "{r:?}"
+    );
+    assert!(
+        r[3].contains("not an authorized controller of shop"),
+        "{r:?}"
+    );
+
+    let members = ok(utter(&data).args(["members", "ls", "--json"]));
+    let members: Vec<Value> = members
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(members[0]["name"], "Ada");
+    assert_eq!(members[0]["badges"], 1);
+    assert_eq!(members[0]["roles"], serde_json::json!(["admin", "trainer"]));
+    let table = ok(utter(&data).args(["members", "ls"]));
+    assert!(
+        table.contains("Ada") && table.contains("admin,trainer"),
+        "{table}"
+    );
+
+    let log = ok(utter(&data).args(["doors", "log"]));
+    assert!(
+        log.contains("1970-01-01T00:16:40Z  front      open    Ada"),
+        "{log}"
+    );
+    assert!(log.contains("DENIED  (unknown badge)"), "{log}");
+    let since = ok(utter(&data).args([
+        "doors", "log", "--json", "--since", "1050", "--door", "front",
+    ]));
+    assert_eq!(since.lines().count(), 1, "{since}");
+    let salt_file = ok(utter(&data).args(["state", "get", "membership/salt"]));
+    assert_eq!(salt_file.trim(), salt);
+    let err = fails(utter(&data).args(["state", "get", "membership/nope"]));
+    assert!(
+        err.contains("no file nope in dapp membership's state"),
+        "{err}"
+    );
+    let out = ok(utter(&data).args(["verify", "--reexecute"]));
+    assert!(out.contains("re-executed 3 blocks"), "{out}");
 }
