@@ -173,14 +173,7 @@ mod tests {
     }
 
     fn tx(signer: &str, action: &str, args: Value) -> Tx {
-        Tx {
-            index: 0,
-            action: action.into(),
-            args,
-            signer: signer.into(),
-            nonce: 1,
-            time: 1,
-        }
+        Tx::new(signer, action, args)
     }
 
     fn run(
@@ -231,66 +224,33 @@ mod tests {
             assert!(matches!(out, Outcome::Accepted(_)), "{out:?}");
             members.flush().expect("flush");
         }
-        assert!(
-            run(
-                &mut certs,
-                &mut members,
+        for (signer, args, expected) in [
+            (
                 &m,
-                "certify",
-                json!({"member": m, "tool": "saw"})
-            )
-            .contains("only an active trainer")
-        );
-        assert!(
-            run(
-                &mut certs,
-                &mut members,
-                &trainer,
-                "certify",
-                json!({"member": s, "tool": "saw"})
-            )
-            .contains("suspended")
-        );
-        assert!(
-            run(
-                &mut certs,
-                &mut members,
-                &trainer,
-                "certify",
-                json!({"member": key(9), "tool": "saw"})
-            )
-            .contains("not a member")
-        );
-        assert!(
-            run(
-                &mut certs,
-                &mut members,
-                &trainer,
-                "certify",
-                json!({"member": m, "tool": "Saw!"})
-            )
-            .contains("args.tool")
-        );
-        assert!(
-            run(
-                &mut certs,
-                &mut members,
-                &trainer,
-                "certify",
-                json!({"member": m, "tool": "saw", "expires": 50})
-            )
-            .contains("after the block")
-        );
-        assert_eq!(
-            run(
-                &mut certs,
-                &mut members,
-                &trainer,
-                "certify",
-                json!({"member": m, "tool": "saw", "expires": 200})
+                json!({"member": m, "tool": "saw"}),
+                "only an active trainer",
             ),
-            "accepted"
-        );
+            (&trainer, json!({"member": s, "tool": "saw"}), "suspended"),
+            (
+                &trainer,
+                json!({"member": key(9), "tool": "saw"}),
+                "not a member",
+            ),
+            (&trainer, json!({"member": m, "tool": "Saw!"}), "args.tool"),
+            (
+                &trainer,
+                json!({"member": m, "tool": "saw", "expires": 50}),
+                "after the block",
+            ),
+            (
+                &trainer,
+                json!({"member": m, "tool": "saw", "expires": 200}),
+                "accepted",
+            ),
+        ] {
+            let got = run(&mut certs, &mut members, signer, "certify", args);
+            assert!(got.contains(expected), "{got} (expected {expected})");
+        }
         let c = cert(&mut certs, &m, "saw")
             .expect("read")
             .expect("certified");

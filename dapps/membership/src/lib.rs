@@ -422,14 +422,7 @@ mod tests {
     }
 
     fn tx(signer: &str, action: &str, args: Value) -> Tx {
-        Tx {
-            index: 0,
-            action: action.into(),
-            args,
-            signer: signer.into(),
-            nonce: 1,
-            time: 1,
-        }
+        Tx::new(signer, action, args)
     }
 
     fn ok(state: &mut State, t: Tx) {

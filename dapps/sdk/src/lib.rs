@@ -101,6 +101,19 @@ pub struct Tx {
 }
 
 impl Tx {
+    /// A transaction as a dapp sees it, for a dapp's own tests: index 0,
+    /// nonce 1, time 1.
+    pub fn new(signer: &str, action: &str, args: Value) -> Self {
+        Self {
+            index: 0,
+            action: action.into(),
+            args,
+            signer: signer.into(),
+            nonce: 1,
+            time: 1,
+        }
+    }
+
     /// `args.<name>` as a string, or the reason to reject the transaction.
     pub fn str_arg(&self, name: &str) -> Result<&str, String> {
         self.args
