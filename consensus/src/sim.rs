@@ -836,10 +836,18 @@ impl Sim {
                 break;
             }
             // Once everything has committed after the heal, run one more
-            // simulated second for late forks, then stop.
-            if !settled && at >= self.sc.heal_at && self.all_committed() {
-                settled = true;
-                end = end.min(at + Duration::from_secs(1));
+            // simulated second for late forks, then stop; work that
+            // appears in that second (a controller's new side block) puts
+            // the full liveness bound back.
+            if at >= self.sc.heal_at {
+                let done = self.all_committed();
+                if !settled && done {
+                    settled = true;
+                    end = end.min(at + Duration::from_secs(1));
+                } else if settled && !done {
+                    settled = false;
+                    end = self.sc.heal_at + self.sc.liveness_bound;
+                }
             }
             self.now = at;
             let Some(ev) = self.events[idx].take() else {
