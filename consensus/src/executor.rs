@@ -521,15 +521,16 @@ impl<'l> Executor<'l> {
             .iter()
             .filter(|r| r.status == Status::Accepted)
             .count();
+        let total = out.results.len();
         let draft = Draft {
             parents: vec![parent],
             changes: out.changes,
             txs: out.txs,
-            results: out.results.clone(),
+            results: out.results,
             text: format!(
                 "block {}: {} transactions, {accepted} accepted",
                 parent_block.height + 1,
-                out.results.len()
+                total
             ),
             time,
         };
@@ -539,7 +540,7 @@ impl<'l> Executor<'l> {
         self.after_block(&block, &draft)?;
         Ok(Proposed {
             block,
-            results: out.results,
+            results: draft.results,
             refused: out.refused,
             timings: Timings {
                 verify: out.verify_time,
@@ -704,7 +705,10 @@ impl<'l> Executor<'l> {
         let verify_time = verifying.elapsed();
         let mut slots: Vec<Slot> = Vec::with_capacity(lines.len());
         let mut refused = Vec::new();
-        let mut used = self.nonces.clone();
+        // Nonces used by earlier lines of this block (the line's own index
+        // is `self.nonces`, not copied per block).
+        let mut in_block: std::collections::HashSet<(String, u64)> =
+            std::collections::HashSet::new();
         for (line, checked) in lines.iter().zip(checked) {
             let stx = match checked {
                 Ok(stx) => stx,
@@ -717,14 +721,15 @@ impl<'l> Executor<'l> {
                 }
             };
             // A replay is included as rejected: the block records the attempt.
-            let result = used.contains(&stx.tx.signer, stx.tx.nonce).then(|| {
+            let replayed = self.nonces.contains(&stx.tx.signer, stx.tx.nonce)
+                || !in_block.insert((stx.tx.signer.clone(), stx.tx.nonce));
+            let result = replayed.then(|| {
                 TxError::Replayed {
                     signer: stx.tx.signer.clone(),
                     nonce: stx.tx.nonce,
                 }
                 .to_string()
             });
-            used.insert(&stx.tx.signer, stx.tx.nonce);
             let id = blake3::hash(line.as_bytes()).to_hex().to_string();
             let result = result.or_else(|| {
                 (!dapps.contains(&stx.tx.dapp)).then(|| {

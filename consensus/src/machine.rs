@@ -910,12 +910,7 @@ impl Machine {
                 }
             }
         }
-        let txs: Vec<TxId> = self
-            .mempool
-            .iter()
-            .filter(|t| !included.contains(t))
-            .copied()
-            .collect();
+        let txs = self.mempool_except(&included);
         if parents.len() == 1 && txs.is_empty() && parents[0] == self.main {
             return;
         }
@@ -927,6 +922,15 @@ impl Machine {
             kind: Kind::Proposal,
             txs,
         });
+    }
+
+    /// The mempool's transactions that are not in `included`, in order.
+    fn mempool_except(&self, included: &BTreeSet<TxId>) -> Vec<TxId> {
+        self.mempool
+            .iter()
+            .filter(|t| !included.contains(t))
+            .copied()
+            .collect()
     }
 
     fn cut_side_block(&mut self, now: Duration) {
@@ -948,12 +952,7 @@ impl Machine {
                     .is_some_and(|pe| pe.header.kind == Kind::Side)
             });
         }
-        let txs: Vec<TxId> = self
-            .mempool
-            .iter()
-            .filter(|t| !included.contains(t))
-            .copied()
-            .collect();
+        let txs = self.mempool_except(&included);
         if !txs.is_empty() && !self.proposing {
             let parent = self.my_side.unwrap_or(self.main);
             self.proposing = true;

@@ -30,10 +30,20 @@ use serde::{Deserialize, Serialize};
 use crate::container::{Finished, Sandbox};
 use crate::dapp::{Change, DappRun, Invocation, StateError, apply_changes, invoke};
 
-#[derive(Serialize, Deserialize)]
+/// A request as the helper reads it.
+#[derive(Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Request {
     Invoke(Box<Invocation>),
+    Release(u64),
+}
+
+/// The same request as the parent writes it, borrowing the invocation
+/// (its transactions can be megabytes; they are not copied to be sent).
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Sent<'a> {
+    Invoke(&'a Invocation),
     Release(u64),
 }
 
@@ -140,7 +150,7 @@ impl Helper {
         })
     }
 
-    fn send(&mut self, request: &Request) -> Result<(), HelperError> {
+    fn send(&mut self, request: &Sent<'_>) -> Result<(), HelperError> {
         let input = self
             .input
             .as_mut()
@@ -154,7 +164,7 @@ impl Helper {
 
     /// Runs one invocation in a fresh container.
     pub fn invoke(&mut self, invocation: &Invocation) -> Result<Ran, HelperError> {
-        self.send(&Request::Invoke(Box::new(invocation.clone())))?;
+        self.send(&Sent::Invoke(invocation))?;
         self.line.clear();
         let n = self
             .output
@@ -178,7 +188,7 @@ impl Helper {
 
     /// Lets the helper remove a run's scratch (results and changed files).
     pub fn release(&mut self, ran: Ran) -> Result<(), HelperError> {
-        self.send(&Request::Release(ran.id))
+        self.send(&Sent::Release(ran.id))
     }
 }
 

@@ -459,6 +459,15 @@ mod tests {
         assert!(matches!(out, Outcome::Accepted(_)), "{out:?}");
     }
 
+    /// Applies `t` at MONDAY and insists it is rejected for `why`.
+    fn rejected(w: &mut World, t: &Tx, why: &str) {
+        let out = apply(MONDAY, t, &mut w.doors, &mut w.members).expect("apply");
+        assert!(
+            matches!(&out, Outcome::Rejected(r) if r.contains(why)),
+            "{out:?} (expected a rejection for {why:?})"
+        );
+    }
+
     /// Monday 2026-11-23 10:00 UTC and Saturday 2026-11-28 10:00 UTC.
     const MONDAY: u64 = 1_795_428_000;
     const SATURDAY: u64 = 1_795_860_000;
@@ -675,31 +684,19 @@ mod tests {
         let (admin, ctl, stranger) = (key(1), key(9), key(8));
         let event = json!({"door": "d0", "badge": badge, "time": MONDAY - 86_400 * 3,
                            "granted": true, "reason": "Max may enter"});
-        let out = apply(
-            MONDAY,
+        rejected(
+            &mut w,
             &tx(&ctl, "access", event.clone()),
-            &mut w.doors,
-            &mut w.members,
-        )
-        .expect("apply");
-        assert!(
-            matches!(&out, Outcome::Rejected(r) if r.contains("not an authorized controller")),
-            "{out:?}"
+            "not an authorized controller",
         );
-        let out = apply(
-            MONDAY,
+        rejected(
+            &mut w,
             &tx(
                 &stranger,
                 "authorize-controller",
                 json!({"door": "d0", "key": ctl}),
             ),
-            &mut w.doors,
-            &mut w.members,
-        )
-        .expect("apply");
-        assert!(
-            matches!(&out, Outcome::Rejected(r) if r.contains("only an active admin")),
-            "{out:?}"
+            "only an active admin",
         );
         accepted(apply(
             MONDAY,
@@ -720,17 +717,7 @@ mod tests {
         ));
         let future = json!({"door": "d0", "badge": badge, "time": MONDAY + 3600,
                             "granted": true, "reason": "x"});
-        let out = apply(
-            MONDAY,
-            &tx(&ctl, "access", future),
-            &mut w.doors,
-            &mut w.members,
-        )
-        .expect("apply");
-        assert!(
-            matches!(&out, Outcome::Rejected(r) if r.contains("clock")),
-            "{out:?}"
-        );
+        rejected(&mut w, &tx(&ctl, "access", future), "clock");
         w.doors.flush().expect("flush");
         let log = w
             .doors
