@@ -4,26 +4,27 @@
 //!
 //! State:
 //! ```text
-//! doors/<door>.json              {"name","roles":[…],"certs":[…],"schedule":null|{"days":[1-7],"from":min,"to":min},"controllers":[…]}
+//! doors/<door>.json              {"name","roles":[…],"certs":[…],"schedule":null|{"days":[1-7],"from":min,"to":min},"controllers":[…],"dues":bool}
 //! log/<door>/<YYYY-MM-DD>.jsonl  one event per line, in block order:
 //!                                {"time","badge","member","granted","reason","controller"}
 //! ```
 //! A door opens for an active member's badge when the member has one of
 //! `roles` (none listed: any member), every certification in `certs`
-//! valid at that time, and the time is inside `schedule` (days 1 = Monday
-//! … 7 = Sunday, minutes of the day UTC, `from` inclusive, `to`
-//! exclusive; null: always).
+//! valid at that time, dues paid past that time when `dues` is set (the
+//! accounting dapp's `dues/`), and the time is inside `schedule` (days
+//! 1 = Monday … 7 = Sunday, minutes of the day UTC, `from` inclusive,
+//! `to` exclusive; null: always).
 //!
 //! Actions:
-//! - `define-door {name, roles?, certs?, schedule?}` (admin; keeps the
+//! - `define-door {name, roles?, certs?, schedule?, dues?}` (admin; keeps the
 //!   door's controllers)
 //! - `authorize-controller {door, key}`, `revoke-controller {door, key}` (admin)
 //! - `access {door, badge, time, granted, reason}` (an authorized
 //!   controller of that door): logs an event the controller decided,
 //!   offline or not; events are never refused for being old.
 //!
-//! Depends on `utter-dapp-sdk`, `utter-membership` and
-//! `utter-certifications` (to read their states).
+//! Depends on `utter-dapp-sdk`, `utter-membership`,
+//! `utter-certifications` and `utter-accounting` (to read their states).
 
 use utter_certifications::{cert, is_tool};
 use utter_dapp_sdk::{Error, Outcome, State, Tx, Value, json};
@@ -56,6 +57,8 @@ pub struct Door {
     pub schedule: Option<Schedule>,
     /// Device keys that log its events.
     pub controllers: Vec<String>,
+    /// The member's dues must be paid (the accounting dapp's `dues/`).
+    pub dues: bool,
 }
 
 impl Door {
@@ -66,6 +69,7 @@ impl Door {
             "certs": self.certs,
             "schedule": self.schedule.as_ref().map(|s| json!({"days": s.days, "from": s.from, "to": s.to})),
             "controllers": self.controllers,
+            "dues": self.dues,
         })
     }
 
@@ -85,6 +89,10 @@ impl Door {
                 s => Some(parse_schedule(s).ok()?),
             },
             controllers: strs(v.get("controllers")?)?,
+            dues: match v.get("dues") {
+                None => false,
+                Some(d) => d.as_bool()?,
+            },
         })
     }
 }
@@ -161,33 +169,45 @@ pub fn weekday_minute(time: u64) -> (u8, u16) {
     (((day + 3) % 7 + 1) as u8, ((time % 86_400) / 60) as u16)
 }
 
-/// `YYYY-MM-DD` (UTC) of Unix time `time`.
-pub fn date(time: u64) -> String {
-    let days = (time / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+pub use utter_dapp_sdk::date;
+
+/// The states a door decision reads: doors, membership, certifications
+/// and accounting (for dues).
+#[derive(Debug)]
+pub struct Rules {
+    /// The doors dapp's state.
+    pub doors: State,
+    /// The membership dapp's state.
+    pub members: State,
+    /// The certifications dapp's state.
+    pub certs: State,
+    /// The accounting dapp's state.
+    pub accounts: State,
 }
 
-/// May `badge` open `door` at `time`? Reads the doors, membership and
-/// certifications states; fails secure: anything unreadable or unknown
-/// keeps the door shut, with the reason.
-pub fn may_open(
-    doors: &mut State,
-    members: &mut State,
-    certs: &mut State,
-    door_name: &str,
-    badge: &str,
-    time: u64,
-) -> Decision {
-    match decide(doors, members, certs, door_name, badge, time) {
+impl Rules {
+    /// The dapps' states under `root`, one directory per dapp (`/chain`
+    /// in a container, a node's checkouts, a doorbot's copy).
+    pub fn at(root: &std::path::Path) -> Self {
+        Self {
+            doors: State::at(root.join("doors")),
+            members: State::at(root.join("membership")),
+            certs: State::at(root.join("certifications")),
+            accounts: State::at(root.join("accounting")),
+        }
+    }
+}
+
+/// May `badge` open `door` at `time`? Fails secure: anything unreadable or
+/// unknown keeps the door shut, with the reason.
+pub fn may_open(rules: &mut Rules, door_name: &str, badge: &str, time: u64) -> Decision {
+    let Rules {
+        doors,
+        members,
+        certs,
+        accounts,
+    } = rules;
+    match decide(doors, members, certs, accounts, door_name, badge, time) {
         Ok(d) => d,
         Err(e) => deny(
             format!("the rules cannot be read ({e}); the door stays shut"),
@@ -200,6 +220,7 @@ fn decide(
     doors: &mut State,
     members: &mut State,
     certs: &mut State,
+    accounts: &mut State,
     door_name: &str,
     badge: &str,
     time: u64,
@@ -231,6 +252,20 @@ fn decide(
             Some(c) if !c.valid_at(time) => {
                 return Ok(deny(
                     format!("{}'s {tool} certification has expired", m.name),
+                    who,
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if d.dues {
+        match utter_accounting::paid_until(accounts, &m.key)? {
+            None => {
+                return Ok(deny(format!("{} has not paid dues", m.name), who));
+            }
+            Some(until) if until <= time => {
+                return Ok(deny(
+                    format!("{}'s dues ran out on {}", m.name, date(until)),
                     who,
                 ));
             }
@@ -303,9 +338,13 @@ fn define(tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
             None | Some(Value::Null) => None,
             Some(s) => Some(parse_schedule(s)?),
         };
-        Ok((name.to_string(), roles, certs, schedule))
+        let dues = match tx.args.get("dues") {
+            None | Some(Value::Null) => false,
+            Some(d) => d.as_bool().ok_or("args.dues must be true or false")?,
+        };
+        Ok((name.to_string(), roles, certs, schedule, dues))
     })();
-    let (name, roles, certs, schedule) = match parsed {
+    let (name, roles, certs, schedule, dues) = match parsed {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
@@ -318,6 +357,7 @@ fn define(tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
         certs,
         schedule,
         controllers,
+        dues,
     };
     state.put_json(&format!("doors/{name}.json"), &d.to_json())?;
     Ok(Ok(None))
@@ -461,7 +501,7 @@ mod tests {
 
     /// Applies `t` at MONDAY and insists it is rejected for `why`.
     fn rejected(w: &mut World, t: &Tx, why: &str) {
-        let out = apply(MONDAY, t, &mut w.doors, &mut w.members).expect("apply");
+        let out = apply(MONDAY, t, &mut w.rules.doors, &mut w.rules.members).expect("apply");
         assert!(
             matches!(&out, Outcome::Rejected(r) if r.contains(why)),
             "{out:?} (expected a rejection for {why:?})"
@@ -482,27 +522,33 @@ mod tests {
         Expired,
     }
 
-    struct World {
-        _dirs: Vec<tempfile::TempDir>,
-        members: State,
-        certs: State,
-        doors: State,
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum DuesState {
+        Never,
+        Paid,
+        Lapsed,
     }
 
-    fn world(active: bool, has_role: bool, cert: CertState, badge: &str) -> World {
-        let dirs: Vec<_> = (0..3)
-            .map(|_| tempfile::tempdir().expect("tempdir"))
-            .collect();
-        let mut members = State::at(dirs[0].path());
-        let mut certs = State::at(dirs[1].path());
-        let mut doors = State::at(dirs[2].path());
+    struct World {
+        _dir: tempfile::TempDir,
+        rules: Rules,
+    }
+
+    fn world(active: bool, has_role: bool, cert: CertState, dues: DuesState, badge: &str) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Rules {
+            mut members,
+            mut certs,
+            mut doors,
+            mut accounts,
+        } = Rules::at(dir.path());
         let (admin, m) = (key(1), key(2));
         let salt = "00112233445566778899aabbccddeeff";
         accepted(utter_membership::apply(
             &tx(
                 &admin,
                 "add-member",
-                json!({"key": admin, "name": "Ada", "salt": salt, "roles": ["trainer"]}),
+                json!({"key": admin, "name": "Ada", "salt": salt, "roles": ["trainer", "treasurer"]}),
             ),
             &mut members,
         ));
@@ -538,6 +584,35 @@ mod tests {
             ));
             certs.flush().expect("flush");
         }
+        if dues != DuesState::Never {
+            let time = if dues == DuesState::Paid {
+                MONDAY - 86_400
+            } else {
+                MONDAY - 2 * utter_accounting::MONTH
+            };
+            let ctx = utter_dapp_sdk::Context {
+                chain: "c".into(),
+                dapp: "accounting".into(),
+                entry: "apply".into(),
+                height: 1,
+                time,
+                parent: "p".into(),
+                proposer: "k".into(),
+            };
+            for t in [
+                tx(&admin, "mint", json!({"to": m, "amount": 100})),
+                tx(&admin, "set-dues", json!({"per_month": 10})),
+                tx(&m, "pay-dues", json!({"months": 1})),
+            ] {
+                accepted(utter_accounting::apply(
+                    &ctx,
+                    &t,
+                    &mut accounts,
+                    &mut members,
+                ));
+            }
+            accounts.flush().expect("flush");
+        }
         if !active {
             accepted(utter_membership::apply(
                 &tx(&admin, "suspend", json!({"key": m})),
@@ -545,9 +620,9 @@ mod tests {
             ));
             members.flush().expect("flush");
         }
-        // Eight doors: every combination of a role rule, a certification
-        // rule and opening hours.
-        for n in 0..8u8 {
+        // Sixteen doors: every combination of a role rule, a
+        // certification rule, opening hours and dues.
+        for n in 0..16u8 {
             let schedule = if n & 4 != 0 {
                 json!({"days": [1, 2, 3, 4, 5], "from": 480, "to": 1200})
             } else {
@@ -558,6 +633,7 @@ mod tests {
                 "roles": if n & 1 != 0 { json!(["woodshop"]) } else { json!([]) },
                 "certs": if n & 2 != 0 { json!(["saw"]) } else { json!([]) },
                 "schedule": schedule,
+                "dues": n & 8 != 0,
             });
             accepted(apply(
                 MONDAY,
@@ -568,10 +644,13 @@ mod tests {
         }
         doors.flush().expect("flush");
         World {
-            _dirs: dirs,
-            members,
-            certs,
-            doors,
+            _dir: dir,
+            rules: Rules {
+                doors,
+                members,
+                certs,
+                accounts,
+            },
         }
     }
 
@@ -584,6 +663,7 @@ mod tests {
         active: bool,
         has_role: bool,
         cert: CertState,
+        dues: DuesState,
         time: u64,
     ) -> (bool, &'static str) {
         let Some(n) = door else {
@@ -608,6 +688,13 @@ mod tests {
                 CertState::Valid => {}
             }
         }
+        if n & 8 != 0 {
+            match dues {
+                DuesState::Never => return (false, "has not paid dues"),
+                DuesState::Lapsed => return (false, "dues ran out on"),
+                DuesState::Paid => {}
+            }
+        }
         if n & 4 != 0 && time == SATURDAY {
             return (false, "opening hours");
         }
@@ -621,9 +708,14 @@ mod tests {
         let mut checked = 0;
         for active in [true, false] {
             for has_role in [true, false] {
-                for cert in [CertState::Missing, CertState::Valid, CertState::Expired] {
-                    let mut w = world(active, has_role, cert, &badge);
-                    for door in (0..8).map(Some).chain([None]) {
+                for (cert, dues) in [CertState::Missing, CertState::Valid, CertState::Expired]
+                    .into_iter()
+                    .flat_map(|c| {
+                        [DuesState::Never, DuesState::Paid, DuesState::Lapsed].map(|d| (c, d))
+                    })
+                {
+                    let mut w = world(active, has_role, cert, dues, &badge);
+                    for door in (0..16).map(Some).chain([None]) {
                         let name = door.map_or("nope".to_string(), |n| format!("d{n}"));
                         for (b, badge_ok, known) in [
                             (badge.as_str(), true, true),
@@ -631,21 +723,15 @@ mod tests {
                             ("12345678", false, false),
                         ] {
                             for time in [MONDAY, SATURDAY] {
-                                let d = may_open(
-                                    &mut w.doors,
-                                    &mut w.members,
-                                    &mut w.certs,
-                                    &name,
-                                    b,
-                                    time,
+                                let d = may_open(&mut w.rules, &name, b, time);
+                                let (granted, why) = oracle(
+                                    door, badge_ok, known, active, has_role, cert, dues, time,
                                 );
-                                let (granted, why) =
-                                    oracle(door, badge_ok, known, active, has_role, cert, time);
                                 assert_eq!(
                                     (d.granted, d.reason.contains(why)),
                                     (granted, true),
                                     "door {name} badge {b} active {active} role {has_role} cert {cert:?} \
-                                     time {time}: {d:?}, expected {granted} ({why})"
+                                     dues {dues:?} time {time}: {d:?}, expected {granted} ({why})"
                                 );
                                 checked += 1;
                             }
@@ -654,23 +740,16 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 2 * 2 * 3 * 9 * 3 * 2);
+        assert_eq!(checked, 2 * 2 * 3 * 3 * 17 * 3 * 2);
     }
 
     #[test]
     fn damaged_rules_keep_the_door_shut() {
         let badge = "ab".repeat(32);
-        let mut w = world(true, true, CertState::Valid, &badge);
-        w.doors.put("doors/d0.json", "not json").expect("put");
-        w.doors.flush().expect("flush");
-        let d = may_open(
-            &mut w.doors,
-            &mut w.members,
-            &mut w.certs,
-            "d0",
-            &badge,
-            MONDAY,
-        );
+        let mut w = world(true, true, CertState::Valid, DuesState::Paid, &badge);
+        w.rules.doors.put("doors/d0.json", "not json").expect("put");
+        w.rules.doors.flush().expect("flush");
+        let d = may_open(&mut w.rules, "d0", &badge, MONDAY);
         assert!(
             !d.granted && d.reason.contains("the door stays shut"),
             "{d:?}"
@@ -680,7 +759,7 @@ mod tests {
     #[test]
     fn only_a_doors_controllers_log_its_events() {
         let badge = "ab".repeat(32);
-        let mut w = world(true, true, CertState::Valid, &badge);
+        let mut w = world(true, true, CertState::Valid, DuesState::Paid, &badge);
         let (admin, ctl, stranger) = (key(1), key(9), key(8));
         let event = json!({"door": "d0", "badge": badge, "time": MONDAY - 86_400 * 3,
                            "granted": true, "reason": "Max may enter"});
@@ -705,27 +784,28 @@ mod tests {
                 "authorize-controller",
                 json!({"door": "d0", "key": ctl}),
             ),
-            &mut w.doors,
-            &mut w.members,
+            &mut w.rules.doors,
+            &mut w.rules.members,
         ));
         // An event from three days ago (the controller was offline) is kept.
         accepted(apply(
             MONDAY,
             &tx(&ctl, "access", event),
-            &mut w.doors,
-            &mut w.members,
+            &mut w.rules.doors,
+            &mut w.rules.members,
         ));
         let future = json!({"door": "d0", "badge": badge, "time": MONDAY + 3600,
                             "granted": true, "reason": "x"});
         rejected(&mut w, &tx(&ctl, "access", future), "clock");
-        w.doors.flush().expect("flush");
+        w.rules.doors.flush().expect("flush");
         let log = w
+            .rules
             .doors
             .get("log/d0/2026-11-20.jsonl")
             .expect("read")
             .expect("logged");
         assert_eq!(String::from_utf8_lossy(log).lines().count(), 1);
-        test(&mut w.doors).expect("invariants hold");
+        test(&mut w.rules.doors).expect("invariants hold");
     }
 
     #[test]

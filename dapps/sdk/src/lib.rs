@@ -259,6 +259,21 @@ impl Block {
     }
 }
 
+/// `YYYY-MM-DD` (UTC) of Unix time `time`.
+pub fn date(time: u64) -> String {
+    let days = (time / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 /// The dapp's state: files under `/state`, read on first use and written
 /// back by [`State::flush`], so a block touching one file a thousand times
 /// writes it once.
