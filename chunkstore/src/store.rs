@@ -29,7 +29,20 @@ const CF_CHUNK_META: &str = "chunkstore.chunk_meta";
 const CF_MANIFESTS: &str = "chunkstore.manifests";
 /// Column family: manifest id -> pin count (u64 LE).
 const CF_PINS: &str = "chunkstore.pins";
-const OWN_CFS: [&str; 5] = [CF_META, CF_CHUNKS, CF_CHUNK_META, CF_MANIFESTS, CF_PINS];
+/// A record: (key, value).
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// Column family: small records of the store's other owners (the node's
+/// mempool, votes, peers), each key prefixed by its owner.
+const CF_RECORDS: &str = "records";
+const OWN_CFS: [&str; 6] = [
+    CF_META,
+    CF_CHUNKS,
+    CF_CHUNK_META,
+    CF_MANIFESTS,
+    CF_PINS,
+    CF_RECORDS,
+];
 
 const KEY_FORMAT: &[u8] = b"format";
 const KEY_CHUNKING: &[u8] = b"chunking";
@@ -64,6 +77,9 @@ pub struct OpenOptions {
     /// Put chunk bytes in RocksDB blob files (BlobDB) rather than inline in
     /// SST files. On by default: see ARCHITECTURE.md for the measurement.
     pub blob_files: bool,
+    /// Open for reading only, beside a process that has it open for
+    /// writing (a running node): every write fails.
+    pub read_only: bool,
 }
 
 impl Default for OpenOptions {
@@ -74,6 +90,7 @@ impl Default for OpenOptions {
             threads: None,
             zstd_level: 1,
             blob_files: true,
+            read_only: false,
         }
     }
 }
@@ -205,6 +222,8 @@ struct Inner {
     /// Chunks were written without the WAL since the last flush: the next
     /// manifest write flushes first. Read and set under `writer`.
     unflushed: AtomicBool,
+    /// Opened with [`OpenOptions::read_only`]: nothing is written on close.
+    read_only: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -316,7 +335,15 @@ impl Store {
         let cfs = names
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, options.blob_files, &cache)));
-        let db = DB::open_cf_descriptors(&db_opts, &path, cfs).map_err(|e| open_error(&path, e))?;
+        let db = if options.read_only {
+            if !exists {
+                return Err(OpenError::NotFound { path });
+            }
+            DB::open_cf_descriptors_read_only(&db_opts, &path, cfs, false)
+        } else {
+            DB::open_cf_descriptors(&db_opts, &path, cfs)
+        }
+        .map_err(|e| open_error(&path, e))?;
 
         let unusable = |reason: String| OpenError::Unusable {
             path: path.clone(),
@@ -325,6 +352,9 @@ impl Store {
         let meta = db.cf_handle(CF_META).expect("opened above");
         let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| open_error(&path, e));
         let chunking = match (get(KEY_FORMAT)?, get(KEY_CHUNKING)?) {
+            (None, None) if options.read_only => {
+                return Err(unusable("it was never written to".into()));
+            }
             (None, None) => {
                 let chunking = options.chunking.unwrap_or_default();
                 let mut batch = WriteBatch::default();
@@ -367,14 +397,18 @@ impl Store {
             get(KEY_STATS)?.as_deref().and_then(Stats::decode),
         ) {
             (Some(_), Some(stats)) => stats,
+            // A reader beside a writer: the counters are the writer's.
+            (_, Some(stats)) if options.read_only => stats,
             // Not closed cleanly: writes that bypassed the WAL may be gone,
             // so count again from what is there.
             _ => recount(&db).map_err(|e| open_error(&path, e))?,
         };
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        db.delete_cf_opt(meta, KEY_CLEAN, &sync)
-            .map_err(|e| open_error(&path, e))?;
+        if !options.read_only {
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.delete_cf_opt(meta, KEY_CLEAN, &sync)
+                .map_err(|e| open_error(&path, e))?;
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
@@ -385,6 +419,7 @@ impl Store {
                 writer: Mutex::new(stats),
                 gc_guard: RwLock::new(()),
                 unflushed: AtomicBool::new(false),
+                read_only: options.read_only,
             }),
         })
     }
@@ -600,6 +635,43 @@ impl Store {
         )
     }
 
+    /// Writes and deletes records in one synced batch: after it returns,
+    /// all of it survives a crash, or none of it did.
+    pub fn write_records(&self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), Error> {
+        let cf = self.inner.cf(CF_RECORDS);
+        let mut batch = WriteBatch::default();
+        for (k, v) in puts {
+            batch.put_cf(cf, k, v);
+        }
+        for k in deletes {
+            batch.delete_cf(cf, k);
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.inner
+            .db
+            .write_opt(batch, &sync)
+            .map_err(Error::db("writing records"))
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub fn records(&self, prefix: &[u8]) -> Result<Vec<Record>, Error> {
+        let cf = self.inner.cf(CF_RECORDS);
+        let mut out = Vec::new();
+        let iter = self.inner.db.iterator_cf(
+            cf,
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(Error::db("reading records"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
     /// Adds a pin on `id` (which need not be stored yet); returns the count.
     pub fn pin(&self, id: &ManifestId) -> Result<u64, Error> {
         self.inner.add_pin(id, 1)
@@ -734,6 +806,9 @@ struct Written {
 impl Drop for Inner {
     /// A clean close: everything flushed, exact counters recorded.
     fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
         let stats = *lock(&self.writer);
         if self.flush_unflushed().is_err() {
             return;

@@ -379,3 +379,46 @@ fn counters_match_a_recount_after_every_kind_of_write() {
     s.gc(&[]).unwrap();
     check("gc");
 }
+
+#[test]
+fn records_survive_reopening_and_a_read_only_open_sits_beside_the_writer() {
+    let (dir, s) = store();
+    s.write_records(
+        &[(b"pool/1", b"a"), (b"pool/2", b"b"), (b"other/1", b"x")],
+        &[],
+    )
+    .unwrap();
+    s.write_records(&[(b"pool/3", b"c")], &[b"pool/1"]).unwrap();
+    let id = s.put(&b"hello"[..]).unwrap().id;
+    let reader = Store::open(
+        dir.path().join("db"),
+        &OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .expect("a reader opens while the writer has the store");
+    assert_eq!(read_all(&reader, &id).unwrap(), b"hello");
+    assert!(reader.put(&b"nope"[..]).is_err(), "a reader cannot write");
+    drop(reader);
+    drop(s);
+    let s = Store::open(dir.path().join("db"), &OpenOptions::default()).unwrap();
+    assert_eq!(
+        s.records(b"pool/").unwrap(),
+        vec![
+            (b"pool/2".to_vec(), b"b".to_vec()),
+            (b"pool/3".to_vec(), b"c".to_vec())
+        ]
+    );
+    assert_eq!(s.records(b"other/").unwrap().len(), 1);
+    assert!(s.records(b"none/").unwrap().is_empty());
+    let missing = Store::open(
+        dir.path().join("nothing"),
+        &OpenOptions {
+            read_only: true,
+            create: true,
+            ..Default::default()
+        },
+    );
+    assert!(missing.is_err(), "a reader never creates a store");
+}
