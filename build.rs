@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (package, binary) of every built-in dapp.
-const DAPPS: [(&str, &str); 3] = [
+const DAPPS: [(&str, &str); 5] = [
     ("utter-membership", "membership"),
     ("utter-certifications", "certifications"),
     ("utter-doors", "doors"),
+    ("utter-accounting", "accounting"),
+    ("utter-invariants", "invariants"),
 ];
 
 fn main() {
@@ -25,6 +27,8 @@ fn main() {
         "dapps/membership",
         "dapps/certifications",
         "dapps/doors",
+        "dapps/accounting",
+        "dapps/invariants",
     ] {
         println!("cargo:rerun-if-changed={}", manifest.join(dir).display());
     }

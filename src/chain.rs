@@ -33,6 +33,10 @@ pub enum TxCommand {
     /// Sign transactions and print their lines (one canonical JSON line
     /// each), ready for `utter block propose --txs`
     Sign(SignArgs),
+    /// Sign transactions and send them to the running node (`utter node
+    /// run`); with --wait, print each one's result once committed (exit 1
+    /// if any was rejected or refused)
+    Submit(crate::submit::SubmitArgs),
 }
 
 /// `utter tx sign`
@@ -92,14 +96,8 @@ pub struct ProposeArgs {
 /// The most bytes of transaction lines `block propose` reads.
 const MAX_TXS_FILE: u64 = 256 << 20;
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// The data directory's node key, or the key file given.
-fn load_key(data_dir: &Path, path: Option<&Path>) -> Result<Keypair> {
+pub fn load_key(data_dir: &Path, path: Option<&Path>) -> Result<Keypair> {
     let path = path.map_or_else(|| key::key_path(data_dir), Path::to_path_buf);
     Keypair::load(&path).with_context(|| {
         format!(
@@ -120,6 +118,15 @@ pub fn open(data_dir: &Path) -> Result<Opened> {
     let store = ledger::open_chunks(data_dir, false)?;
     let ledger = Ledger::open(&data_dir::ledger(data_dir), Arc::new(store.clone()))?;
     Ok(Opened { store, ledger })
+}
+
+/// [`open`] for reading only: works beside a running node.
+pub fn open_read_only(data_dir: &Path) -> Result<Opened> {
+    let ledger = ledger::open(data_dir)?;
+    Ok(Opened {
+        store: ledger.chunks().as_ref().clone(),
+        ledger,
+    })
 }
 
 /// The node's images, for the executor: rootfs unpacked on first use.
@@ -182,14 +189,23 @@ pub fn sandbox_helper(data_dir: &Path) -> Result<ExitCode> {
 pub fn tx(data_dir: &Path, cmd: TxCommand) -> Result<ExitCode> {
     match cmd {
         TxCommand::Sign(args) => sign(data_dir, args),
+        TxCommand::Submit(args) => crate::submit::submit(data_dir, args),
     }
 }
 
-fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
-    let key = load_key(data_dir, args.key.as_deref())?;
-    let signer = key.public().to_openssh();
-    let mut requests: Vec<(String, String, serde_json::Value)> = Vec::new();
-    if let Some(file) = &args.file {
+/// What to sign: (dapp, action, args).
+pub type Request = (String, String, serde_json::Value);
+
+/// The requests of `--file` (one `{"dapp","action","args"}` per line), or
+/// the one given as DAPP ACTION --args.
+pub fn read_requests(
+    file: Option<&Path>,
+    dapp: Option<&str>,
+    action: Option<&str>,
+    args: &str,
+) -> Result<Vec<Request>> {
+    let mut requests = Vec::new();
+    if let Some(file) = file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         for (n, line) in text.lines().enumerate() {
@@ -217,19 +233,71 @@ fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
             ));
         }
     } else {
-        let args_value: serde_json::Value = serde_json::from_str(&args.args)
-            .with_context(|| format!("--args `{}` is not JSON", args.args))?;
+        let value: serde_json::Value =
+            serde_json::from_str(args).with_context(|| format!("--args `{args}` is not JSON"))?;
         requests.push((
-            args.dapp.clone().unwrap_or_default(),
-            args.action.clone().unwrap_or_default(),
-            args_value,
+            dapp.unwrap_or_default().to_string(),
+            action.unwrap_or_default().to_string(),
+            value,
         ));
     }
+    Ok(requests)
+}
+
+/// Signs `requests` with consecutive nonces from `first_nonce`.
+pub fn sign_requests(
+    key: &Keypair,
+    chain: &str,
+    first_nonce: u64,
+    time: u64,
+    requests: Vec<Request>,
+) -> Result<Vec<String>> {
+    let signer = key.public().to_openssh();
+    let mut lines = Vec::with_capacity(requests.len());
+    for (i, (dapp, action, args)) in requests.into_iter().enumerate() {
+        let tx = Tx {
+            v: VERSION,
+            chain: chain.to_string(),
+            dapp,
+            action,
+            args,
+            signer: signer.clone(),
+            nonce: first_nonce + i as u64,
+            time,
+        };
+        let line = tx.sign(key)?.to_line();
+        if line.len() > MAX_LINE {
+            bail!(
+                "transaction {} is {} bytes signed; the limit is {MAX_LINE}: keep large values out of args",
+                i + 1,
+                line.len()
+            );
+        }
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// The current time, Unix seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
+    let key = load_key(data_dir, args.key.as_deref())?;
+    let signer = key.public().to_openssh();
+    let requests = read_requests(
+        args.file.as_deref(),
+        args.dapp.as_deref(),
+        args.action.as_deref(),
+        &args.args,
+    )?;
     let (chain, first_nonce) = match (&args.chain, args.nonce) {
         (Some(chain), Some(nonce)) => (chain.clone(), nonce),
         _ => {
-            let opened = open(data_dir)?;
-            let l = &opened.ledger;
+            let l = &ledger::open(data_dir)?;
             let chain = args.chain.clone().unwrap_or_else(|| l.chain().to_string());
             let nonce = match args.nonce {
                 Some(n) => n,
@@ -240,25 +308,7 @@ fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
     };
     let time = args.time.unwrap_or_else(now);
     let mut out = std::io::stdout().lock();
-    for (i, (dapp, action, args_value)) in requests.into_iter().enumerate() {
-        let tx = Tx {
-            v: VERSION,
-            chain: chain.clone(),
-            dapp,
-            action,
-            args: args_value,
-            signer: signer.clone(),
-            nonce: first_nonce + i as u64,
-            time,
-        };
-        let line = tx.sign(&key)?.to_line();
-        if line.len() > MAX_LINE {
-            bail!(
-                "transaction {} is {} bytes signed; the limit is {MAX_LINE}: keep large values out of args",
-                i + 1,
-                line.len()
-            );
-        }
+    for line in sign_requests(&key, &chain, first_nonce, time, requests)? {
         writeln!(out, "{line}")?;
     }
     Ok(ExitCode::SUCCESS)
@@ -400,7 +450,12 @@ pub fn reexecute_all(data_dir: &Path, opened: &Opened, quiet: bool) -> Result<Re
     let blocks = ledger.ancestors(&tips)?;
     let mut images = NodeImages::new(data_dir, &opened.store)?;
     let mut helper = spawn_helper(data_dir)?;
-    let mut executor = Executor::new(ledger, &data_dir::checkouts(data_dir))?;
+    // Checkouts of its own: a running node's are in use.
+    let scratch = tempfile::Builder::new()
+        .prefix("verify-checkouts-")
+        .tempdir_in(data_dir)
+        .context("cannot make a scratch directory in the data dir")?;
+    let mut executor = Executor::new(ledger, scratch.path())?;
     let mut progress = Progress::items("re-executing blocks", blocks.len() as u64, quiet);
     let mut out = Reexecuted {
         checked: 0,
@@ -425,7 +480,7 @@ pub fn reexecute_all(data_dir: &Path, opened: &Opened, quiet: bool) -> Result<Re
 }
 
 /// The built-in dapps: each a static executable built by `build.rs`.
-pub const BUILTIN: [(&str, &[u8]); 3] = [
+pub const BUILTIN: [(&str, &[u8]); 5] = [
     (
         "membership",
         include_bytes!(concat!(env!("OUT_DIR"), "/membership")),
@@ -435,7 +490,18 @@ pub const BUILTIN: [(&str, &[u8]); 3] = [
         include_bytes!(concat!(env!("OUT_DIR"), "/certifications")),
     ),
     ("doors", include_bytes!(concat!(env!("OUT_DIR"), "/doors"))),
+    (
+        "accounting",
+        include_bytes!(concat!(env!("OUT_DIR"), "/accounting")),
+    ),
+    (
+        "invariants",
+        include_bytes!(concat!(env!("OUT_DIR"), "/invariants")),
+    ),
 ];
+
+/// The built-in test dapp `utter init` lists in `chain.toml`.
+pub const BUILTIN_TEST_DAPP: &str = "invariants";
 
 /// Packages each built-in dapp as a one-file image tagged `utter/<name>`
 /// (reproducible: the same utter binary makes the same image ids) and

@@ -103,9 +103,24 @@ pub fn open_chunks(data_dir: &Path, create: bool) -> Result<Store> {
     }
 }
 
-/// Opens the data directory's ledger.
+/// Opens the data directory's ledger for reading: its chunk store is
+/// opened read-only, so this works beside a running node.
 pub fn open(data_dir: &Path) -> Result<Ledger> {
-    let chunks = open_chunks(data_dir, false)?;
+    let path = data_dir::db(data_dir);
+    let chunks = match Store::open(
+        &path,
+        &OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        },
+    ) {
+        Ok(s) => s,
+        Err(OpenError::NotFound { .. }) => bail!(
+            "no ledger in {}: create one with `utter init` (or pass the right --data-dir)",
+            data_dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     Ok(Ledger::open(&data_dir::ledger(data_dir), Arc::new(chunks))?)
 }
 
@@ -146,7 +161,7 @@ pub fn init(data_dir: &Path, args: InitArgs) -> Result<ExitCode> {
         None => key::generate(&node_key)?,
     };
     let chunks = open_chunks(data_dir, true)?;
-    let config = ChainConfig::single(&args.chain, &args.name, &keypair.public());
+    let mut config = ChainConfig::single(&args.chain, &args.name, &keypair.public());
     let (dapps, names) = chain::genesis_dapps(
         data_dir,
         &chunks,
@@ -154,6 +169,9 @@ pub fn init(data_dir: &Path, args: InitArgs) -> Result<ExitCode> {
         &args.dapps,
         &keypair.public().to_openssh(),
     )?;
+    if names.iter().any(|n| n == chain::BUILTIN_TEST_DAPP) {
+        config.test_dapps.push(chain::BUILTIN_TEST_DAPP.to_string());
+    }
     let (_, genesis) = Ledger::create(&repo, Arc::new(chunks), &config, dapps, &keypair, now())?;
     if args.json {
         println!(
@@ -427,7 +445,7 @@ pub fn show(data_dir: &Path, args: ShowArgs) -> Result<ExitCode> {
 }
 
 pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
-    let opened = chain::open(data_dir)?;
+    let opened = chain::open_read_only(data_dir)?;
     let ledger = &opened.ledger;
     let branches = ledger.branches()?;
     let report = verify_from(ledger, None, args.json)?;

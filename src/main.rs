@@ -4,15 +4,19 @@
 //! crates and prints. Errors are `anyhow` with context naming the file or id
 //! and, where the user can do something, what to do.
 
+mod accounting;
 mod chain;
 mod chunks;
 mod data_dir;
+mod demo;
 mod image;
 mod key;
 mod ledger;
+mod node;
 mod progress;
 mod query;
 mod run;
+mod submit;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +78,15 @@ enum Command {
     /// The makerspace's doors and their access log
     #[command(subcommand)]
     Doors(query::DoorsCommand),
+    /// The demo: a makerspace on a new chain run through a real node (in
+    /// --data-dir, default ./demo-data, replaced on the next run)
+    Demo(demo::DemoArgs),
+    /// The makerspace's credits: balances and a ledger-cli export
+    #[command(subcommand)]
+    Accounting(accounting::AccountingCommand),
+    /// Run a node: the local API, the mempool and the block producer
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// (internal) Run dapp containers for another utter process over
     /// stdin/stdout
     #[command(hide = true)]
@@ -82,6 +95,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Demo(args) = cli.command {
+        let dir = cli.data_dir.unwrap_or_else(|| PathBuf::from("demo-data"));
+        return finish(demo::run(&dir, args));
+    }
     let data_dir = data_dir::resolve(cli.data_dir);
     let result = match cli.command {
         Command::Run(args) => run::run(&data_dir, args),
@@ -95,11 +112,18 @@ fn main() -> ExitCode {
         Command::Verify(args) => ledger::verify(&data_dir, args),
         Command::Tx(cmd) => chain::tx(&data_dir, cmd),
         Command::Block(cmd) => chain::block(&data_dir, cmd),
+        Command::Demo(_) => unreachable!("handled above"),
+        Command::Accounting(cmd) => accounting::run(&data_dir, cmd),
+        Command::Node(cmd) => node::run(&data_dir, cmd),
         Command::SandboxHelper => chain::sandbox_helper(&data_dir),
         Command::State(cmd) => query::state(&data_dir, cmd),
         Command::Members(cmd) => query::members_cmd(&data_dir, cmd),
         Command::Doors(cmd) => query::doors_cmd(&data_dir, cmd),
     };
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {

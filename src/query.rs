@@ -79,6 +79,49 @@ fn files(ledger: &Ledger, block: &Block, dir: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Copies dapp `dapp`'s state at `block` into `root/<dapp>`, so the
+/// dapps' own libraries (which read directories) can read it.
+pub fn materialize(ledger: &Ledger, block: &Block, dapp: &str, root: &Path) -> Result<()> {
+    let base = root.join(dapp);
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        let in_tree = if rel.is_empty() {
+            state_path(dapp, "").trim_end_matches('/').to_string()
+        } else {
+            state_path(dapp, &rel)
+        };
+        for entry in ledger.list(block, &in_tree)?.unwrap_or_default() {
+            let child = if rel.is_empty() {
+                entry.name.clone()
+            } else {
+                format!("{rel}/{}", entry.name)
+            };
+            let path = base.join(&child);
+            if entry.is_dir {
+                std::fs::create_dir_all(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                dirs.push(child);
+            } else {
+                let bytes = ledger
+                    .read_value(block, &state_path(dapp, &child))?
+                    .unwrap_or_default();
+                std::fs::write(&path, bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (key, name) of every member at `block`.
+pub fn member_names(ledger: &Ledger, block: &Block) -> Result<Vec<(String, String)>> {
+    Ok(members(ledger, block)?
+        .into_iter()
+        .map(|m| (m.key, m.name))
+        .collect())
+}
+
 fn members(ledger: &Ledger, block: &Block) -> Result<Vec<Member>> {
     let dir = state_path("membership", "members");
     let mut out = Vec::new();

@@ -155,12 +155,33 @@ pub enum Verdict {
 /// Used nonces of every signer on one line of blocks, as ranges (signers
 /// mostly count up, so this stays small).
 #[derive(Debug, Default, Clone)]
-struct Nonces {
+pub struct Nonces {
     by_signer: HashMap<String, BTreeMap<u64, u64>>,
 }
 
 impl Nonces {
-    fn contains(&self, signer: &str, nonce: u64) -> bool {
+    /// The nonces used on the line ending at `tip` (reads every block's
+    /// transactions once).
+    pub fn of_line(ledger: &Ledger, tip: BlockId) -> Result<Self, ExecError> {
+        let mut n = Self::default();
+        for id in ledger.ancestors(&[tip])? {
+            n.add_block(ledger, &ledger.block(id)?)?;
+        }
+        Ok(n)
+    }
+
+    /// Adds the nonces of `block`'s transactions.
+    pub fn add_block(&mut self, ledger: &Ledger, block: &Block) -> Result<(), ExecError> {
+        for line in ledger.tx_lines(block)? {
+            if let Some((signer, nonce)) = signer_nonce(&line) {
+                self.insert(&signer, nonce);
+            }
+        }
+        Ok(())
+    }
+
+    /// `signer` used `nonce`.
+    pub fn contains(&self, signer: &str, nonce: u64) -> bool {
         self.by_signer.get(signer).is_some_and(|ranges| {
             ranges
                 .range(..=nonce)
@@ -169,7 +190,8 @@ impl Nonces {
         })
     }
 
-    fn insert(&mut self, signer: &str, nonce: u64) {
+    /// Records that `signer` used `nonce`.
+    pub fn insert(&mut self, signer: &str, nonce: u64) {
         if self.contains(signer, nonce) {
             return;
         }
@@ -194,7 +216,7 @@ impl Nonces {
     }
 
     /// The smallest nonce above every nonce `signer` used.
-    fn next(&self, signer: &str) -> u64 {
+    pub fn next(&self, signer: &str) -> u64 {
         self.by_signer
             .get(signer)
             .and_then(|r| r.last_key_value())
@@ -471,24 +493,11 @@ impl<'l> Executor<'l> {
         // One block on from the line we have: add that block only.
         let block = self.ledger.block(tip)?;
         if block.parents.len() == 1 && self.nonces_at == Some(block.parents[0]) {
-            self.add_nonces(&block)?;
+            self.nonces.add_block(self.ledger, &block)?;
         } else {
-            self.nonces = Nonces::default();
-            for id in self.ledger.ancestors(&[tip])? {
-                let b = self.ledger.block(id)?;
-                self.add_nonces(&b)?;
-            }
+            self.nonces = Nonces::of_line(self.ledger, tip)?;
         }
         self.nonces_at = Some(tip);
-        Ok(())
-    }
-
-    fn add_nonces(&mut self, block: &Block) -> Result<(), ExecError> {
-        for line in self.ledger.tx_lines(block)? {
-            if let Some((signer, nonce)) = signer_nonce(&line) {
-                self.nonces.insert(&signer, nonce);
-            }
-        }
         Ok(())
     }
 
@@ -505,10 +514,52 @@ impl<'l> Executor<'l> {
         time: i64,
         key: &Keypair,
     ) -> Result<Proposed, ExecError> {
+        self.propose_lines(host, images, parent, lines, None, time, key)
+    }
+
+    /// [`Executor::propose`] for lines this node already checked with
+    /// `verify_line` (on the same chain) when it admitted them: `checked`
+    /// holds the parsed transaction of each line, and no signature is
+    /// checked again. Nonces still are, in block order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn propose_verified(
+        &mut self,
+        host: &mut dyn Host,
+        images: &mut dyn Images,
+        parent: BlockId,
+        lines: &[String],
+        checked: Vec<SignedTx>,
+        time: i64,
+        key: &Keypair,
+    ) -> Result<Proposed, ExecError> {
+        assert_eq!(lines.len(), checked.len(), "one checked tx per line");
+        self.propose_lines(host, images, parent, lines, Some(checked), time, key)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn propose_lines(
+        &mut self,
+        host: &mut dyn Host,
+        images: &mut dyn Images,
+        parent: BlockId,
+        lines: &[String],
+        checked: Option<Vec<SignedTx>>,
+        time: i64,
+        key: &Keypair,
+    ) -> Result<Proposed, ExecError> {
         let start = Instant::now();
         let parent_block = self.ledger.block(parent)?;
         let proposer = key.public().to_openssh();
-        let out = self.execute(host, images, &parent_block, lines, time, &proposer, true)?;
+        let out = self.execute(
+            host,
+            images,
+            &parent_block,
+            lines,
+            checked,
+            time,
+            &proposer,
+            true,
+        )?;
         if out.txs.is_empty() {
             let why = out
                 .refused
@@ -528,9 +579,9 @@ impl<'l> Executor<'l> {
             txs: out.txs,
             results: out.results,
             text: format!(
-                "block {}: {} transactions, {accepted} accepted",
+                "block {}: {total} transaction{}, {accepted} accepted",
                 parent_block.height + 1,
-                total
+                if total == 1 { "" } else { "s" }
             ),
             time,
         };
@@ -575,6 +626,7 @@ impl<'l> Executor<'l> {
             images,
             &parent_block,
             &lines,
+            None,
             block.time,
             &proposer,
             false,
@@ -685,6 +737,7 @@ impl<'l> Executor<'l> {
         images: &mut dyn Images,
         parent: &Block,
         lines: &[String],
+        checked: Option<Vec<SignedTx>>,
         time: i64,
         proposer: &str,
         proposing: bool,
@@ -701,7 +754,10 @@ impl<'l> Executor<'l> {
         // Verify each line (signatures on every core); keep the ones a
         // block may carry. Nonces are checked after, in block order.
         let verifying = Instant::now();
-        let checked = verify_all(lines, &chain);
+        let checked = match checked {
+            Some(txs) => txs.into_iter().map(Ok).collect(),
+            None => verify_all(lines, &chain),
+        };
         let verify_time = verifying.elapsed();
         let mut slots: Vec<Slot> = Vec::with_capacity(lines.len());
         let mut refused = Vec::new();
@@ -936,7 +992,7 @@ impl<'l> Executor<'l> {
 
 /// `verify_line` of every line except the nonce check, spread over the
 /// machine's cores (a signature check is most of a transaction's cost).
-fn verify_all(lines: &[String], chain: &str) -> Vec<Result<SignedTx, TxError>> {
+pub fn verify_all(lines: &[String], chain: &str) -> Vec<Result<SignedTx, TxError>> {
     let check = |line: &String| verify_line(line.as_bytes(), chain, |_, _| false);
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if threads < 2 || lines.len() < 64 {

@@ -12,7 +12,9 @@ pub mod executor;
 pub mod machine;
 pub mod sim;
 
-pub use executor::{ExecError, Executor, Host, Images, Proposed, Refused, Timings, Verdict};
+pub use executor::{
+    ExecError, Executor, Host, Images, Nonces, Proposed, Refused, Timings, Verdict,
+};
 pub use machine::{
     Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Vote,
 };

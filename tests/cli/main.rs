@@ -9,6 +9,7 @@ mod crash;
 mod image;
 mod key;
 mod ledger;
+mod node;
 mod rootless;
 mod run;
 

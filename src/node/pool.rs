@@ -1,0 +1,260 @@
+//! The mempool's rules, without IO: which signed transactions wait for a
+//! block, in arrival order, and which are refused at the door (a nonce
+//! already used on the chain or already waiting, a full pool). The node
+//! persists what this admits before it may go into a block.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use utter_consensus::Nonces;
+use utter_ledger::tx::SignedTx;
+
+/// A transaction waiting for a block.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Arrival order; also its record key.
+    pub seq: u64,
+    /// BLAKE3 of the line (hex): the id the block's results use.
+    pub id: String,
+    /// The signed line.
+    pub line: String,
+    /// The line, parsed and checked.
+    pub tx: SignedTx,
+    /// Written to disk: only durable transactions go into blocks.
+    pub durable: bool,
+}
+
+/// Why a transaction is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The signer used this nonce in a committed block.
+    Replayed,
+    /// Another waiting transaction has this signer and nonce.
+    NonceTaken,
+    /// The pool holds its maximum.
+    Full(usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Replayed => f.write_str(
+                "the signer already used this nonce in a committed block (a replay); sign it again with a new nonce",
+            ),
+            Refusal::NonceTaken => f.write_str(
+                "another waiting transaction of this signer has this nonce; sign it again with a new nonce",
+            ),
+            Refusal::Full(n) => write!(
+                f,
+                "the mempool is full ({n} transactions wait); try again when blocks have taken some"
+            ),
+        }
+    }
+}
+
+/// What `admit` did with one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Waiting (not yet durable).
+    New(u64),
+    /// The same line was already waiting.
+    Duplicate,
+}
+
+/// The waiting transactions.
+#[derive(Debug)]
+pub struct Pool {
+    queue: BTreeMap<u64, Pending>,
+    ids: HashMap<String, u64>,
+    nonces: HashSet<(String, u64)>,
+    committed: Nonces,
+    next_seq: u64,
+    max: usize,
+}
+
+impl Pool {
+    /// An empty pool over the chain's used nonces, holding at most `max`.
+    pub fn new(committed: Nonces, max: usize, next_seq: u64) -> Self {
+        Self {
+            queue: BTreeMap::new(),
+            ids: HashMap::new(),
+            nonces: HashSet::new(),
+            committed,
+            next_seq,
+            max,
+        }
+    }
+
+    /// Waiting transactions.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The transaction with this id, if it waits.
+    pub fn get(&self, id: &str) -> Option<&Pending> {
+        self.ids.get(id).and_then(|seq| self.queue.get(seq))
+    }
+
+    /// The next nonce for `signer`: above every nonce it used on the chain
+    /// or has waiting.
+    pub fn next_nonce(&self, signer: &str) -> u64 {
+        let waiting = self
+            .queue
+            .values()
+            .filter(|p| p.tx.tx.signer == signer)
+            .map(|p| p.tx.tx.nonce + 1)
+            .max()
+            .unwrap_or(1);
+        self.committed.next(signer).max(waiting)
+    }
+
+    /// Admits a checked transaction (not durable until [`Pool::made_durable`]).
+    pub fn admit(&mut self, id: String, line: String, tx: SignedTx) -> Result<Admitted, Refusal> {
+        if self.ids.contains_key(&id) {
+            return Ok(Admitted::Duplicate);
+        }
+        let (signer, nonce) = (&tx.tx.signer, tx.tx.nonce);
+        if self.committed.contains(signer, nonce) {
+            return Err(Refusal::Replayed);
+        }
+        if self.nonces.contains(&(signer.clone(), nonce)) {
+            return Err(Refusal::NonceTaken);
+        }
+        if self.queue.len() >= self.max {
+            return Err(Refusal::Full(self.queue.len()));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.nonces.insert((signer.clone(), nonce));
+        self.ids.insert(id.clone(), seq);
+        self.queue.insert(
+            seq,
+            Pending {
+                seq,
+                id,
+                line,
+                tx,
+                durable: false,
+            },
+        );
+        Ok(Admitted::New(seq))
+    }
+
+    /// These were written to disk: blocks may take them.
+    pub fn made_durable(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            if let Some(p) = self.queue.get_mut(seq) {
+                p.durable = true;
+            }
+        }
+    }
+
+    /// Drops transactions that never became durable (their write failed).
+    pub fn forget(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            self.remove(*seq);
+        }
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.queue.remove(&seq)?;
+        self.ids.remove(&p.id);
+        self.nonces.remove(&(p.tx.tx.signer.clone(), p.tx.tx.nonce));
+        Some(p)
+    }
+
+    /// Durable transactions waiting, in arrival order up to the first one
+    /// that is not durable.
+    pub fn ready(&self) -> usize {
+        self.queue.values().take_while(|p| p.durable).count()
+    }
+
+    /// Copies of the first `n` durable transactions, in arrival order.
+    pub fn take(&self, n: usize) -> Vec<Pending> {
+        self.queue
+            .values()
+            .take_while(|p| p.durable)
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    /// These went into a committed block: they no longer wait, and their
+    /// nonces are used.
+    pub fn committed(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            if let Some(p) = self.remove(*seq) {
+                self.committed.insert(&p.tx.tx.signer, p.tx.tx.nonce);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utter_ledger::key::Keypair;
+    use utter_ledger::tx::{Tx, VERSION};
+
+    fn signed(key: &Keypair, nonce: u64) -> (String, String, SignedTx) {
+        let tx = Tx {
+            v: VERSION,
+            chain: "c".into(),
+            dapp: "d".into(),
+            action: "a".into(),
+            args: serde_json::json!({}),
+            signer: key.public().to_openssh(),
+            nonce,
+            time: 1,
+        };
+        let stx = tx.sign(key).expect("sign");
+        let line = stx.to_line();
+        (
+            blake3::hash(line.as_bytes()).to_hex().to_string(),
+            line,
+            stx,
+        )
+    }
+
+    #[test]
+    fn admits_in_order_and_refuses_replays_and_taken_nonces() {
+        let key = Keypair::generate("test").expect("key");
+        let mut committed = Nonces::default();
+        committed.insert(&key.public().to_openssh(), 1);
+        let mut pool = Pool::new(committed, 3, 0);
+        let signer = key.public().to_openssh();
+        assert_eq!(pool.next_nonce(&signer), 2);
+        let (id1, l1, t1) = signed(&key, 1);
+        assert_eq!(pool.admit(id1, l1, t1), Err(Refusal::Replayed));
+        let (id2, l2, t2) = signed(&key, 2);
+        assert_eq!(
+            pool.admit(id2.clone(), l2.clone(), t2.clone()),
+            Ok(Admitted::New(0))
+        );
+        assert_eq!(pool.admit(id2.clone(), l2, t2), Ok(Admitted::Duplicate));
+        let mut other = signed(&key, 2);
+        other.2.tx.time = 2;
+        other.0 = "different".into();
+        assert_eq!(
+            pool.admit(other.0, other.1, other.2),
+            Err(Refusal::NonceTaken)
+        );
+        assert_eq!(pool.next_nonce(&signer), 3);
+        let (id3, l3, t3) = signed(&key, 3);
+        assert_eq!(pool.admit(id3, l3, t3), Ok(Admitted::New(1)));
+        assert_eq!(pool.ready(), 0, "nothing is durable yet");
+        pool.made_durable(&[0]);
+        assert_eq!(pool.ready(), 1);
+        assert_eq!(pool.take(10).len(), 1, "blocks take only durable ones");
+        let (id4, l4, t4) = signed(&key, 4);
+        assert_eq!(pool.admit(id4, l4, t4), Ok(Admitted::New(2)));
+        let (id5, l5, t5) = signed(&key, 5);
+        assert_eq!(pool.admit(id5, l5, t5), Err(Refusal::Full(3)));
+        pool.committed(&[0]);
+        assert!(pool.get(&id2).is_none());
+        let (id2b, l2b, t2b) = signed(&key, 2);
+        assert_eq!(pool.admit(id2b, l2b, t2b), Err(Refusal::Replayed));
+        pool.forget(&[1, 2]);
+        assert_eq!(pool.len(), 0);
+        assert_eq!(pool.next_nonce(&signer), 3);
+    }
+}

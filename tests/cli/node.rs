@@ -1,0 +1,598 @@
+//! `utter node run` with `utter tx submit`: a real node (real containers,
+//! RocksDB and git) admits, commits and answers; every bad input ends with
+//! a clear result and the chain goes on; a node killed with SIGKILL while
+//! it makes blocks restarts with every accepted transaction committed or
+//! still waiting; the accounting export reads the same in ledger-cli and
+//! hledger as in utter.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A running node; SIGTERM and wait on drop.
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Node {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let addr = data.join("node.addr");
+        let _ = std::fs::remove_file(&addr);
+        let mut child = utter(data)
+            .args(["node", "run", "--listen", "127.0.0.1:0", "--block-ms", "20"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the node starts");
+        let started = Instant::now();
+        while !addr.exists() {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("the node exited with {status}: {err}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the node never served"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let url = std::fs::read_to_string(&addr).unwrap().trim().to_string();
+        Self { child, url }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 request to the node; (status, JSON body).
+fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let host = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).expect("connect to the node");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().expect("status code");
+    let body = text.split_once("\r\n\r\n").expect("headers end").1;
+    (status, serde_json::from_str(body).expect("a JSON body"))
+}
+
+fn public_key(data: &Path) -> String {
+    let v: Value = serde_json::from_str(&ok(utter(data).args(["key", "show", "--json"]))).unwrap();
+    v["public_key"].as_str().unwrap().to_string()
+}
+
+/// An OpenSSH key made by ssh-keygen itself; (private key file, public key).
+fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let mut parts = public.split_whitespace();
+    let key = format!("{} {}", parts.next().unwrap(), parts.next().unwrap());
+    (path, key)
+}
+
+/// `utter tx submit … --wait --json` as `key` (None: the node key); the
+/// results and whether the command succeeded.
+fn submit(data: &Path, key: Option<&Path>, dapp: &str, action: &str, args: Value) -> (bool, Value) {
+    let mut cmd = utter(data);
+    cmd.args([
+        "tx",
+        "submit",
+        dapp,
+        action,
+        "--args",
+        &args.to_string(),
+        "--wait",
+        "--json",
+    ]);
+    if let Some(k) = key {
+        cmd.arg("--key").arg(k);
+    }
+    let out = run(&mut cmd);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), v[0].clone())
+}
+
+fn accepted(r: (bool, Value)) -> Value {
+    assert!(r.0 && r.1["result"]["status"] == "accepted", "{}", r.1);
+    r.1
+}
+
+fn rejected(r: (bool, Value), why: &str) {
+    assert!(!r.0, "a rejected transaction fails the command: {}", r.1);
+    assert_eq!(r.1["status"], "committed", "{}", r.1);
+    assert_eq!(r.1["result"]["status"], "rejected", "{}", r.1);
+    let reason = r.1["result"]["reason"].as_str().unwrap();
+    assert!(reason.contains(why), "{reason:?} should say {why:?}");
+}
+
+const SALT: &str = "00112233445566778899aabbccddeeff";
+
+#[test]
+fn a_node_commits_what_it_admits_and_every_bad_input_gets_a_clear_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(utter(&data).args(["init", "--chain", "space"]));
+    let node = Node::start(&data, &[]);
+    let admin = public_key(&data);
+    let (bob_file, bob) = ssh_key(tmp.path(), "bob");
+    let (carol_file, carol) = ssh_key(tmp.path(), "carol");
+    let (bot_file, bot) = ssh_key(tmp.path(), "front-bot");
+
+    accepted(submit(
+        &data,
+        None,
+        "membership",
+        "add-member",
+        json!({"key": admin, "name": "Ada", "roles": ["admin", "treasurer"], "salt": SALT}),
+    ));
+    // Many in one request: consecutive nonces, one block or more, in order.
+    let reqs = tmp.path().join("reqs.jsonl");
+    let lines = [
+        json!({"dapp": "membership", "action": "add-member", "args": {"key": bob, "name": "Bob"}}),
+        json!({"dapp": "membership", "action": "add-badge", "args": {"key": bob, "badge": "ab".repeat(32)}}),
+        json!({"dapp": "doors", "action": "define-door", "args": {"name": "front", "dues": true}}),
+        json!({"dapp": "doors", "action": "authorize-controller", "args": {"door": "front", "key": bot}}),
+    ];
+    file(
+        tmp.path(),
+        "reqs.jsonl",
+        lines.map(|l| l.to_string() + "\n").concat().as_bytes(),
+    );
+    let out = ok(utter(&data)
+        .args(["tx", "submit", "--file"])
+        .arg(&reqs)
+        .args(["--wait"]));
+    assert_eq!(out.matches("accepted").count(), 4, "{out}");
+    accepted(submit(
+        &data,
+        None,
+        "accounting",
+        "mint",
+        json!({"to": bob, "amount": 10}),
+    ));
+
+    // Bad input, each recorded with its reason; the chain goes on.
+    rejected(
+        submit(&data, None, "nosuch", "hello", json!({})),
+        "there is no dapp \"nosuch\"",
+    );
+    rejected(
+        submit(&data, None, "membership", "frobnicate", json!({"key": bob})),
+        "unknown action",
+    );
+    rejected(
+        submit(&data, None, "membership", "add-member", json!({"key": 5})),
+        "args.key must be a string",
+    );
+    rejected(
+        submit(
+            &data,
+            Some(&bob_file),
+            "membership",
+            "add-member",
+            json!({"key": carol, "name": "Carol"}),
+        ),
+        "only an active admin",
+    );
+    rejected(
+        submit(
+            &data,
+            Some(&bob_file),
+            "accounting",
+            "transfer",
+            json!({"to": admin, "amount": 50}),
+        ),
+        "Bob has 10 CR, which is less than 50 CR",
+    );
+    rejected(
+        submit(
+            &data,
+            Some(&carol_file),
+            "accounting",
+            "transfer",
+            json!({"to": admin, "amount": 1}),
+        ),
+        "is not a member",
+    );
+    rejected(
+        submit(
+            &data,
+            Some(&bob_file),
+            "doors",
+            "access",
+            json!({"door": "front", "badge": "ab".repeat(32), "time": 1, "granted": true, "reason": "x"}),
+        ),
+        "not an authorized controller",
+    );
+    accepted(submit(
+        &data,
+        Some(&bot_file),
+        "doors",
+        "access",
+        json!({"door": "front", "badge": "ab".repeat(32), "time": 1, "granted": false, "reason": "Bob has not paid dues"}),
+    ));
+
+    // Malformed --args never leaves the machine.
+    let err =
+        fails(utter(&data).args(["tx", "submit", "membership", "suspend", "--args", "{key:"]));
+    assert!(err.contains("is not JSON"), "{err}");
+    // A replay (nonce 1 of the node key, used by the first transaction)
+    // and a line that is not a transaction are refused at the door.
+    let replay = ok(utter(&data).args([
+        "tx",
+        "sign",
+        "membership",
+        "suspend",
+        "--args",
+        &json!({"key": bob}).to_string(),
+        "--nonce",
+        "1",
+    ]));
+    let (status, v) = http(
+        &node.url,
+        "POST",
+        "/v1/txs",
+        &format!("{replay}not a transaction\n"),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["txs"][0]["status"], "refused", "{v}");
+    assert!(
+        v["txs"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("already used this nonce"),
+        "{v}"
+    );
+    assert_eq!(v["txs"][1]["status"], "refused", "{v}");
+    let (status, v) = http(&node.url, "POST", "/v1/txs", "");
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("no transactions"),
+        "{v}"
+    );
+    let (status, v) = http(&node.url, "GET", &format!("/v1/txs/{}", "0".repeat(64)), "");
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = http(&node.url, "GET", "/v1/status", "");
+    assert_eq!((status, v["chain"].as_str()), (200, Some("space")), "{v}");
+
+    // Reads work beside the running node, and the chain re-executes.
+    let members: Vec<Value> = ok(utter(&data).args(["members", "ls", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(members.len(), 2);
+    let books: Value =
+        serde_json::from_str(&ok(utter(&data).args(["accounting", "balances", "--json"]))).unwrap();
+    assert_eq!(books["accounts"][0]["name"], "Bob");
+    assert_eq!(books["accounts"][0]["balance"], 10);
+    let log = ok(utter(&data).args(["doors", "log", "--json"]));
+    assert_eq!(log.lines().count(), 1, "{log}");
+    let verified = ok(utter(&data).args(["verify", "--reexecute"]));
+    assert!(
+        verified.contains("each gives exactly its state"),
+        "{verified}"
+    );
+    drop(node);
+    // Nothing waits after a clean stop; the node comes back on the same chain.
+    let node = Node::start(&data, &[]);
+    let (_, v) = http(&node.url, "GET", "/v1/status", "");
+    assert_eq!(v["mempool"], 0, "{v}");
+}
+
+#[test]
+fn a_node_killed_mid_block_restarts_with_every_accepted_transaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(utter(&data).args(["init", "--chain", "space"]));
+    let admin = public_key(&data);
+    let node = Node::start(&data, &[]);
+    accepted(submit(
+        &data,
+        None,
+        "membership",
+        "add-member",
+        json!({"key": admin, "name": "Ada", "roles": ["admin"], "salt": SALT}),
+    ));
+    drop(node);
+    let mut all_ids: Vec<String> = Vec::new();
+    let mut waiting_at_restart = 0;
+    for (round, delay_ms) in [0u64, 15, 40, 90].into_iter().enumerate() {
+        let node = Node::start(&data, &["--block-txs", "150"]);
+        let reqs: String = (0..400)
+            .map(|i| {
+                json!({"dapp": "membership", "action": "update-member",
+                       "args": {"key": admin, "name": format!("Ada {round}-{i}")}})
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        let reqs_path = file(tmp.path(), "reqs.jsonl", reqs.as_bytes());
+        // Without --wait: the answer comes once the mempool holds them on disk.
+        let answers: Value = serde_json::from_str(&ok(utter(&data)
+            .args(["tx", "submit", "--json", "--file"])
+            .arg(&reqs_path)))
+        .unwrap();
+        let ids: Vec<String> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                assert_eq!(a["status"], "pending", "{a}");
+                a["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        node.kill_9();
+        all_ids.extend(ids);
+        // Restarted, the node finishes what it accepted.
+        let node = Node::start(&data, &[]);
+        let (_, status) = http(&node.url, "GET", "/v1/status", "");
+        waiting_at_restart += status["mempool"].as_u64().unwrap();
+        for id in &all_ids {
+            let (status, v) = http(&node.url, "GET", &format!("/v1/txs/{id}?wait=60"), "");
+            assert_eq!(
+                (status, v["status"].as_str()),
+                (200, Some("committed")),
+                "round {round}: {v}"
+            );
+            assert_eq!(v["result"]["status"], "accepted", "{v}");
+        }
+        let (_, status) = http(&node.url, "GET", "/v1/status", "");
+        assert_eq!(status["mempool"], 0, "{status}");
+        drop(node);
+    }
+    assert!(
+        waiting_at_restart > 0,
+        "some kill should land before the node committed everything"
+    );
+    // Each accepted transaction is in exactly one block, and every block
+    // re-executes to its own state.
+    let mut seen = std::collections::HashMap::new();
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(data.join("ledger.git"))
+        .args(["log", "--format=%H", "main"])
+        .output()
+        .unwrap();
+    for commit in String::from_utf8_lossy(&out.stdout).lines() {
+        let results = Command::new("git")
+            .arg("--git-dir")
+            .arg(data.join("ledger.git"))
+            .args(["show", &format!("{commit}:block/results.jsonl")])
+            .output()
+            .unwrap();
+        for line in String::from_utf8_lossy(&results.stdout).lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            *seen
+                .entry(v["tx"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    for id in &all_ids {
+        assert_eq!(
+            seen.get(id),
+            Some(&1),
+            "{id} should be in exactly one block"
+        );
+    }
+    let verified = ok(utter(&data).args(["verify", "--reexecute"]));
+    assert!(
+        verified.contains("each gives exactly its state"),
+        "{verified}"
+    );
+}
+
+#[test]
+fn the_accounting_export_balances_the_same_in_ledger_cli_and_hledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(utter(&data).args(["init", "--chain", "space"]));
+    let node = Node::start(&data, &[]);
+    let admin = public_key(&data);
+    let (bob_file, bob) = ssh_key(tmp.path(), "bob");
+    accepted(submit(
+        &data,
+        None,
+        "membership",
+        "add-member",
+        json!({"key": admin, "name": "Ada Lovelace", "roles": ["admin", "treasurer"], "salt": SALT}),
+    ));
+    accepted(submit(
+        &data,
+        None,
+        "membership",
+        "add-member",
+        json!({"key": bob, "name": "Bob"}),
+    ));
+    accepted(submit(
+        &data,
+        None,
+        "accounting",
+        "set-dues",
+        json!({"per_month": 7}),
+    ));
+    accepted(submit(
+        &data,
+        None,
+        "accounting",
+        "mint",
+        json!({"to": bob, "amount": 100, "memo": "grant; \"quoted\""}),
+    ));
+    accepted(submit(
+        &data,
+        None,
+        "accounting",
+        "mint",
+        json!({"to": admin, "amount": 5}),
+    ));
+    accepted(submit(
+        &data,
+        Some(&bob_file),
+        "accounting",
+        "transfer",
+        json!({"to": admin, "amount": 30}),
+    ));
+    accepted(submit(
+        &data,
+        Some(&bob_file),
+        "accounting",
+        "pay-dues",
+        json!({"months": 2}),
+    ));
+    accepted(submit(
+        &data,
+        Some(&bob_file),
+        "accounting",
+        "escrow-open",
+        json!({"name": "lease-1", "payee": admin, "amount": 20}),
+    ));
+    accepted(submit(
+        &data,
+        Some(&bob_file),
+        "accounting",
+        "escrow-release",
+        json!({"name": "lease-1", "pay": 12}),
+    ));
+    accepted(submit(
+        &data,
+        Some(&bob_file),
+        "accounting",
+        "escrow-open",
+        json!({"name": "lease-2", "payee": admin, "amount": 9}),
+    ));
+    drop(node);
+
+    let books: Value =
+        serde_json::from_str(&ok(utter(&data).args(["accounting", "balances", "--json"]))).unwrap();
+    let mut expected: Vec<(String, i64)> = books["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["account"].as_str().unwrap().to_string(),
+                a["balance"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        expected.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![47, 35],
+        "Ada 5 + 30 + 12; Bob 100 - 30 - 14 - 20 + 8 - 9"
+    );
+    expected.push(("equity:issued".into(), -105));
+    expected.push(("escrow:lease-2".into(), 9));
+    expected.push(("income:dues".into(), 14));
+    expected.sort();
+    let journal = tmp.path().join("books.ledger");
+    ok(utter(&data)
+        .args(["accounting", "export", "--format", "ledger", "-o"])
+        .arg(&journal));
+    let again = ok(utter(&data).args(["accounting", "export", "--format", "ledger"]));
+    assert_eq!(
+        again,
+        std::fs::read_to_string(&journal).unwrap(),
+        "the export is stable"
+    );
+    for tool in ["ledger", "hledger"] {
+        let out = Command::new(tool)
+            .arg("-f")
+            .arg(&journal)
+            .args(["balance", "--flat", "--no-total"])
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} runs: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got: Vec<(String, i64)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let n: i64 = w.next()?.parse().ok()?;
+                let commodity = w.next()?;
+                assert_eq!(commodity, "CR", "{l}");
+                Some((w.collect::<Vec<_>>().join(" "), n))
+            })
+            .filter(|(_, n)| *n != 0)
+            .collect();
+        got.sort();
+        assert_eq!(
+            got, expected,
+            "{tool} reads the same balances utter reports"
+        );
+    }
+}
+
+#[test]
+fn the_demo_runs_a_day_at_the_makerspace_and_replaces_only_its_own_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo-data");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_utter"));
+    demo.arg("--data-dir").arg(&dir).arg("demo");
+    let out = ok(&mut demo);
+    for line in [
+        "Bob tries to send Lin 500 CR: rejected (Bob has 100 CR, which is less than 500 CR)",
+        "DENIED  Bob                  Bob has not paid dues",
+        "DENIED  Sue                  Sue is suspended",
+        "DENIED  Lin                  Lin is not certified for woodshop",
+        "open    Max                  Max may enter",
+        "issued 600 CR, paid as dues 125 CR",
+        "each gives exactly its state",
+    ] {
+        assert!(out.contains(line), "the demo should print {line:?}:\n{out}");
+    }
+    // Again: it replaces its own data dir.
+    ok(&mut demo);
+    // Never a data dir it did not make.
+    let other = tmp.path().join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    file(&other, "precious", b"keep me");
+    let err = fails(
+        Command::new(env!("CARGO_BIN_EXE_utter"))
+            .arg("--data-dir")
+            .arg(&other)
+            .arg("demo"),
+    );
+    assert!(err.contains("did not make"), "{err}");
+    assert_eq!(std::fs::read(other.join("precious")).unwrap(), b"keep me");
+}
