@@ -13,6 +13,7 @@ mod consensus;
 mod executor;
 mod images;
 mod ledger;
+mod node;
 mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -92,6 +93,22 @@ enum Bench {
         #[arg(long)]
         work: Option<PathBuf>,
     },
+    /// Door access transactions through a running node at a steady rate:
+    /// committed tx/s and submit-to-committed latency
+    Node {
+        /// Offered load, transactions per second
+        #[arg(long, default_value_t = 2500)]
+        rate: usize,
+        /// Seconds of load
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Transactions per request
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
     /// Blocks of counter transactions through the executor: where a block's
     /// time goes, and the overhead beyond the dapp run
     Executor {
@@ -153,6 +170,17 @@ fn main() -> Result<()> {
         }),
         Bench::Consensus { validators, txs } => consensus::run(validators, txs),
         Bench::Runtime { runs, txs, work } => runtime::run(runtime::Options { runs, txs, work }),
+        Bench::Node {
+            rate,
+            seconds,
+            batch,
+            work,
+        } => node::run(node::Options {
+            rate,
+            seconds,
+            batch,
+            work,
+        }),
         Bench::Executor { blocks, txs, work } => {
             executor::run(executor::Options { blocks, txs, work })
         }

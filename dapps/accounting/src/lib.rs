@@ -390,10 +390,9 @@ impl Books<'_> {
             postings,
         };
         let path = format!("journal/{}.jsonl", date(ctx.time));
-        let mut text = self.state.get(&path)?.unwrap_or_default().to_vec();
-        text.extend_from_slice(entry.to_json().to_string().as_bytes());
-        text.push(b'\n');
-        self.state.put(&path, text)
+        let mut line = entry.to_json().to_string().into_bytes();
+        line.push(b'\n');
+        self.state.append(&path, &line)
     }
 }
 

@@ -5,7 +5,9 @@
 //! State:
 //! ```text
 //! doors/<door>.json              {"name","roles":[…],"certs":[…],"schedule":null|{"days":[1-7],"from":min,"to":min},"controllers":[…],"dues":bool}
-//! log/<door>/<YYYY-MM-DD>.jsonl  one event per line, in block order:
+//! log/<door>/<YYYY-MM-DD>.jsonl  one event per line, in block order (a
+//!                                day past 256 KiB goes on in
+//!                                <YYYY-MM-DD>~001.jsonl, ~002, …):
 //!                                {"time","badge","member","granted","reason","controller"}
 //! ```
 //! A door opens for an active member's badge when the member has one of
@@ -433,8 +435,7 @@ fn access(now: u64, tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
             "the signer is not an authorized controller of {name}"
         )));
     }
-    let path = format!("log/{name}/{}.jsonl", date(time));
-    let mut log = state.get(&path)?.map(<[u8]>::to_vec).unwrap_or_default();
+    let path = log_part(state, &name, &date(time))?;
     let event = json!({
         "time": time,
         "badge": badge,
@@ -443,10 +444,56 @@ fn access(now: u64, tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
         "reason": reason,
         "controller": tx.signer,
     });
-    log.extend_from_slice(event.to_string().as_bytes());
-    log.push(b'\n');
-    state.put(&path, log)?;
+    let mut line = event.to_string().into_bytes();
+    line.push(b'\n');
+    state.append(&path, &line)?;
     Ok(Ok(None))
+}
+
+/// A log file grows to about this size; then the day goes on in the next
+/// part, so no block rewrites a large file.
+pub const LOG_PART_BYTES: usize = 256 << 10;
+
+/// The name of part `n` of a day's log: `<date>.jsonl`, then
+/// `<date>~001.jsonl`, … (they sort in order).
+pub fn log_part_name(day: &str, n: usize) -> String {
+    if n == 0 {
+        format!("{day}.jsonl")
+    } else {
+        format!("{day}~{n:03}.jsonl")
+    }
+}
+
+/// The log file an event of `day` at door `name` goes to: the day's last
+/// part, or a new one when that is full.
+fn log_part(state: &mut State, name: &str, day: &str) -> Result<String, Error> {
+    let path = |n| format!("log/{name}/{}", log_part_name(day, n));
+    let mut n = 0;
+    while state.get(&path(n + 1))?.is_some() {
+        n += 1;
+    }
+    match state.get(&path(n))? {
+        Some(bytes) if bytes.len() >= LOG_PART_BYTES => Ok(path(n + 1)),
+        _ => Ok(path(n)),
+    }
+}
+
+/// A log file name: `YYYY-MM-DD.jsonl` or `YYYY-MM-DD~NNN.jsonl`.
+pub fn is_log_file(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".jsonl") else {
+        return false;
+    };
+    let (day, part) = stem.split_once('~').unwrap_or((stem, "001"));
+    let b = day.as_bytes();
+    day.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+        && part.len() == 3
+        && part.bytes().all(|c| c.is_ascii_digit())
+        && part != "000"
 }
 
 /// The `test` entry: every door parses, every log line names its door and
@@ -464,18 +511,13 @@ pub fn test(state: &mut State) -> Result<(), Error> {
                 "log/{name} is the log of a door that is not defined"
             )));
         }
-        for day in state.list(&format!("log/{name}"))? {
-            let p = format!("log/{name}/{day}");
-            let bytes = state.get(&p)?.unwrap_or_default().to_vec();
-            for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
-                let v: Value = serde_json::from_str(line)
-                    .map_err(|e| Error::from_message(format!("{p} line {}: {e}", i + 1)))?;
-                if v.get("granted").and_then(Value::as_bool).is_none() {
-                    return Err(Error::from_message(format!(
-                        "{p} line {} is not an event",
-                        i + 1
-                    )));
-                }
+        // Names only: events are checked when they are written, and a
+        // test that read every event would cost more each block.
+        for file in state.list(&format!("log/{name}"))? {
+            if !is_log_file(&file) {
+                return Err(Error::from_message(format!(
+                    "log/{name}/{file} is not a day's log (YYYY-MM-DD[~NNN].jsonl)"
+                )));
             }
         }
     }
@@ -741,6 +783,50 @@ mod tests {
             }
         }
         assert_eq!(checked, 2 * 2 * 3 * 3 * 17 * 3 * 2);
+    }
+
+    #[test]
+    fn a_long_day_goes_on_in_a_new_part_and_only_log_names_pass() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut s = State::at(dir.path());
+        let day = "2026-11-23";
+        assert_eq!(
+            log_part(&mut s, "d", day).expect("part"),
+            "log/d/2026-11-23.jsonl"
+        );
+        s.append("log/d/2026-11-23.jsonl", &vec![b'x'; LOG_PART_BYTES])
+            .expect("append");
+        assert_eq!(
+            log_part(&mut s, "d", day).expect("part"),
+            "log/d/2026-11-23~001.jsonl"
+        );
+        s.append("log/d/2026-11-23~001.jsonl", b"y")
+            .expect("append");
+        assert_eq!(
+            log_part(&mut s, "d", day).expect("part"),
+            "log/d/2026-11-23~001.jsonl"
+        );
+        assert!(
+            log_part_name(day, 0) < log_part_name(day, 1),
+            "parts sort in order"
+        );
+        assert!(log_part_name(day, 1) < log_part_name(day, 2));
+        for good in [
+            "2026-11-23.jsonl",
+            "2026-11-23~001.jsonl",
+            "2026-11-23~999.jsonl",
+        ] {
+            assert!(is_log_file(good), "{good}");
+        }
+        for bad in [
+            "2026-11-23",
+            "2026-11-23~000.jsonl",
+            "2026-11-23~1.jsonl",
+            "x.jsonl",
+            "2026_11_23.jsonl",
+        ] {
+            assert!(!is_log_file(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -282,6 +282,21 @@ pub struct State {
     root: PathBuf,
     cache: BTreeMap<String, Option<Vec<u8>>>,
     dirty: BTreeMap<String, Option<Vec<u8>>>,
+    /// How to undo the current transaction's changes, newest last (see
+    /// [`State::begin`]); `None` outside a transaction.
+    undo: Option<Vec<Undo>>,
+    /// Paths the current transaction changed, and whether their whole
+    /// earlier value is saved in `undo`.
+    touched: BTreeMap<String, bool>,
+}
+
+/// One step back.
+#[derive(Debug)]
+enum Undo {
+    /// Put back the earlier pending change (`None`: there was none).
+    Restore(String, Option<Option<Vec<u8>>>),
+    /// Cut an appended-to value back to this length.
+    Truncate(String, usize),
 }
 
 impl State {
@@ -309,6 +324,8 @@ impl State {
             root: root.into(),
             cache: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            undo: None,
+            touched: BTreeMap::new(),
         }
     }
 
@@ -364,6 +381,7 @@ impl State {
     /// Sets `path` to `bytes` (written by [`State::flush`]).
     pub fn put(&mut self, path: &str, bytes: impl Into<Vec<u8>>) -> Result<(), Error> {
         Self::check(path)?;
+        self.save_whole(path);
         self.dirty.insert(path.to_string(), Some(bytes.into()));
         Ok(())
     }
@@ -371,8 +389,81 @@ impl State {
     /// Removes `path` (at [`State::flush`]).
     pub fn remove(&mut self, path: &str) -> Result<(), Error> {
         Self::check(path)?;
+        self.save_whole(path);
         self.dirty.insert(path.to_string(), None);
         Ok(())
+    }
+
+    /// Adds `bytes` at the end of `path` (creating it). Costs the bytes
+    /// added, not the file's size: a log written line by line stays cheap.
+    pub fn append(&mut self, path: &str, bytes: &[u8]) -> Result<(), Error> {
+        Self::check(path)?;
+        if !matches!(self.dirty.get(path), Some(Some(_))) {
+            let base = self.get(path)?.map(<[u8]>::to_vec).unwrap_or_default();
+            self.save_whole(path);
+            self.dirty.insert(path.to_string(), Some(base));
+        }
+        let value = self
+            .dirty
+            .get_mut(path)
+            .and_then(Option::as_mut)
+            .expect("made pending above");
+        if let Some(undo) = &mut self.undo
+            && !self.touched.contains_key(path)
+        {
+            undo.push(Undo::Truncate(path.to_string(), value.len()));
+            self.touched.insert(path.to_string(), false);
+        }
+        value.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// In a transaction, saves `path`'s pending value before it is
+    /// replaced (once per transaction).
+    fn save_whole(&mut self, path: &str) {
+        if let Some(undo) = &mut self.undo
+            && self.touched.get(path) != Some(&true)
+        {
+            undo.push(Undo::Restore(
+                path.to_string(),
+                self.dirty.get(path).cloned(),
+            ));
+            self.touched.insert(path.to_string(), true);
+        }
+    }
+
+    /// Starts a transaction: [`State::rollback`] undoes every change made
+    /// after this, [`State::commit`] keeps them. Costs what the
+    /// transaction changes, not what the block changed before it.
+    pub fn begin(&mut self) {
+        self.undo = Some(Vec::new());
+        self.touched.clear();
+    }
+
+    /// Keeps the transaction's changes.
+    pub fn commit(&mut self) {
+        self.undo = None;
+        self.touched.clear();
+    }
+
+    /// Undoes the transaction's changes.
+    pub fn rollback(&mut self) {
+        for step in self.undo.take().unwrap_or_default().into_iter().rev() {
+            match step {
+                Undo::Restore(path, Some(value)) => {
+                    self.dirty.insert(path, value);
+                }
+                Undo::Restore(path, None) => {
+                    self.dirty.remove(&path);
+                }
+                Undo::Truncate(path, len) => {
+                    if let Some(Some(v)) = self.dirty.get_mut(&path) {
+                        v.truncate(len);
+                    }
+                }
+            }
+        }
+        self.touched.clear();
     }
 
     /// The file names in directory `dir` ("" for the top), sorted, with
@@ -474,10 +565,12 @@ where
         "apply" => {
             let mut outcomes = Vec::with_capacity(block.txs.len());
             for tx in &block.txs {
-                let before = state.dirty.clone();
+                state.begin();
                 let outcome = apply(&block.context, tx, &mut state)?;
                 if matches!(outcome, Outcome::Rejected(_)) {
-                    state.dirty = before;
+                    state.rollback();
+                } else {
+                    state.commit();
                 }
                 outcomes.push(outcome);
             }
@@ -562,6 +655,28 @@ mod tests {
             "x"
         );
         assert!(!dir.path().join("old").exists());
+        // A rejected transaction's changes are undone; earlier ones stay.
+        state.put("log", "1\n").expect("put");
+        state.begin();
+        state.append("log", b"2\n").expect("append");
+        state.put("other", "x").expect("put");
+        state.commit();
+        state.begin();
+        state.append("log", b"3\n").expect("append");
+        state.put("log", "replaced").expect("put");
+        state.append("log", b"+4").expect("append");
+        state.remove("other").expect("remove");
+        state.append("new", b"n").expect("append");
+        state.rollback();
+        assert_eq!(state.get("log").expect("get"), Some(&b"1\n2\n"[..]));
+        assert_eq!(state.get("other").expect("get"), Some(&b"x"[..]));
+        assert_eq!(state.get("new").expect("get"), None);
+        state.append("a/b", b"y").expect("append to a flushed file");
+        state.flush().expect("flush");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("a/b")).expect("read"),
+            "xy"
+        );
         for bad in ["../x", "/etc/passwd", "", "a/../../b"] {
             assert!(state.put(bad, "x").is_err(), "{bad}");
             assert!(state.get(bad).is_err(), "{bad}");

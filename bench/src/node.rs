@@ -1,0 +1,267 @@
+//! Door `access` transactions through a running node: the whole path
+//! (HTTP, signature check and synced mempool at admission, the doors dapp
+//! in a container, the invariants test dapp, tree, signed and synced
+//! block). Offers a steady rate and measures what is committed and how long
+//! each request waits for its block, beside the targets.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::utter_bin;
+
+/// Options of `utter-bench node`.
+pub struct Options {
+    /// Offered load, transactions per second.
+    pub rate: usize,
+    /// How long the load lasts, seconds.
+    pub seconds: u64,
+    /// Transactions per request.
+    pub batch: usize,
+    pub work: Option<std::path::PathBuf>,
+}
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<Value> {
+    let mut s =
+        TcpStream::connect(addr).with_context(|| format!("cannot reach the node at {addr}"))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).with_context(|| format!("the node answered {text:?}"))
+}
+
+fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("utter {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let bin = utter_bin()?;
+    let tmp = tempfile::tempdir()?;
+    let work = crate::work_dir(opts.work.clone(), tmp.path())?;
+    let data = work.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    utter(&bin, &data, &["init", "--chain", "bench"])?;
+    let addr_file = data.join("node.addr");
+    let node = Node(
+        Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["node", "run", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let started = Instant::now();
+    while !addr_file.exists() {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the node did not start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let addr = std::fs::read_to_string(&addr_file)?
+        .trim()
+        .trim_start_matches("http://")
+        .to_string();
+
+    // A space with a door and its controller.
+    let admin: Value = serde_json::from_str(&utter(&bin, &data, &["key", "show", "--json"])?)?;
+    let admin = admin["public_key"].as_str().context("no key")?.to_string();
+    let bot_key = work.join("bot");
+    let _ = std::fs::remove_file(&bot_key);
+    let _ = std::fs::remove_file(bot_key.with_extension("pub"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&bot_key)
+        .output()
+        .context("ssh-keygen runs")?;
+    anyhow::ensure!(out.status.success(), "ssh-keygen failed");
+    let bot_pub = std::fs::read_to_string(bot_key.with_extension("pub"))?;
+    let bot: String = bot_pub
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let salt = "00112233445566778899aabbccddeeff";
+    for (dapp, action, args) in [
+        (
+            "membership",
+            "add-member",
+            json!({"key": admin, "name": "Ada", "roles": ["admin"], "salt": salt}),
+        ),
+        ("doors", "define-door", json!({"name": "front"})),
+        (
+            "doors",
+            "authorize-controller",
+            json!({"door": "front", "key": bot}),
+        ),
+    ] {
+        utter(
+            &bin,
+            &data,
+            &[
+                "tx",
+                "submit",
+                dapp,
+                action,
+                "--args",
+                &args.to_string(),
+                "--wait",
+            ],
+        )?;
+    }
+
+    // Every transaction signed beforehand, so the load is the node's.
+    let total = opts.rate * opts.seconds as usize;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let requests: String = (0..total)
+        .map(|i| {
+            json!({"dapp": "doors", "action": "access", "args": {
+                "door": "front", "badge": format!("{:064x}", i % 50), "time": now,
+                "granted": i % 7 != 0, "reason": "bench"}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let req_file = work.join("access.jsonl");
+    std::fs::write(&req_file, requests)?;
+    let signed = utter(
+        &bin,
+        &data,
+        &[
+            "tx",
+            "sign",
+            "--file",
+            &req_file.display().to_string(),
+            "--key",
+            &bot_key.display().to_string(),
+            "--nonce",
+            "1",
+            "--chain",
+            "bench",
+        ],
+    )?;
+    let lines: Vec<&str> = signed.lines().collect();
+    anyhow::ensure!(lines.len() == total, "signed {} of {total}", lines.len());
+
+    println!(
+        "## node: door access transactions through `utter node run` (HTTP, admission, doors dapp + invariants test dapp, signed synced blocks)"
+    );
+    println!(
+        "offered {} tx/s for {} s in requests of {} ({total} transactions)",
+        opts.rate, opts.seconds, opts.batch
+    );
+    let interval = Duration::from_secs_f64(opts.batch as f64 / opts.rate as f64);
+    let t0 = Instant::now();
+    let mut waiters = Vec::new();
+    for (n, chunk) in lines.chunks(opts.batch).enumerate() {
+        let due = t0 + interval * n as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sent = Instant::now();
+        let body = chunk.join("\n") + "\n";
+        let answer = http(&addr, "POST", "/v1/txs", &body)?;
+        let ids: Vec<String> = answer["txs"]
+            .as_array()
+            .context("no txs in the answer")?
+            .iter()
+            .map(|a| {
+                anyhow::ensure!(a["status"] == "pending", "not admitted: {a}");
+                Ok(a["id"].as_str().unwrap_or_default().to_string())
+            })
+            .collect::<Result<_>>()?;
+        let addr = addr.clone();
+        // Blocks take the mempool in arrival order, so a request is in
+        // when its last transaction is: that is its latency.
+        waiters.push(std::thread::spawn(
+            move || -> Result<(f64, Instant, usize)> {
+                let last = ids.last().context("an empty request")?;
+                let v = http(&addr, "GET", &format!("/v1/txs/{last}?wait=120"), "")?;
+                anyhow::ensure!(v["status"] == "committed", "not committed: {v}");
+                let done = Instant::now();
+                Ok(((done - sent).as_secs_f64() * 1e3, done, ids.len()))
+            },
+        ));
+    }
+    let mut latencies = Vec::new();
+    let mut last_commit = t0;
+    let mut committed = 0;
+    for w in waiters {
+        let (ms, done, n) = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a waiter panicked"))??;
+        latencies.push(ms);
+        last_commit = last_commit.max(done);
+        committed += n;
+    }
+    let elapsed = (last_commit - t0).as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let status = http(&addr, "GET", "/v1/status", "")?;
+    let blocks = status["blocks_made"].as_u64().unwrap_or(0);
+    let rate = committed as f64 / elapsed;
+    println!("                                   measured      target");
+    println!(
+        "committed, sustained               {rate:>7.0} tx/s   >= 2000 tx/s  {}",
+        if rate >= 2000.0 { "met" } else { "NOT met" }
+    );
+    let p50 = percentile(&latencies, 0.5);
+    println!(
+        "submit -> committed, p50           {p50:>7.0} ms     <= 250 ms     {}",
+        if p50 <= 250.0 { "met" } else { "NOT met" }
+    );
+    println!(
+        "submit -> committed, p90 / max     {:>7.0} / {:.0} ms",
+        percentile(&latencies, 0.9),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "blocks: {blocks} ({:.0} transactions each on average)",
+        committed as f64 / blocks.max(1) as f64
+    );
+    drop(node);
+    let verify = utter(&bin, &data, &["verify"])?;
+    println!(
+        "utter verify: {}",
+        verify.lines().last().unwrap_or("").trim()
+    );
+    Ok(())
+}
