@@ -39,25 +39,44 @@ pub enum TxCommand {
     Submit(crate::submit::SubmitArgs),
 }
 
-/// `utter tx sign`
+/// What to sign, and with which key (`tx sign` and `tx submit`).
 #[derive(Args)]
-pub struct SignArgs {
+pub struct RequestArgs {
     /// The dapp that handles it (with ACTION; or use --file)
     #[arg(required_unless_present = "file")]
-    dapp: Option<String>,
+    pub dapp: Option<String>,
     /// What the dapp should do
     #[arg(required_unless_present = "file")]
-    action: Option<String>,
+    pub action: Option<String>,
     /// The action's arguments, JSON
     #[arg(long, default_value = "{}", value_name = "JSON")]
-    args: String,
+    pub args: String,
     /// Many transactions: one JSON object per line, {"dapp","action","args"};
     /// they get consecutive nonces
     #[arg(long, value_name = "FILE", conflicts_with_all = ["dapp", "action"])]
-    file: Option<PathBuf>,
+    pub file: Option<PathBuf>,
     /// The signer's OpenSSH ed25519 private key [default: the node key]
     #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl RequestArgs {
+    /// The requests, read from --file or the arguments.
+    pub fn requests(&self) -> Result<Vec<Request>> {
+        read_requests(
+            self.file.as_deref(),
+            self.dapp.as_deref(),
+            self.action.as_deref(),
+            &self.args,
+        )
+    }
+}
+
+/// `utter tx sign`
+#[derive(Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    request: RequestArgs,
     /// The (first) nonce [default: one above the highest the key used on main]
     #[arg(long, value_name = "N")]
     nonce: Option<u64>,
@@ -198,7 +217,7 @@ pub type Request = (String, String, serde_json::Value);
 
 /// The requests of `--file` (one `{"dapp","action","args"}` per line), or
 /// the one given as DAPP ACTION --args.
-pub fn read_requests(
+fn read_requests(
     file: Option<&Path>,
     dapp: Option<&str>,
     action: Option<&str>,
@@ -286,14 +305,9 @@ pub fn now() -> u64 {
 }
 
 fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
-    let key = load_key(data_dir, args.key.as_deref())?;
+    let key = load_key(data_dir, args.request.key.as_deref())?;
     let signer = key.public().to_openssh();
-    let requests = read_requests(
-        args.file.as_deref(),
-        args.dapp.as_deref(),
-        args.action.as_deref(),
-        &args.args,
-    )?;
+    let requests = args.request.requests()?;
     let (chain, first_nonce) = match (&args.chain, args.nonce) {
         (Some(chain), Some(nonce)) => (chain.clone(), nonce),
         _ => {

@@ -1,6 +1,6 @@
 //! `utter tx submit` and the client of a node's local API.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -146,22 +146,8 @@ impl Client {
 /// `utter tx submit`
 #[derive(Args)]
 pub struct SubmitArgs {
-    /// The dapp that handles it (with ACTION; or use --file)
-    #[arg(required_unless_present = "file")]
-    dapp: Option<String>,
-    /// What the dapp should do
-    #[arg(required_unless_present = "file")]
-    action: Option<String>,
-    /// The action's arguments, JSON
-    #[arg(long, default_value = "{}", value_name = "JSON")]
-    args: String,
-    /// Many transactions: one JSON object per line, {"dapp","action","args"};
-    /// signed with consecutive nonces and sent in order
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["dapp", "action"])]
-    file: Option<PathBuf>,
-    /// The signer's OpenSSH ed25519 private key [default: the node key]
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    request: chain::RequestArgs,
     /// Wait until every transaction is in a block and print its result
     #[arg(long)]
     wait: bool,
@@ -178,13 +164,8 @@ pub struct SubmitArgs {
 }
 
 pub fn submit(data_dir: &Path, args: SubmitArgs) -> Result<ExitCode> {
-    let key = load_key(data_dir, args.key.as_deref())?;
-    let requests = chain::read_requests(
-        args.file.as_deref(),
-        args.dapp.as_deref(),
-        args.action.as_deref(),
-        &args.args,
-    )?;
+    let key = load_key(data_dir, args.request.key.as_deref())?;
+    let requests = args.request.requests()?;
     if requests.is_empty() {
         bail!("no transactions to send");
     }

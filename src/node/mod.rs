@@ -51,6 +51,11 @@ const RECENT: usize = 200_000;
 pub enum NodeCommand {
     /// Run the node: the local API, the mempool and the block producer,
     /// until SIGTERM or ctrl-c
+    ///
+    /// The API (JSON): GET /v1/status; GET /v1/nonce?signer=KEY; POST
+    /// /v1/txs with signed transaction lines (answered once they are on
+    /// disk); GET /v1/txs/ID?wait=SECS. A node killed outright restarts
+    /// with every accepted transaction committed or still waiting.
     Run(RunArgs),
 }
 

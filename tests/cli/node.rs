@@ -145,13 +145,20 @@ fn rejected(r: (bool, Value), why: &str) {
 
 const SALT: &str = "00112233445566778899aabbccddeeff";
 
-#[test]
-fn a_node_commits_what_it_admits_and_every_bad_input_gets_a_clear_result() {
+/// A new chain `space` with the built-in dapps and its node running; the
+/// node key (the admin-to-be).
+fn space() -> (tempfile::TempDir, PathBuf, Node, String) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     ok(utter(&data).args(["init", "--chain", "space"]));
     let node = Node::start(&data, &[]);
     let admin = public_key(&data);
+    (tmp, data, node, admin)
+}
+
+#[test]
+fn a_node_commits_what_it_admits_and_every_bad_input_gets_a_clear_result() {
+    let (tmp, data, node, admin) = space();
     let (bob_file, bob) = ssh_key(tmp.path(), "bob");
     let (carol_file, carol) = ssh_key(tmp.path(), "carol");
     let (bot_file, bot) = ssh_key(tmp.path(), "front-bot");
@@ -422,11 +429,7 @@ fn a_node_killed_mid_block_restarts_with_every_accepted_transaction() {
 
 #[test]
 fn the_accounting_export_balances_the_same_in_ledger_cli_and_hledger() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    ok(utter(&data).args(["init", "--chain", "space"]));
-    let node = Node::start(&data, &[]);
-    let admin = public_key(&data);
+    let (tmp, data, node, admin) = space();
     let (bob_file, bob) = ssh_key(tmp.path(), "bob");
     accepted(submit(
         &data,
