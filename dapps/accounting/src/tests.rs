@@ -1,8 +1,6 @@
 use super::*;
 
-fn key(n: u8) -> String {
-    format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{n:03}key")
-}
+use utter_dapp_sdk::test_key as key;
 
 fn ctx(height: u64) -> Context {
     Context {

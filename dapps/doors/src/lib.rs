@@ -528,9 +528,7 @@ pub fn test(state: &mut State) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    fn key(n: u8) -> String {
-        format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{n:03}key")
-    }
+    use utter_dapp_sdk::test_key as key;
 
     fn tx(signer: &str, action: &str, args: Value) -> Tx {
         Tx::new(signer, action, args)

@@ -100,6 +100,12 @@ pub struct Tx {
     pub time: u64,
 }
 
+/// A well-formed, made-up `ssh-ed25519` key number `n`, for dapps' own
+/// tests (it signs nothing; dapps only compare and file keys).
+pub fn test_key(n: u8) -> String {
+    format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{n:03}key")
+}
+
 impl Tx {
     /// A transaction as a dapp sees it, for a dapp's own tests: index 0,
     /// nonce 1, time 1.
