@@ -231,6 +231,9 @@ struct Entry {
     committed: bool,
 }
 
+/// How many round timeouts re-fetch a missing block before it is given up.
+pub const MAX_FETCHES: u32 = 3;
+
 /// One node's consensus state.
 pub struct Machine {
     cfg: Config,
@@ -238,6 +241,11 @@ pub struct Machine {
     blocks: BTreeMap<BlockId, Entry>,
     /// Missing block → blocks waiting for it.
     waiting: BTreeMap<BlockId, Vec<BlockId>>,
+    /// Missing blocks only votes named → how many round timeouts asked
+    /// for them again. After [`MAX_FETCHES`] the block and its votes are
+    /// forgotten: a Byzantine vote for a block it withholds would
+    /// otherwise count as work and keep every round timing out.
+    fetches: BTreeMap<BlockId, u32>,
     votes: BTreeMap<BlockId, BTreeSet<NodeId>>,
     /// Each validator's highest vote seen (by height).
     latest_vote: BTreeMap<NodeId, BlockId>,
@@ -274,6 +282,7 @@ impl Machine {
             genesis: persisted.genesis,
             blocks: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            fetches: BTreeMap::new(),
             votes: BTreeMap::new(),
             latest_vote: BTreeMap::new(),
             vote_tip: persisted.vote_tip,
@@ -588,6 +597,7 @@ impl Machine {
             for p in missing {
                 let first = !self.waiting.contains_key(&p);
                 self.waiting.entry(p).or_default().push(id);
+                self.fetches.remove(&p);
                 if first {
                     self.outbox.push_back(Action::Fetch(p));
                 }
@@ -599,6 +609,7 @@ impl Machine {
 
     /// Re-examines the blocks waiting on `id` (to arrive or be judged).
     fn wake_children(&mut self, now: Duration, id: BlockId) {
+        self.fetches.remove(&id);
         let Some(children) = self.waiting.remove(&id) else {
             return;
         };
@@ -849,10 +860,21 @@ impl Machine {
         if let Some(v) = self.own_vote() {
             self.outbox.push_back(Action::Broadcast(Message::Vote(v)));
         }
-        // Ask again for anything still missing.
+        // Ask again for anything still missing, a few times.
         let missing: Vec<BlockId> = self.missing().collect();
         for b in missing {
-            self.outbox.push_back(Action::Fetch(b));
+            let asked = self.fetches.entry(b).or_default();
+            *asked += 1;
+            if *asked > MAX_FETCHES && self.waiting.get(&b).is_some_and(|c| c.is_empty()) {
+                // Only votes named it: forget it and them (a vote for it
+                // that comes again asks again). A missing parent is asked
+                // for as long as a block waits on it.
+                self.fetches.remove(&b);
+                self.waiting.remove(&b);
+                self.votes.remove(&b);
+            } else {
+                self.outbox.push_back(Action::Fetch(b));
+            }
         }
         let next = self.round.saturating_add(1);
         self.enter_round(now, next);

@@ -225,3 +225,57 @@ fn the_checker_finds_the_fork_a_weakened_vote_rule_allows() {
     );
     assert!(safety > 0, "the simulator must catch a weakened vote rule");
 }
+
+#[test]
+fn a_vote_for_a_withheld_block_stops_being_work() {
+    let mut m = fresh(0, 4);
+    let phantom = id(9);
+    receive_vote(&mut m, 3, phantom);
+    let first: Vec<Action> = m.drain().collect();
+    assert!(first.contains(&Action::Send {
+        to: 3,
+        message: Message::Fetch(phantom)
+    }));
+    // Each round timeout asks every peer again, a few times, then stops.
+    let mut fetches = 0;
+    let mut rounds = Vec::new();
+    for _ in 0..20 {
+        let at = m.poll_timeout().expect("a validator always has a timer");
+        m.handle_timeout(at);
+        fetches += m.drain().filter(|a| *a == Action::Fetch(phantom)).count();
+        rounds.push(m.round());
+    }
+    assert_eq!(fetches, MAX_FETCHES as usize);
+    // Rounds advance while it is asked for, then the node is idle.
+    let idle = &rounds[MAX_FETCHES as usize + 1..];
+    assert!(idle.windows(2).all(|w| w[0] == w[1]), "rounds {rounds:?}");
+    // The vote comes again: it is asked for again.
+    receive_vote(&mut m, 3, phantom);
+    assert!(m.drain().any(|a| matches!(
+        a,
+        Action::Send {
+            message: Message::Fetch(b),
+            ..
+        } if b == phantom
+    )));
+}
+
+#[test]
+fn a_missing_parent_is_asked_for_until_it_comes() {
+    let mut m = fresh(0, 4);
+    // Block 2 (round 1) names block 1, which nobody sends.
+    let child = proposal(2, &[1], 1, 4);
+    let out = deliver(&mut m, child, true);
+    assert!(out.contains(&Action::Fetch(id(1))));
+    let mut fetches = 0;
+    for _ in 0..10 {
+        let at = m.poll_timeout().unwrap();
+        m.handle_timeout(at);
+        fetches += m.drain().filter(|a| *a == Action::Fetch(id(1))).count();
+    }
+    assert_eq!(fetches, 10, "a block waits on it: it is never given up");
+    // Block 1 turns up at last: block 2 is validated after it.
+    let out = deliver(&mut m, proposal(1, &[0], 0, 4), true);
+    assert!(out.contains(&Action::Validate(id(1))), "{out:?}");
+    assert!(out.contains(&Action::Validate(id(2))), "{out:?}");
+}
