@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use utter_chunkstore::Store;
-use utter_consensus::executor::{self, Executor, Images, Verdict};
+use utter_consensus::executor::{self, Executor, Images, Proposed, Verdict};
 use utter_images::Images as ImageStore;
 use utter_ledger::key::Keypair;
 use utter_ledger::tx::{MAX_LINE, Tx, VERSION};
@@ -95,6 +95,28 @@ pub enum BlockCommand {
     /// each touched dapp once in a container, write and sign the block, move
     /// main
     Propose(ProposeArgs),
+    /// Merge branches into main: a merge block over main and each branch
+    /// re-executes the branches' transactions on main's state (parents in
+    /// id order); those that no longer apply are recorded as rejected,
+    /// none is dropped. How a door controller's offline branch comes home
+    Merge(MergeArgs),
+}
+
+/// `utter block merge`
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The branches to merge into main (`utter log --branches` lists them)
+    #[arg(required = true, value_name = "BRANCH")]
+    branches: Vec<String>,
+    /// More signed transactions to execute after the merged ones
+    #[arg(long, value_name = "FILE")]
+    txs: Option<PathBuf>,
+    /// The block's time, Unix seconds [default: now]
+    #[arg(long, value_name = "SECS")]
+    time: Option<i64>,
+    /// Print JSON: the block, each transaction's result and timings
+    #[arg(long)]
+    json: bool,
 }
 
 /// `utter block propose`
@@ -106,6 +128,11 @@ pub struct ProposeArgs {
     /// The block's time, Unix seconds [default: now]
     #[arg(long, value_name = "SECS")]
     time: Option<i64>,
+    /// Extend this branch instead of main (created from main when it does
+    /// not exist): a device's offline branch, merged later with
+    /// `utter block merge`
+    #[arg(long, value_name = "NAME")]
+    branch: Option<String>,
     /// Print JSON: the block, each transaction's result, refused lines and
     /// timings
     #[arg(long)]
@@ -331,6 +358,7 @@ fn sign(data_dir: &Path, args: SignArgs) -> Result<ExitCode> {
 pub fn block(data_dir: &Path, cmd: BlockCommand) -> Result<ExitCode> {
     match cmd {
         BlockCommand::Propose(args) => propose(data_dir, args),
+        BlockCommand::Merge(args) => merge(data_dir, args),
     }
 }
 
@@ -377,20 +405,84 @@ fn propose(data_dir: &Path, args: ProposeArgs) -> Result<ExitCode> {
     let mut images = NodeImages::new(data_dir, &opened.store)?;
     let mut helper = spawn_helper(data_dir)?;
     let mut executor = Executor::new(ledger, &data_dir::checkouts(data_dir))?;
-    let tip = ledger.resolve(MAIN)?;
+    let branch = args.branch.as_deref().unwrap_or(MAIN);
+    let tip = match ledger.branch(branch)? {
+        Some(tip) => tip,
+        None => {
+            let main = ledger.resolve(MAIN)?;
+            ledger
+                .create_branch(branch, main)
+                .with_context(|| format!("cannot create branch {branch}"))?;
+            main
+        }
+    };
     let time = args
         .time
         .unwrap_or_else(|| i64::try_from(now()).unwrap_or(i64::MAX));
     let proposed = executor
         .propose(&mut helper, &mut images, tip, &lines, time, &key)
         .context("cannot make a block")?;
-    ledger.advance(MAIN, tip, proposed.block.id)?;
+    ledger.advance(branch, tip, proposed.block.id)?;
+    report_block(&proposed, branch, args.json)
+}
+
+fn merge(data_dir: &Path, args: MergeArgs) -> Result<ExitCode> {
+    let lines = match &args.txs {
+        Some(path) => read_lines(path)?,
+        None => Vec::new(),
+    };
+    let key = load_key(data_dir, None)?;
+    let opened = open(data_dir)?;
+    let ledger = &opened.ledger;
+    let main = ledger.resolve(MAIN)?;
+    let mut parents = vec![main];
+    for name in &args.branches {
+        let Some(tip) = ledger.branch(name)? else {
+            let known: Vec<String> = ledger.branches()?.into_iter().map(|(n, _)| n).collect();
+            bail!(
+                "there is no branch {name:?} (branches: {})",
+                known.join(", ")
+            );
+        };
+        if ledger.is_ancestor(tip, main)? {
+            eprintln!("branch {name} is already in main; nothing of it to merge");
+            continue;
+        }
+        if ledger.is_ancestor(main, tip)? {
+            bail!(
+                "branch {name} already contains main: move main to it instead of merging \
+                 (nothing would be re-executed)"
+            );
+        }
+        parents.push(tip);
+    }
+    parents.sort();
+    parents.dedup();
+    if parents.len() < 2 {
+        println!("nothing to merge: main already holds every branch named");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut images = NodeImages::new(data_dir, &opened.store)?;
+    let mut helper = spawn_helper(data_dir)?;
+    let mut executor = Executor::new(ledger, &data_dir::checkouts(data_dir))?;
+    let time = args
+        .time
+        .unwrap_or_else(|| i64::try_from(now()).unwrap_or(i64::MAX));
+    let proposed = executor
+        .propose_on(&mut helper, &mut images, &parents, &lines, time, &key)
+        .context("cannot make the merge block")?;
+    ledger.advance(MAIN, main, proposed.block.id)?;
+    report_block(&proposed, MAIN, args.json)
+}
+
+/// Prints a block `propose` or `merge` made, and each result.
+fn report_block(proposed: &Proposed, branch: &str, json: bool) -> Result<ExitCode> {
     let accepted = proposed
         .results
         .iter()
         .filter(|r| r.status == Status::Accepted)
         .count();
-    if args.json {
+    if json {
         let results: Vec<serde_json::Value> = proposed
             .results
             .iter()
@@ -406,6 +498,8 @@ fn propose(data_dir: &Path, args: ProposeArgs) -> Result<ExitCode> {
             serde_json::to_string_pretty(&json!({
                 "block": proposed.block.id.to_string(),
                 "height": proposed.block.height,
+                "branch": branch,
+                "parents": proposed.block.parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "transactions": proposed.results.len(),
                 "accepted": accepted,
                 "results": results,
@@ -431,8 +525,13 @@ fn propose(data_dir: &Path, args: ProposeArgs) -> Result<ExitCode> {
         for r in &proposed.refused {
             eprintln!("refused (not in the block): {}", r.error);
         }
+        let merged = if proposed.block.parents.len() > 1 {
+            format!(" merging {} branches,", proposed.block.parents.len())
+        } else {
+            String::new()
+        };
         println!(
-            "block {} at height {}: {} transactions, {accepted} accepted; main moved ({:.1} ms, {:.1} ms in dapps)",
+            "block {} at height {}:{merged} {} transactions, {accepted} accepted; {branch} moved ({:.1} ms, {:.1} ms in dapps)",
             proposed.block.id.short(),
             proposed.block.height,
             proposed.results.len(),

@@ -92,6 +92,9 @@ pub enum ExecError {
     /// Nothing to put in a block: every transaction was refused.
     #[error("no transaction can go into a block: {0}")]
     NothingToDo(String),
+    /// A merge cannot be made over these parents.
+    #[error("cannot merge: {0}")]
+    Merge(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ExecError + 'a {
@@ -147,8 +150,7 @@ pub enum Verdict {
     /// It is not what its transactions make; the reason says where it
     /// differs.
     Invalid(String),
-    /// Not re-executed: genesis, or a merge (merge re-execution is the
-    /// merge semantics of proof of merge, not built yet).
+    /// Not re-executed: genesis (its state is given, not made).
     Skipped(&'static str),
 }
 
@@ -250,6 +252,53 @@ pub fn next_nonce(ledger: &Ledger, tip: BlockId, signer: &str) -> Result<u64, Ex
         }
     }
     Ok(highest + 1)
+}
+
+/// What a merge over `parents` re-executes before its own transactions:
+/// for each parent after the first (parents sorted by id), the lines of
+/// the blocks only it reaches, parents before children, on top of
+/// everything merged before it. A line already applied on the merged side
+/// (the same transaction in both branches, as when two sibling proposals
+/// carried it) is not applied twice; a different transaction reusing a
+/// nonce is re-executed and rejected as a replay, so nothing is dropped.
+/// Rejected lines are re-executed too: on the merged state they may apply.
+pub fn merge_lines(ledger: &Ledger, parents: &[BlockId]) -> Result<Vec<String>, ExecError> {
+    check_parents(parents)?;
+    let id = |line: &str| *blake3::hash(line.as_bytes()).as_bytes();
+    let mut applied: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for i in 1..parents.len() {
+        let (merged, next) = (&parents[..i], parents[i]);
+        // What the merged side applied since it diverged from `next`
+        // (earlier branches' lines are in `applied` already).
+        for b in ledger.only_in(merged, &[next])? {
+            for line in ledger.tx_lines(&ledger.block(b)?)? {
+                applied.insert(id(&line));
+            }
+        }
+        for b in ledger.only_in(&[next], merged)? {
+            for line in ledger.tx_lines(&ledger.block(b)?)? {
+                if applied.insert(id(&line)) {
+                    out.push(line);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A merge's parents: two or more, sorted by id, none an ancestor of
+/// another (that would merge nothing in).
+fn check_parents(parents: &[BlockId]) -> Result<(), ExecError> {
+    if parents.is_empty() {
+        return Err(ExecError::Merge("a block needs a parent".into()));
+    }
+    if parents.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(ExecError::Merge(
+            "a merge's parents must be sorted by id, each named once".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The per-dapp state checkouts.
@@ -536,6 +585,39 @@ impl<'l> Executor<'l> {
         self.propose_lines(host, images, parent, lines, Some(checked), time, key)
     }
 
+    /// A consensus proposal over `parents` (sorted by id; more than one
+    /// makes a merge): re-executes the later branches' transactions on the
+    /// first parent's state ([`merge_lines`]), then `lines`. Unlike
+    /// [`Executor::propose`] the block may carry no transaction: a merge
+    /// heals a split even when both sides carried the same ones, and a
+    /// round's leader may extend a voted block to have it committed.
+    pub fn propose_on(
+        &mut self,
+        host: &mut dyn Host,
+        images: &mut dyn Images,
+        parents: &[BlockId],
+        lines: &[String],
+        time: i64,
+        key: &Keypair,
+    ) -> Result<Proposed, ExecError> {
+        check_parents(parents)?;
+        for (i, a) in parents.iter().enumerate() {
+            for b in &parents[i + 1..] {
+                if self.ledger.is_ancestor(*a, *b)? || self.ledger.is_ancestor(*b, *a)? {
+                    return Err(ExecError::Merge(format!(
+                        "{} and {} are on one line; merge only their tips",
+                        a.short(),
+                        b.short()
+                    )));
+                }
+            }
+        }
+        let mut all = merge_lines(self.ledger, parents)?;
+        let merged = all.len();
+        all.extend_from_slice(lines);
+        self.build(host, images, parents, &all, merged, None, time, key, true)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn propose_lines(
         &mut self,
@@ -547,20 +629,55 @@ impl<'l> Executor<'l> {
         time: i64,
         key: &Keypair,
     ) -> Result<Proposed, ExecError> {
+        self.build(host, images, &[parent], lines, 0, checked, time, key, false)
+    }
+
+    /// Executes `lines` (the first `merged` of them re-executed from the
+    /// merged branches) on `parents[0]`'s state and writes the block.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &mut self,
+        host: &mut dyn Host,
+        images: &mut dyn Images,
+        parents: &[BlockId],
+        lines: &[String],
+        merged: usize,
+        checked: Option<Vec<SignedTx>>,
+        time: i64,
+        key: &Keypair,
+        may_be_empty: bool,
+    ) -> Result<Proposed, ExecError> {
         let start = Instant::now();
-        let parent_block = self.ledger.block(parent)?;
+        let parent_block = self.ledger.block(parents[0])?;
+        let mut height = parent_block.height + 1;
+        for p in &parents[1..] {
+            height = height.max(self.ledger.height(*p)? + 1);
+        }
         let proposer = key.public().to_openssh();
         let out = self.execute(
             host,
             images,
             &parent_block,
+            height,
             lines,
             checked,
             time,
             &proposer,
             true,
         )?;
-        if out.txs.is_empty() {
+        if let Some(r) = out
+            .refused
+            .iter()
+            .find(|r| lines[..merged].contains(&r.line))
+        {
+            // A line from a valid block no longer verifies: the ledger is
+            // damaged, and no validator could agree with this merge.
+            return Err(ExecError::Merge(format!(
+                "a merged transaction does not verify: {}",
+                r.error
+            )));
+        }
+        if out.txs.is_empty() && !may_be_empty {
             let why = out
                 .refused
                 .first()
@@ -573,14 +690,21 @@ impl<'l> Executor<'l> {
             .filter(|r| r.status == Status::Accepted)
             .count();
         let total = out.results.len();
+        let merge_note = if parents.len() > 1 {
+            format!(
+                " (merge of {} branches, {merged} re-executed)",
+                parents.len()
+            )
+        } else {
+            String::new()
+        };
         let draft = Draft {
-            parents: vec![parent],
+            parents: parents.to_vec(),
             changes: out.changes,
             txs: out.txs,
             results: out.results,
             text: format!(
-                "block {}: {total} transaction{}, {accepted} accepted",
-                parent_block.height + 1,
+                "block {height}: {total} transaction{}, {accepted} accepted{merge_note}",
                 if total == 1 { "" } else { "s" }
             ),
             time,
@@ -610,13 +734,37 @@ impl<'l> Executor<'l> {
         images: &mut dyn Images,
         block: &Block,
     ) -> Result<Verdict, ExecError> {
-        let parent = match block.parents.as_slice() {
-            [] => return Ok(Verdict::Skipped("genesis")),
-            [parent] => *parent,
-            _ => return Ok(Verdict::Skipped("merge block")),
+        let Some(&parent) = block.parents.first() else {
+            return Ok(Verdict::Skipped("genesis"));
         };
         let parent_block = self.ledger.block(parent)?;
         let lines = self.ledger.tx_lines(block)?;
+        let mut height = parent_block.height + 1;
+        if block.parents.len() > 1 {
+            // A merge: it must re-execute exactly the merged branches'
+            // transactions first (so nothing recorded on them is dropped).
+            if let Err(ExecError::Merge(why)) = check_parents(&block.parents) {
+                return Ok(Verdict::Invalid(why));
+            }
+            let merged = merge_lines(self.ledger, &block.parents)?;
+            if let Some(i) = (0..merged.len()).find(|&i| lines.get(i) != Some(&merged[i])) {
+                return Ok(Verdict::Invalid(format!(
+                    "a merge must re-execute the {} transactions of the branches it merges first; \
+                     transaction {} is not the one expected",
+                    merged.len(),
+                    i + 1
+                )));
+            }
+            for p in &block.parents[1..] {
+                height = height.max(self.ledger.height(*p)? + 1);
+            }
+        }
+        if block.height != height {
+            return Ok(Verdict::Invalid(format!(
+                "its height is {} but its parents make it {height}",
+                block.height
+            )));
+        }
         let proposer = match &block.signer {
             Some(s) => s.to_openssh(),
             None => return Ok(Verdict::Invalid("it is not signed".into())),
@@ -625,6 +773,7 @@ impl<'l> Executor<'l> {
             host,
             images,
             &parent_block,
+            height,
             &lines,
             None,
             block.time,
@@ -736,6 +885,7 @@ impl<'l> Executor<'l> {
         host: &mut dyn Host,
         images: &mut dyn Images,
         parent: &Block,
+        height: u64,
         lines: &[String],
         checked: Option<Vec<SignedTx>>,
         time: i64,
@@ -825,7 +975,6 @@ impl<'l> Executor<'l> {
                 groups.entry(slot.dapp.clone()).or_default().push(i);
             }
         }
-        let height = parent.height + 1;
         let context = |dapp: &str, entry| Context {
             chain: chain.clone(),
             dapp: dapp.to_string(),

@@ -145,4 +145,78 @@ impl Ledger {
         out.sort();
         Ok(out.into_iter().map(|(_, id)| id).collect())
     }
+
+    /// The blocks reachable from `include` but from none of `exclude`,
+    /// parents before children (by height, then id); like `git rev-list
+    /// include --not exclude`. The walk stops once everything left to
+    /// visit is reachable from `exclude`, so its cost follows how far the
+    /// two sides diverged, not the chain's length.
+    pub fn only_in(
+        &self,
+        include: &[BlockId],
+        exclude: &[BlockId],
+    ) -> Result<Vec<BlockId>, LedgerError> {
+        const IN: u8 = 1;
+        const OUT: u8 = 2;
+        let mut flags: HashMap<BlockId, u8> = HashMap::new();
+        let mut queue = BinaryHeap::new();
+        // Queued blocks not (yet) known to be reachable from `exclude`.
+        let mut live = 0usize;
+        for (tips, flag) in [(include, IN), (exclude, OUT)] {
+            for id in tips {
+                let entry = flags.entry(*id).or_default();
+                if *entry & flag == 0 {
+                    *entry |= flag;
+                    queue.push((self.height(*id)?, *id));
+                }
+            }
+        }
+        for (_, id) in &queue {
+            if flags[id] & OUT == 0 {
+                live += 1;
+            }
+        }
+        // Highest first: every child of a block is visited before it, so a
+        // block's flags are final when it is popped.
+        let mut done: HashSet<BlockId> = HashSet::new();
+        while let Some((_, id)) = queue.pop() {
+            let flag = flags[&id];
+            if !done.insert(id) {
+                continue;
+            }
+            if flag & OUT == 0 {
+                live -= 1;
+            } else if live == 0 {
+                break;
+            }
+            for parent in self.node(id)?.parents {
+                let entry = flags.entry(parent).or_default();
+                let before = *entry;
+                *entry |= flag;
+                if *entry == before {
+                    continue;
+                }
+                if done.contains(&parent) {
+                    continue;
+                }
+                if before == 0 {
+                    queue.push((self.height(parent)?, parent));
+                    if *entry & OUT == 0 {
+                        live += 1;
+                    }
+                } else if before & OUT == 0 && *entry & OUT != 0 {
+                    // Already queued as live; now reachable from `exclude`.
+                    live -= 1;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (id, flag) in &flags {
+            if *flag == IN {
+                out.push((self.height(*id)?, *id));
+            }
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, id)| id).collect())
+    }
 }

@@ -59,6 +59,35 @@ fn sign(data: &Path, dapp: &str, action: &str, args: &str, nonce: u64) -> String
     .to_string()
 }
 
+/// `git commit-tree -S` with the node's own key: a commit utter's
+/// signature check accepts, whatever its content.
+fn sign_commit(data: &Path, tree: &str, parents: &[&str], message: &str) -> String {
+    let keyfile = data.join("keys/node");
+    let mut cmd = git(data);
+    cmd.args(["-c", "gpg.format=ssh", "-c"])
+        .arg(format!("user.signingkey={}", keyfile.display()))
+        .args(["commit-tree", "-S", tree]);
+    for p in parents {
+        cmd.args(["-p", p]);
+    }
+    cmd.args(["-F", "-"]);
+    for (var, value) in [
+        ("GIT_AUTHOR_NAME", "utter"),
+        ("GIT_AUTHOR_EMAIL", "forger"),
+        ("GIT_COMMITTER_NAME", "utter"),
+        ("GIT_COMMITTER_EMAIL", "forger"),
+    ] {
+        cmd.env(var, value);
+    }
+    let out = with_input(&mut cmd, message);
+    assert!(
+        out.status.success(),
+        "git commit-tree -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn propose(data: &Path, lines: &[String]) -> Value {
     let txs = file(data, "txs.jsonl", (lines.join("\n") + "\n").as_bytes());
     let out = ok(utter(data)
@@ -217,25 +246,12 @@ fn blocks_run_dapps_record_every_outcome_and_reexecute() {
         ]));
     }
     let tree = git_ok(git(&data).env("GIT_INDEX_FILE", &index).arg("write-tree"));
-    let keyfile = data.join("keys/node");
-    let email = "forger";
-    let out = with_input(
-        git(&data)
-            .args(["-c", "gpg.format=ssh", "-c"])
-            .arg(format!("user.signingkey={}", keyfile.display()))
-            .args(["commit-tree", "-S", &tree, "-p", b2_id, "-F", "-"])
-            .env("GIT_AUTHOR_NAME", "utter")
-            .env("GIT_AUTHOR_EMAIL", email)
-            .env("GIT_COMMITTER_NAME", "utter")
-            .env("GIT_COMMITTER_EMAIL", email),
+    let forged = sign_commit(
+        &data,
+        &tree,
+        &[b2_id],
         "block 3: forged\n\nHeight: 3\nChain: space\n",
     );
-    assert!(
-        out.status.success(),
-        "git commit-tree -S: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let forged = String::from_utf8_lossy(&out.stdout).trim().to_string();
     git_ok(git(&data).args(["update-ref", "refs/heads/forged", &forged]));
 
     // The structure and signature are fine...
@@ -255,6 +271,148 @@ fn blocks_run_dapps_record_every_outcome_and_reexecute() {
     .unwrap();
     assert_eq!(json["reexecuted"]["valid"], 2, "{json:#}");
     assert_eq!(json["reexecuted"]["invalid"][0]["id"], forged.as_str());
+}
+
+#[test]
+fn an_offline_branch_merges_into_main_by_re_execution() {
+    let dir = run::setup();
+    let data = dir.path().join("data");
+    ok(utter(&data).args([
+        "init",
+        "--no-builtin",
+        "--chain",
+        "space",
+        "--dapp",
+        "counter=counter",
+    ]));
+    let b1 = propose(
+        &data,
+        &[sign(&data, "counter", "add", r#"{"name":"visits"}"#, 1)],
+    );
+    // Both sides carry `shared` (as two sibling proposals carry the same
+    // mempool transaction); each uses nonce 2 for a different transaction.
+    let shared = sign(&data, "counter", "add", r#"{"name":"shared"}"#, 4);
+    let main_side = sign(&data, "counter", "add", r#"{"name":"visits","by":2}"#, 2);
+    let b2 = propose(&data, &[main_side.clone(), shared.clone()]);
+    let txs = file(
+        &data,
+        "door.jsonl",
+        format!(
+            "{}\n{}\n{shared}\n",
+            sign(&data, "counter", "add", r#"{"name":"door","by":5}"#, 3),
+            sign(&data, "counter", "add", r#"{"name":"visits","by":10}"#, 2),
+        )
+        .as_bytes(),
+    );
+    // The offline device's branch starts at main as it last saw it (b1).
+    git_ok(git(&data).args(["branch", "front-door", b1["block"].as_str().unwrap()]));
+    let out = ok(utter(&data)
+        .args([
+            "block",
+            "propose",
+            "--branch",
+            "front-door",
+            "--json",
+            "--txs",
+        ])
+        .arg(&txs));
+    let side: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reasons(&side), ["accepted 5", "accepted 11", "accepted 1"]);
+
+    let out = ok(utter(&data).args(["block", "merge", "front-door", "--json"]));
+    let merge: Value = serde_json::from_str(&out).unwrap();
+    let parents: Vec<&str> = merge["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let (main_id, side_id) = (
+        b2["block"].as_str().unwrap(),
+        side["block"].as_str().unwrap(),
+    );
+    let mut sorted = vec![main_id, side_id];
+    sorted.sort();
+    assert_eq!(parents, sorted, "parents in id order");
+    assert_eq!(merge["height"], 3);
+    // The first parent's state is the base; the other's transactions are
+    // re-executed on it. The nonce both sides used stays with the base;
+    // the other side's is recorded as a replay. `shared` is not applied
+    // twice.
+    let base_is_main = parents[0] == main_id;
+    let r = reasons(&merge);
+    let replay = "rejected nonce 2 was already used";
+    if base_is_main {
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0], "accepted 5");
+        assert!(r[1].starts_with(replay), "{r:?}");
+    } else {
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with(replay), "{r:?}");
+    }
+    let value = |name: &str| {
+        git_ok(git(&data).args(["show", &format!("main:dapps/counter/state/counters/{name}")]))
+    };
+    assert_eq!(value("door"), "5");
+    assert_eq!(value("shared"), "1");
+    assert_eq!(value("visits"), if base_is_main { "3" } else { "11" });
+    // Git sees a merge commit with both parents.
+    assert_eq!(
+        git_ok(git(&data).args(["rev-list", "--parents", "-n", "1", "main"])),
+        format!(
+            "{} {} {}",
+            merge["block"].as_str().unwrap(),
+            sorted[0],
+            sorted[1]
+        )
+    );
+    // Merging it again has nothing to do.
+    let out = ok(utter(&data).args(["block", "merge", "front-door"]));
+    assert!(out.contains("nothing to merge"), "{out}");
+
+    // Every block re-executes, the merge included.
+    let json: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &run(utter(&data).args(["verify", "--reexecute", "--json"])).stdout,
+    ))
+    .unwrap();
+    assert_eq!(json["reexecuted"]["valid"], 4, "{json:#}");
+    assert_eq!(json["reexecuted"]["invalid"].as_array().unwrap().len(), 0);
+
+    // A merge that drops the branch's transactions (the base's state, no
+    // transactions), properly signed: the structure and signature checks
+    // pass, re-execution names what it left out.
+    let index = dir.path().join("forge.index");
+    let in_index = |args: &[&str]| git_ok(git(&data).env("GIT_INDEX_FILE", &index).args(args));
+    in_index(&["read-tree", sorted[0]]);
+    let empty = with_input(git(&data).args(["hash-object", "-w", "--stdin"]), "");
+    let empty = String::from_utf8_lossy(&empty.stdout).trim().to_string();
+    for path in ["block/txs.jsonl", "block/results.jsonl"] {
+        in_index(&[
+            "update-index",
+            "--cacheinfo",
+            &format!("100644,{empty},{path}"),
+        ]);
+    }
+    let base_tree = in_index(&["write-tree"]);
+    let forged = sign_commit(
+        &data,
+        &base_tree,
+        &[sorted[0], sorted[1]],
+        "block 3: forged merge\n\nHeight: 3\nChain: space\n",
+    );
+    git_ok(git(&data).args(["update-ref", "refs/heads/forged", &forged]));
+    let out = ok(utter(&data).arg("verify"));
+    assert!(out.contains("all valid"), "{out}");
+    let err = fails(utter(&data).args(["verify", "--reexecute"]));
+    assert!(
+        err.contains(&format!("block {forged} at height 3"))
+            && err.contains("a merge must re-execute the")
+            && err.contains("transactions of the branches it merges first"),
+        "{err}"
+    );
+    // Bad input: a branch that does not exist, and main itself.
+    let err = fails(utter(&data).args(["block", "merge", "back-door"]));
+    assert!(err.contains(r#"there is no branch "back-door""#), "{err}");
 }
 
 #[test]

@@ -316,6 +316,54 @@ fn dag_queries() {
 }
 
 #[test]
+fn only_in_matches_git_rev_list_not() {
+    let d = dag();
+    let l = &d.f.ledger;
+    let g = d.f.genesis.id;
+    // A longer side: three more blocks on b2, a criss-cross, a merge.
+    let c1 = d.f.block(&[d.b2], Changes::new(), vec![]);
+    let c2 = d.f.block(&[c1.id], Changes::new(), vec![]);
+    let x = d.f.block(&[c2.id, d.d1], Changes::new(), vec![]);
+    let y = d.f.block(&[d.m, c1.id], Changes::new(), vec![]);
+    let all = [g, d.b1, d.b2, d.d1, d.m, c1.id, c2.id, x.id, y.id];
+    let rev_list = |include: &[BlockId], exclude: &[BlockId]| {
+        let mut args = vec!["rev-list".to_string()];
+        args.extend(include.iter().map(|b| b.to_string()));
+        args.push("--not".into());
+        args.extend(exclude.iter().map(|b| b.to_string()));
+        let out = git(&d.f.repo_path()).args(&args).output().unwrap();
+        assert!(out.status.success());
+        let mut ids: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        ids
+    };
+    for a in all {
+        for b in all {
+            for exclude in [vec![b], vec![b, d.d1], vec![]] {
+                let got = l.only_in(&[a], &exclude).unwrap();
+                // Parents before children.
+                for (i, id) in got.iter().enumerate() {
+                    for p in &l.block(*id).unwrap().parents {
+                        if let Some(j) = got.iter().position(|x| x == p) {
+                            assert!(j < i, "{p} listed after its child {id}");
+                        }
+                    }
+                }
+                let mut got: Vec<String> = got.iter().map(|b| b.to_string()).collect();
+                got.sort();
+                assert_eq!(got, rev_list(&[a], &exclude), "{a} --not {exclude:?}");
+            }
+        }
+    }
+    let got = l.only_in(&[x.id, y.id], &[d.b1]).unwrap();
+    assert_eq!(got.len(), rev_list(&[x.id, y.id], &[d.b1]).len());
+}
+
+#[test]
 fn branches_only_move_forward() {
     let d = dag();
     let l = &d.f.ledger;
