@@ -10,7 +10,8 @@ use clap::Args;
 use serde_json::json;
 use utter_chunkstore::{OpenError, OpenOptions, Store};
 use utter_ledger::key::Keypair;
-use utter_ledger::layout::ChainConfig;
+use utter_ledger::key::Signer;
+use utter_ledger::layout::{ChainConfig, Member};
 use utter_ledger::{Block, BlockId, BlockReport, Ledger, MAIN, Verification};
 
 use crate::progress::Progress;
@@ -39,6 +40,11 @@ pub struct InitArgs {
     /// doors)
     #[arg(long)]
     no_builtin: bool,
+    /// Another validator: NAME=KEY, KEY an OpenSSH public key
+    /// (`ssh-ed25519 AAAA…`, as `utter key show` prints it); repeatable.
+    /// The quorum is ⌊2n/3⌋+1 of the n validators, this node included
+    #[arg(long = "validator", value_name = "NAME=KEY")]
+    validators: Vec<String>,
     /// Print JSON: chain, genesis block, public key
     #[arg(long)]
     json: bool,
@@ -160,8 +166,26 @@ pub fn init(data_dir: &Path, args: InitArgs) -> Result<ExitCode> {
         None if node_key.exists() => Keypair::load(&node_key)?,
         None => key::generate(&node_key)?,
     };
-    let chunks = open_chunks(data_dir, true)?;
     let mut config = ChainConfig::single(&args.chain, &args.name, &keypair.public());
+    for v in &args.validators {
+        let Some((name, key)) = v.split_once('=') else {
+            bail!("--validator {v:?} is not NAME=KEY (KEY as `utter key show` prints it)");
+        };
+        let Some(signer) = Signer::parse(key.trim()) else {
+            bail!(
+                "--validator {name}: {key:?} is not an OpenSSH ed25519 public key (ssh-ed25519 AAAA…)"
+            );
+        };
+        config.validators.push(Member {
+            name: name.to_string(),
+            key: signer.to_openssh(),
+        });
+    }
+    config.quorum = ChainConfig::min_quorum(config.validators.len());
+    config
+        .check()
+        .context("the validators given do not make a chain")?;
+    let chunks = open_chunks(data_dir, true)?;
     let (dapps, names) = chain::genesis_dapps(
         data_dir,
         &chunks,
@@ -452,6 +476,19 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
         None
     };
     let mismatched = reexecuted.as_ref().map_or(0, |r| r.bad.len());
+    // Commit certificates (git notes) against each block's validator set.
+    let mut certified = 0usize;
+    let mut bad_certs: Vec<(BlockId, String)> = Vec::new();
+    for r in report.blocks.iter().filter(|r| r.verdict.is_ok()) {
+        match ledger.certificate(r.id) {
+            Ok(None) => {}
+            Ok(Some(cert)) => match ledger.check_certificate(&ledger.block(r.id)?, &cert)? {
+                Ok(_) => certified += 1,
+                Err(e) => bad_certs.push((r.id, e.to_string())),
+            },
+            Err(e) => bad_certs.push((r.id, e.to_string())),
+        }
+    }
     if args.json {
         println!(
             "{}",
@@ -459,8 +496,13 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
                 "blocks": report.blocks.len(),
                 "transactions": report.txs(),
                 "branches": branches.len(),
-                "invalid": bad.len() + mismatched,
+                "invalid": bad.len() + mismatched + bad_certs.len(),
                 "first_invalid": bad.first().map(|r| report_json(r)),
+                "certified": certified,
+                "bad_certificates": bad_certs.iter().map(|(id, why)| json!({
+                    "id": id.to_string(),
+                    "error": why,
+                })).collect::<Vec<_>>(),
                 "reexecuted": reexecuted.as_ref().map(|r| json!({
                     "valid": r.checked,
                     "skipped": r.skipped,
@@ -472,6 +514,11 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
                 })),
             })
         );
+    } else if let Some((id, why)) = bad_certs.first() {
+        eprintln!("error: block {id} has a commit certificate that does not hold: {why}");
+        if bad_certs.len() > 1 {
+            eprintln!("       and {} more bad certificate(s)", bad_certs.len() - 1);
+        }
     } else if let Some(m) = reexecuted.as_ref().and_then(|r| r.bad.first()) {
         eprintln!(
             "error: block {} at height {} is not what its transactions make: {}",
@@ -510,17 +557,24 @@ pub fn verify(data_dir: &Path, args: VerifyArgs) -> Result<ExitCode> {
             plural(report.txs(), "transaction", "transactions"),
             plural(branches.len(), "branch", "branches"),
         );
+        if certified > 0 {
+            println!(
+                "{} carry a commit certificate with a quorum of their validators' votes",
+                plural(certified, "block", "blocks")
+            );
+        }
         if let Some(r) = &reexecuted {
             println!(
-                "re-executed {}: each gives exactly its state ({} not re-executed: genesis and merges)",
+                "re-executed {}, merges included: each gives exactly its state (genesis is given, not re-executed)",
                 plural(r.checked, "block", "blocks"),
-                r.skipped
             );
         }
     }
-    Ok(if bad.is_empty() && mismatched == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if bad.is_empty() && mismatched == 0 && bad_certs.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }

@@ -14,6 +14,7 @@
 //! the network.
 
 pub mod block;
+pub mod cert;
 mod dag;
 mod diff;
 pub mod key;

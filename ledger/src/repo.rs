@@ -100,7 +100,7 @@ pub enum LedgerError {
     Draft(String),
 }
 
-fn git(doing: impl Into<String>) -> impl FnOnce(gix::Error) -> LedgerError {
+pub(crate) fn git(doing: impl Into<String>) -> impl FnOnce(gix::Error) -> LedgerError {
     let doing = doing.into();
     move |source| LedgerError::Git { doing, source }
 }

@@ -5,6 +5,7 @@
 
 mod chain;
 mod chunks;
+mod consensus;
 mod crash;
 mod image;
 mod key;

@@ -2,6 +2,7 @@
 //! transactions, `git` for blocks.
 
 mod blocks;
+mod certs;
 mod hostile;
 mod keys;
 
