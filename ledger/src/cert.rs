@@ -361,18 +361,7 @@ impl Ledger {
     }
 
     fn notes_head(&self) -> Result<Option<BlockId>, LedgerError> {
-        let reference = self
-            .repo()
-            .try_find_reference(NOTES_REF)
-            .map_err(git(format!("reading {NOTES_REF}")))?;
-        match reference {
-            None => Ok(None),
-            Some(mut r) => Ok(Some(BlockId(
-                r.peel_to_id()
-                    .map_err(git(format!("reading {NOTES_REF}")))?
-                    .detach(),
-            ))),
-        }
+        self.ref_target(NOTES_REF)
     }
 
     /// The tree of a commit that is not a block (the notes commit).

@@ -757,7 +757,7 @@ impl Ledger {
 
     // ---- branches ---------------------------------------------------------
 
-    fn ref_target(&self, name: &str) -> Result<Option<BlockId>, LedgerError> {
+    pub(crate) fn ref_target(&self, name: &str) -> Result<Option<BlockId>, LedgerError> {
         let reference = self
             .repo
             .try_find_reference(name)
