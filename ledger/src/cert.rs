@@ -301,7 +301,7 @@ impl Ledger {
         }
         let old = self.notes_head()?;
         let base = match old {
-            Some(commit) => self.block_tree(commit)?,
+            Some(commit) => self.commit_tree(commit)?,
             None => gix::ObjectId::empty_tree(gix::hash::Kind::Sha1),
         };
         let mut editor = self
@@ -336,7 +336,7 @@ impl Ledger {
         let Some(head) = self.notes_head()? else {
             return Ok(None);
         };
-        let tree = self.block_tree(head)?;
+        let tree = self.commit_tree(head)?;
         // Also read notes `git notes add` wrote without fan-out.
         let mut text = None;
         for path in [note_path(block), block.to_string()] {
@@ -364,8 +364,8 @@ impl Ledger {
         self.ref_target(NOTES_REF)
     }
 
-    /// The tree of a commit that is not a block (the notes commit).
-    fn block_tree(&self, commit: BlockId) -> Result<gix::ObjectId, LedgerError> {
+    /// The tree of the certificates' (notes) commit.
+    fn commit_tree(&self, commit: BlockId) -> Result<gix::ObjectId, LedgerError> {
         let commit = self
             .repo()
             .find_commit(commit.0)

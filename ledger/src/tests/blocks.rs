@@ -1,8 +1,6 @@
 //! Blocks, state and the DAG, with `git` as the oracle.
 
-use std::process::Stdio;
-
-use super::{CHAIN, Fixture, T0, dapp_config, git};
+use super::{CHAIN, Fixture, T0, dapp_config, git, with_stdin};
 use crate::block::{self, BlockId};
 use crate::layout::StatePath;
 use crate::pointer::Pointer;
@@ -155,27 +153,14 @@ fn a_block_is_byte_for_byte_what_git_commit_s_makes() {
         for p in &b.parents {
             cmd.args(["-p", &p.to_string()]);
         }
-        let mut child = cmd
-            .args(["-F", "-"])
+        cmd.args(["-F", "-"])
             .env("GIT_AUTHOR_NAME", "utter")
             .env("GIT_AUTHOR_EMAIL", &email)
             .env("GIT_AUTHOR_DATE", &date)
             .env("GIT_COMMITTER_NAME", "utter")
             .env("GIT_COMMITTER_EMAIL", &email)
-            .env("GIT_COMMITTER_DATE", &date)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(message.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            .env("GIT_COMMITTER_DATE", &date);
+        let out = with_stdin(&mut cmd, message.as_bytes());
         assert!(
             out.status.success(),
             "git commit-tree -S: {}",

@@ -2,8 +2,7 @@
 //! `ssh-keygen -Y verify` accepts, checked against the block's validator
 //! set (its first parent's `chain.toml`).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::*;
 use crate::cert::{CertError, Certificate, NOTES_REF, SignedVote, VOTE_NAMESPACE, vote_message};
@@ -125,23 +124,14 @@ fn certificates_are_git_notes_checked_against_the_validator_set() {
     for (vote, who) in good.votes.iter().zip(["v2", "v0", "v1"]) {
         let sig = tmp.path().join("vote.sig");
         std::fs::write(&sig, format!("{}\n", vote.signature)).unwrap();
-        let mut child = Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", VOTE_NAMESPACE, "-I", who, "-f"])
-            .arg(&allowed)
-            .arg("-s")
-            .arg(&sig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(message.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = with_stdin(
+            Command::new("ssh-keygen")
+                .args(["-Y", "verify", "-n", VOTE_NAMESPACE, "-I", who, "-f"])
+                .arg(&allowed)
+                .arg("-s")
+                .arg(&sig),
+            message.as_bytes(),
+        );
         assert!(out.status.success(), "ssh-keygen: {out:?}");
     }
 

@@ -18,6 +18,20 @@ use crate::tx::{SignedTx, Tx};
 use crate::{Block, BlockId, Changes, Draft, Ledger, TxResult};
 
 pub(crate) const CHAIN: &str = "makerspace";
+
+/// Runs `cmd` with `input` on its stdin; returns its output.
+pub(crate) fn with_stdin(cmd: &mut std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
 pub(crate) const T0: i64 = 1_790_000_000;
 
 /// A data directory with a chunkstore and a ledger: a validator key and a
