@@ -16,7 +16,8 @@ pub use executor::{
     ExecError, Executor, Host, Images, Nonces, Proposed, Refused, Timings, Verdict,
 };
 pub use machine::{
-    Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Vote,
+    Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Validators,
+    Vote,
 };
 
 #[cfg(test)]

@@ -22,8 +22,16 @@
 //!   commit times out (the timeout doubles per failed round, capped), so
 //!   progress never depends on one node. A commit of a block proposed in
 //!   round r moves everyone to round r+1.
+//! - **Validator-set changes**: a block is certified by the [`Validators`]
+//!   of its parents' state with the highest epoch. A governance
+//!   transaction moves the state to a *joint* set (the new validators, and
+//!   the old ones as `outgoing`, each needing its own quorum); a second one,
+//!   approved once the first is committed, drops the outgoing set. Every
+//!   two sets that follow each other share a set, so their quorums share an
+//!   honest validator (ARCHITECTURE.md has the argument).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use utter_ledger::BlockId;
@@ -32,8 +40,18 @@ use utter_ledger::BlockId;
 pub type NodeId = u32;
 
 /// A transaction's id (the hash of its signed JSON in the ledger).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TxId(pub [u8; 32]);
+
+impl std::fmt::Debug for TxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TxId(")?;
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
 
 /// What kind of block a header is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -43,6 +61,74 @@ pub enum Kind {
     /// A block on a node's own branch (a door controller's events), signed
     /// by its device key; merged into main by a proposal.
     Side,
+}
+
+/// Who certifies blocks: the validators a block's state names
+/// (`chain.toml`), numbered by the epoch every change bumps.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Validators {
+    /// 0 at genesis; each change adds one.
+    pub epoch: u64,
+    /// The validators, in leader order (see [`Validators::leader`]).
+    pub members: Vec<NodeId>,
+    /// Votes of members a block needs.
+    pub quorum: usize,
+    /// While a change is under way, the set before it; a block then needs
+    /// `outgoing_quorum` of these as well. Empty otherwise.
+    pub outgoing: Vec<NodeId>,
+    /// Votes of outgoing validators a block needs (0 when none).
+    pub outgoing_quorum: usize,
+}
+
+impl Validators {
+    /// A set with q = ⌊2n/3⌋ + 1 and no change under way.
+    pub fn new(members: Vec<NodeId>) -> Self {
+        Self {
+            epoch: 0,
+            quorum: 2 * members.len() / 3 + 1,
+            members,
+            outgoing: Vec::new(),
+            outgoing_quorum: 0,
+        }
+    }
+
+    /// The set a governance transaction moves this state to: `members`
+    /// certify together with the current members as `outgoing`, unless
+    /// `members` are the current members (that completes a change).
+    pub fn changed_to(&self, members: Vec<NodeId>) -> Self {
+        let mut next = Self::new(members);
+        next.epoch = self.epoch + 1;
+        let (mut a, mut b) = (next.members.clone(), self.members.clone());
+        a.sort_unstable();
+        b.sort_unstable();
+        if a != b {
+            next.outgoing = self.members.clone();
+            next.outgoing_quorum = self.quorum;
+        }
+        next
+    }
+
+    /// Whether `node` votes under this set (a member or an outgoing one).
+    pub fn includes(&self, node: NodeId) -> bool {
+        self.members.contains(&node) || self.outgoing.contains(&node)
+    }
+
+    /// Whether these voters certify a block: the quorum of the members,
+    /// and of the outgoing set while a change is under way.
+    pub fn certified_by(&self, voters: &BTreeSet<NodeId>) -> bool {
+        let count = |set: &[NodeId]| set.iter().filter(|v| voters.contains(v)).count();
+        count(&self.members) >= self.quorum.max(1) && count(&self.outgoing) >= self.outgoing_quorum
+    }
+
+    /// The round's leader: members then outgoing ones take turns, so every
+    /// validator whose vote counts also leads rounds (a validator ahead in
+    /// rounds brings the others up by proposing in its own).
+    pub fn leader(&self, round: u64) -> Option<NodeId> {
+        let extra = self.outgoing.iter().filter(|o| !self.members.contains(o));
+        let n = (self.members.len() + extra.clone().count()) as u64;
+        let i = (round % n.max(1)) as usize;
+        self.members.iter().chain(extra).nth(i).copied()
+    }
 }
 
 /// What consensus needs of a block. The block's content (its tree, the
@@ -61,6 +147,11 @@ pub struct Header {
     pub kind: Kind,
     /// The transactions it carries.
     pub txs: Vec<TxId>,
+    /// The validator set its state names, when that is a newer epoch than
+    /// every parent's (it carries a governance transaction); `None` when it
+    /// keeps its parents' set. The driver reads it from the block's
+    /// `chain.toml`.
+    pub validators: Option<Arc<Validators>>,
 }
 
 /// A validator's vote for a block (an SSH signature over chain, block and
@@ -158,7 +249,8 @@ pub enum Action {
 pub struct Config {
     /// This node.
     pub me: NodeId,
-    /// The validators; leader(r) = validators\[r mod n\].
+    /// The genesis validators; leader(r) = validators\[r mod n\]. Blocks
+    /// whose state names another set carry it in [`Header::validators`].
     pub validators: Vec<NodeId>,
     /// The first round's timeout; it doubles per round without a commit.
     pub round_timeout: Duration,
@@ -187,13 +279,9 @@ impl Config {
         }
     }
 
-    /// q = ⌊2n/3⌋ + 1.
+    /// q = ⌊2n/3⌋ + 1 of the genesis validators.
     pub fn quorum(&self) -> usize {
-        2 * self.validators.len() / 3 + 1
-    }
-
-    fn leader(&self, round: u64) -> NodeId {
-        self.validators[(round % self.validators.len() as u64) as usize]
+        Validators::new(self.validators.clone()).quorum
     }
 }
 
@@ -229,6 +317,9 @@ struct Entry {
     status: Status,
     /// Main or one of its ancestors (a downward-closed set).
     committed: bool,
+    /// The set that certifies it and the set its state names; known once
+    /// its parents are valid.
+    sets: Option<(Arc<Validators>, Arc<Validators>)>,
 }
 
 /// How many round timeouts re-fetch a missing block before it is given up.
@@ -263,6 +354,12 @@ pub struct Machine {
     /// This node's own side branch head (non-validators).
     my_side: Option<BlockId>,
     side_deadline: Option<Duration>,
+    /// Sets named by valid blocks newer than main's (a change under way):
+    /// their members act as validators before the change commits.
+    later: BTreeMap<u64, Arc<Validators>>,
+    /// Every node some block has named a validator; votes from others are
+    /// dropped.
+    known_voters: BTreeSet<NodeId>,
     outbox: VecDeque<Action>,
 }
 
@@ -276,7 +373,9 @@ impl Machine {
             proposer: NodeId::MAX,
             kind: Kind::Proposal,
             txs: Vec::new(),
+            validators: None,
         };
+        let genesis_set = Arc::new(Validators::new(cfg.validators.clone()));
         let mut m = Self {
             cfg,
             genesis: persisted.genesis,
@@ -297,6 +396,8 @@ impl Machine {
             side_heads: BTreeSet::new(),
             my_side: None,
             side_deadline: None,
+            later: BTreeMap::new(),
+            known_voters: genesis_set.members.iter().copied().collect(),
             outbox: VecDeque::new(),
         };
         m.blocks.insert(
@@ -306,6 +407,7 @@ impl Machine {
                 height: 0,
                 status: Status::Valid,
                 committed: true,
+                sets: Some((genesis_set.clone(), genesis_set)),
             },
         );
         // Stored blocks come back in an order where parents precede
@@ -321,6 +423,8 @@ impl Machine {
             } else {
                 Status::Invalid
             };
+            let sets = if valid { m.sets_over(&header) } else { None };
+            m.learn_voters(&header);
             m.blocks.insert(
                 id,
                 Entry {
@@ -328,6 +432,7 @@ impl Machine {
                     height,
                     status,
                     committed: false,
+                    sets,
                 },
             );
             if valid {
@@ -338,9 +443,22 @@ impl Machine {
             m.main = persisted.main;
             m.mark_committed(persisted.main);
         }
+        let valid: Vec<BlockId> = m
+            .blocks
+            .iter()
+            .filter(|(_, e)| e.status == Status::Valid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in valid {
+            m.note_set(id);
+        }
         if let Some(tip) = m.vote_tip {
             m.voted_round = m.blocks.get(&tip).map(|e| e.header.round);
             m.round = m.voted_round.unwrap_or(0);
+            // Its own vote counts towards the tip's certificate (the others'
+            // come again with their re-announcements).
+            m.votes.entry(tip).or_default().insert(m.cfg.me);
+            m.latest_vote.insert(m.cfg.me, tip);
         }
         let merged: Vec<BlockId> = m
             .side_heads
@@ -368,9 +486,77 @@ impl Machine {
         self.cfg.me
     }
 
-    /// Whether this node is a validator.
+    /// Whether this node is a validator: a member (or outgoing member) of
+    /// the set main's state names, or of a newer one a valid block names.
     pub fn is_validator(&self) -> bool {
-        self.cfg.validators.contains(&self.cfg.me)
+        let me = self.cfg.me;
+        self.current().includes(me) || self.later.values().any(|v| v.includes(me))
+    }
+
+    /// The validator set main's state names: it certifies the blocks built
+    /// on main that carry no change.
+    pub fn validators(&self) -> &Validators {
+        self.blocks
+            .get(&self.main)
+            .and_then(|e| e.sets.as_ref())
+            .map(|(_, state)| &**state)
+            .expect("main is a valid block, so its sets are known")
+    }
+
+    fn current(&self) -> &Validators {
+        self.validators()
+    }
+
+    /// The state set with the highest epoch among `parents` (all valid):
+    /// it certifies a block over them. `None` when a parent's sets are not
+    /// known or two parents name different sets at that epoch (two changes
+    /// approved over one state: a Byzantine quorum of approvals).
+    fn top_set(&self, parents: &[BlockId]) -> Option<Arc<Validators>> {
+        let mut top: Option<&Arc<Validators>> = None;
+        for p in parents {
+            let (_, state) = self.blocks.get(p)?.sets.as_ref()?;
+            match top {
+                Some(t) if t.epoch > state.epoch => {}
+                Some(t) if t.epoch == state.epoch => {
+                    if **t != **state {
+                        return None;
+                    }
+                }
+                _ => top = Some(state),
+            }
+        }
+        top.cloned()
+    }
+
+    /// A block's certifying set and the set its state names; `None` when
+    /// [`Machine::top_set`] is, or when the header names a set that is not
+    /// newer than its parents'.
+    fn sets_over(&self, header: &Header) -> Option<(Arc<Validators>, Arc<Validators>)> {
+        let certifiers = self.top_set(&header.parents)?;
+        let state = match &header.validators {
+            None => certifiers.clone(),
+            Some(v) if v.epoch > certifiers.epoch => v.clone(),
+            Some(_) => return None,
+        };
+        Some((certifiers, state))
+    }
+
+    fn learn_voters(&mut self, header: &Header) {
+        if let Some(v) = &header.validators {
+            self.known_voters
+                .extend(v.members.iter().chain(&v.outgoing));
+        }
+    }
+
+    /// A valid block naming a set newer than main's: its members start
+    /// acting as validators (arming round timers) before it commits.
+    fn note_set(&mut self, id: BlockId) {
+        let Some((_, state)) = self.blocks.get(&id).and_then(|e| e.sets.clone()) else {
+            return;
+        };
+        if state.epoch > self.current().epoch {
+            self.later.entry(state.epoch).or_insert(state);
+        }
     }
 
     /// The committed head.
@@ -517,6 +703,12 @@ impl Machine {
 
     fn on_connected(&mut self, peer: NodeId) {
         let send = |m: &mut Self, message| m.outbox.push_back(Action::Send { to: peer, message });
+        // Main, so a peer that was away fetches what it missed (votes from
+        // validators it does not know yet would not bring it there).
+        if self.main != self.genesis {
+            let header = self.blocks[&self.main].header.clone();
+            send(self, Message::Block(header));
+        }
         if let Some(v) = self.own_vote() {
             send(self, Message::Vote(v));
         }
@@ -565,11 +757,11 @@ impl Machine {
         if self.blocks.contains_key(&header.id) {
             return;
         }
-        let malformed = header.parents.is_empty()
-            || header.parents.windows(2).any(|w| w[0] >= w[1])
-            || (header.kind == Kind::Proposal
-                && (self.cfg.validators.is_empty()
-                    || header.proposer != self.cfg.leader(header.round)));
+        // Whether the proposer led its round is known once the parents are
+        // (their sets say who leads).
+        let malformed =
+            header.parents.is_empty() || header.parents.windows(2).any(|w| w[0] >= w[1]);
+        self.learn_voters(&header);
         let id = header.id;
         let missing: Vec<BlockId> = header
             .parents
@@ -585,6 +777,7 @@ impl Machine {
                 height,
                 status: Status::Waiting,
                 committed: false,
+                sets: None,
             },
         );
         if malformed {
@@ -601,6 +794,9 @@ impl Machine {
                 if first {
                     self.outbox.push_back(Action::Fetch(p));
                 }
+            }
+            if self.deadline.is_none() {
+                self.arm(now);
             }
         }
         // Blocks that were waiting for this one to arrive.
@@ -639,8 +835,20 @@ impl Machine {
         if statuses.contains(&Status::Invalid) {
             self.set_status(now, id, false);
         } else if statuses.iter().all(|s| *s == Status::Valid) {
+            // A proposal must come from its round's leader under the set
+            // that certifies it.
+            let header = &self.blocks[&id].header;
+            let sets = self.sets_over(header).filter(|(certifiers, _)| {
+                header.kind != Kind::Proposal
+                    || certifiers.leader(header.round) == Some(header.proposer)
+            });
+            let Some(sets) = sets else {
+                self.set_status(now, id, false);
+                return;
+            };
             if let Some(e) = self.blocks.get_mut(&id) {
                 e.status = Status::Validating;
+                e.sets = Some(sets);
             }
             self.outbox.push_back(Action::Validate(id));
         } else {
@@ -672,9 +880,15 @@ impl Machine {
         };
         if valid {
             self.note_valid_side(id);
+            self.note_latest_votes(id);
+            let was_validator = self.is_validator();
+            self.note_set(id);
             let (kind, round) = (self.blocks[&id].header.kind, self.blocks[&id].header.round);
-            if kind == Kind::Proposal && round > self.round && self.is_validator() {
+            if kind == Kind::Proposal && round > self.round {
                 self.round = round;
+                self.arm(now);
+            } else if !was_validator && self.is_validator() {
+                // A change under way names this node: it starts taking part.
                 self.arm(now);
             }
             self.maybe_vote(now, id);
@@ -683,6 +897,24 @@ impl Machine {
         self.wake_children(now, id);
         if valid && self.is_validator() {
             self.maybe_propose(now);
+        }
+    }
+
+    /// A vote that arrived before its block could not be placed by
+    /// height; now it can (otherwise a leader would not merge over it).
+    fn note_latest_votes(&mut self, id: BlockId) {
+        let Some(voters) = self.votes.get(&id) else {
+            return;
+        };
+        let height = self.blocks[&id].height;
+        for v in voters.clone() {
+            let newer = self
+                .latest_vote
+                .get(&v)
+                .is_none_or(|old| self.blocks.get(old).is_none_or(|e| e.height < height));
+            if newer {
+                self.latest_vote.insert(v, id);
+            }
         }
     }
 
@@ -700,10 +932,15 @@ impl Machine {
     }
 
     fn maybe_vote(&mut self, now: Duration, id: BlockId) {
-        if !self.is_validator() {
+        let e = &self.blocks[&id];
+        // Only a validator of the set certifying this block votes for it.
+        if !e
+            .sets
+            .as_ref()
+            .is_some_and(|(certifiers, _)| certifiers.includes(self.cfg.me))
+        {
             return;
         }
-        let e = &self.blocks[&id];
         if e.header.kind != Kind::Proposal || e.header.round < self.round {
             return;
         }
@@ -737,7 +974,7 @@ impl Machine {
     }
 
     fn on_vote(&mut self, now: Duration, from: NodeId, vote: Vote) {
-        if !self.cfg.validators.contains(&vote.voter) {
+        if !self.known_voters.contains(&vote.voter) {
             return;
         }
         if !self.blocks.contains_key(&vote.block) {
@@ -749,6 +986,9 @@ impl Machine {
                     to: from,
                     message: Message::Fetch(vote.block),
                 });
+                if self.deadline.is_none() {
+                    self.arm(now);
+                }
             }
         }
         self.count_vote(now, vote);
@@ -776,11 +1016,18 @@ impl Machine {
         let Some(voters) = self.votes.get(&id) else {
             return;
         };
-        if voters.len() < self.cfg.quorum() {
+        // Only a block this node has and found valid can become main, and
+        // only with the votes its certifying set requires.
+        let Some(e) = self.blocks.get(&id) else {
+            return;
+        };
+        if e.status != Status::Valid {
             return;
         }
-        // Only a block this node has and found valid can become main.
-        if self.blocks.get(&id).map(|e| e.status) != Some(Status::Valid) {
+        let Some((certifiers, _)) = e.sets.clone() else {
+            return;
+        };
+        if !certifiers.certified_by(voters) {
             return;
         }
         if id == self.main || !self.descends(id, self.main) {
@@ -788,12 +1035,23 @@ impl Machine {
             // block on another chain, which safety says cannot exist.
             return;
         }
-        let voters: Vec<NodeId> = voters.iter().copied().collect();
+        let voters: Vec<NodeId> = voters
+            .iter()
+            .filter(|v| certifiers.includes(**v))
+            .copied()
+            .collect();
         self.main = id;
         self.outbox.push_back(Action::Commit { block: id, voters });
         // Mark the newly committed blocks and drop their transactions.
         for tx in self.mark_committed(id) {
             self.mempool.remove(&tx);
+        }
+        let epoch = self.current().epoch;
+        self.later.retain(|e, _| *e > epoch);
+        if !self.is_validator() && !self.mempool.is_empty() && self.side_deadline.is_none() {
+            // A change dropped this validator: what waits in its mempool
+            // goes on a side branch, as on any other node.
+            self.side_deadline = Some(now + self.cfg.side_interval);
         }
         let heads: Vec<BlockId> = self.side_heads.iter().copied().collect();
         for h in heads {
@@ -833,7 +1091,9 @@ impl Machine {
     }
 
     fn arm(&mut self, now: Duration) {
-        if !self.is_validator() {
+        // Other nodes keep a timer only to fetch again what they miss (a
+        // node a change names must catch up before it can vote).
+        if !self.is_validator() && self.missing().next().is_none() {
             return;
         }
         let backoff = self
@@ -850,6 +1110,11 @@ impl Machine {
     }
 
     fn on_round_timeout(&mut self, now: Duration) {
+        if !self.is_validator() {
+            self.fetch_missing_again();
+            self.arm(now);
+            return;
+        }
         if !self.has_work() {
             self.arm(now);
             return;
@@ -860,7 +1125,13 @@ impl Machine {
         if let Some(v) = self.own_vote() {
             self.outbox.push_back(Action::Broadcast(Message::Vote(v)));
         }
-        // Ask again for anything still missing, a few times.
+        self.fetch_missing_again();
+        let next = self.round.saturating_add(1);
+        self.enter_round(now, next);
+    }
+
+    /// Asks again for anything still missing, a few times.
+    fn fetch_missing_again(&mut self) {
         let missing: Vec<BlockId> = self.missing().collect();
         for b in missing {
             let asked = self.fetches.entry(b).or_default();
@@ -876,18 +1147,20 @@ impl Machine {
                 self.outbox.push_back(Action::Fetch(b));
             }
         }
-        let next = self.round.saturating_add(1);
-        self.enter_round(now, next);
     }
 
     fn maybe_propose(&mut self, now: Duration) {
         let _ = now;
+        let me = self.cfg.me;
         if !self.is_validator()
             || self.proposing
-            || self.cfg.leader(self.round) != self.cfg.me
             || self.proposed_round.is_some_and(|r| r >= self.round)
+            || (self.later.is_empty() && self.current().leader(self.round) != Some(me))
             || !self.has_work()
         {
+            // With no change under way every proposal over main's
+            // descendants is certified by main's set, so its leader is
+            // known before the parents are chosen.
             return;
         }
         // The maximal valid blocks among main, every latest vote, this
@@ -899,8 +1172,11 @@ impl Machine {
                 .blocks
                 .get(b)
                 .is_some_and(|e| e.status == Status::Valid)
-                && self.descends(*b, self.main)
+                && !self.is_committed(*b)
             {
+                // Main's descendants, and blocks beside main (a vote
+                // left on a losing branch): the merge brings that validator
+                // back, since it descends from its vote.
                 candidates.insert(*b);
             }
         }
@@ -934,6 +1210,12 @@ impl Machine {
         }
         let txs = self.mempool_except(&included);
         if parents.len() == 1 && txs.is_empty() && parents[0] == self.main {
+            return;
+        }
+        if self
+            .top_set(&parents)
+            .is_none_or(|certifiers| certifiers.leader(self.round) != Some(me))
+        {
             return;
         }
         self.proposing = true;

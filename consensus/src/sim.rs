@@ -7,12 +7,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use utter_ledger::BlockId;
 
 use crate::machine::{
-    Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Vote,
+    Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Validators,
+    Vote,
 };
 
 /// SplitMix64: small, fast, and the same everywhere.
@@ -62,6 +64,13 @@ pub struct Scenario {
     pub byzantine: u32,
     /// Door controllers (non-validators keeping side branches).
     pub controllers: u32,
+    /// Honest nodes that start as non-validators and may be made
+    /// validators by a set change.
+    pub spares: u32,
+    /// Validator-set changes to carry out (each a governance transaction
+    /// to a joint set, then one completing it), drawn among validators and
+    /// spares with at most ⌊(n−1)/3⌋ Byzantine in every set.
+    pub set_changes: u32,
     /// Link delay range.
     pub delay: (Duration, Duration),
     /// Probability that a message is lost before the heal.
@@ -80,6 +89,10 @@ pub struct Scenario {
     /// Test-only: honest validators ignore the vote rule.
     #[cfg(test)]
     pub weaken_vote_rule: bool,
+    /// Test-only: a change switches straight to the new set, without the
+    /// joint phase in which the outgoing set must also reach its quorum.
+    #[cfg(test)]
+    pub weaken_set_change: bool,
 }
 
 impl Scenario {
@@ -99,13 +112,18 @@ impl Scenario {
             txs,
             crashes: 0,
             liveness_bound: Duration::from_secs(60),
+            spares: 0,
+            set_changes: 0,
             #[cfg(test)]
             weaken_vote_rule: false,
+            #[cfg(test)]
+            weaken_set_change: false,
         }
     }
 
     /// A random scenario for `seed`: n ∈ {1, 3, 4, 7}, up to f Byzantine,
-    /// 0–2 controllers, drops, partitions and crashes.
+    /// 0–2 controllers, drops, partitions and crashes; in about one in
+    /// three, 0–2 spare nodes and one or two validator-set changes.
     pub fn random(seed: u64) -> Self {
         let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
         let validators = [1, 3, 4, 7][rng.below(4) as usize];
@@ -125,8 +143,16 @@ impl Scenario {
             txs: 1 + rng.below(12) as u32,
             crashes: rng.below(3) as u32,
             liveness_bound: Duration::from_secs(60),
+            spares: rng.below(3) as u32,
+            set_changes: if rng.chance(0.35) {
+                1 + rng.below(2) as u32
+            } else {
+                0
+            },
             #[cfg(test)]
             weaken_vote_rule: false,
+            #[cfg(test)]
+            weaken_set_change: false,
         }
     }
 }
@@ -141,8 +167,9 @@ pub enum Failure {
     /// An honest validator voted for a block not descending from its
     /// previous vote.
     HonestVoteFork(String),
-    /// Something did not commit (or a side branch was not merged) within
-    /// the bound after the heal.
+    /// Something did not commit (or a side branch was not merged, or a
+    /// validator-set change did not take effect) within the bound after
+    /// the heal.
     Liveness(String),
 }
 
@@ -203,13 +230,21 @@ enum Ev {
     ByzantineTick {
         node: NodeId,
     },
+    /// The operators look at the committed set and submit the next
+    /// governance transaction of the plan.
+    GovTick,
 }
 
 struct Global {
     header: Header,
     valid: bool,
     height: u64,
+    /// The set certifying the block, and the set its state names.
+    sets: (Arc<Validators>, Arc<Validators>),
 }
+
+/// Governance transactions' ids start here (Byzantine ones below).
+const GOV_TXS: u64 = 3_000_000;
 
 struct Node {
     machine: Option<Machine>,
@@ -234,6 +269,18 @@ pub struct Sim {
     genesis: BlockId,
     nodes: Vec<Node>,
     validators: Vec<NodeId>,
+    genesis_set: Arc<Validators>,
+    /// Every node some set of the plan names.
+    ever: BTreeSet<NodeId>,
+    /// The validator sets to change to, in order.
+    gov_plan: Vec<Vec<NodeId>>,
+    /// Governance transactions: the committed block the approvers read
+    /// the set from, its epoch, and the members they name.
+    gov: BTreeMap<TxId, (BlockId, u64, Vec<NodeId>)>,
+    gov_pending: Option<TxId>,
+    /// Draws for governance only, so scenarios without changes run as
+    /// they did before changes existed.
+    gov_rng: Rng,
     byzantine: BTreeSet<NodeId>,
     committed: BlockId,
     submitted: BTreeMap<TxId, Duration>,
@@ -246,6 +293,7 @@ pub struct Sim {
     byz_votes: Vec<Vote>,
     failure: Option<Failure>,
     report: Report,
+    trace: bool,
 }
 
 fn block_id(n: u64) -> BlockId {
@@ -269,11 +317,19 @@ impl Sim {
     pub fn new(sc: Scenario) -> Self {
         let rng = Rng::new(sc.seed);
         let genesis = block_id(0);
-        let total = sc.validators + sc.controllers;
+        let total = sc.validators + sc.spares + sc.controllers;
         let validators: Vec<NodeId> = (0..sc.validators).collect();
         // The Byzantine ones are the last validators.
         let byzantine: BTreeSet<NodeId> =
             (sc.validators - sc.byzantine.min(sc.validators)..sc.validators).collect();
+        let mut gov_rng = Rng::new(sc.seed ^ 0x6A09_E667_F3BC_C908);
+        let gov_plan = plan_sets(&sc, &byzantine, &mut gov_rng);
+        let genesis_set = Arc::new(Validators::new(validators.clone()));
+        let ever: BTreeSet<NodeId> = validators
+            .iter()
+            .chain(gov_plan.iter().flatten())
+            .copied()
+            .collect();
         let mut blocks = BTreeMap::new();
         blocks.insert(
             genesis,
@@ -285,9 +341,11 @@ impl Sim {
                     proposer: NodeId::MAX,
                     kind: Kind::Proposal,
                     txs: Vec::new(),
+                    validators: None,
                 },
                 valid: true,
                 height: 0,
+                sets: (genesis_set.clone(), genesis_set.clone()),
             },
         );
         let mut sim = Self {
@@ -302,6 +360,12 @@ impl Sim {
             genesis,
             nodes: Vec::new(),
             validators,
+            genesis_set,
+            ever,
+            gov_plan,
+            gov: BTreeMap::new(),
+            gov_pending: None,
+            gov_rng,
             byzantine,
             committed: genesis,
             submitted: BTreeMap::new(),
@@ -314,6 +378,7 @@ impl Sim {
             byz_votes: Vec::new(),
             failure: None,
             report: Report::default(),
+            trace: false,
         };
         for id in 0..total {
             let machine = (!sim.byzantine.contains(&id))
@@ -359,6 +424,12 @@ impl Sim {
             },
             self.now,
         )
+    }
+
+    /// Prints every event and action to stderr (for one seed).
+    pub fn traced(mut self) -> Self {
+        self.trace = true;
+        self
     }
 
     fn push(&mut self, at: Duration, ev: Ev) {
@@ -414,6 +485,10 @@ impl Sim {
                 self.push(Duration::from_millis(50), Ev::ByzantineTick { node: n });
             }
         }
+        if !self.gov_plan.is_empty() {
+            let at = self.gov_rng.between(Duration::ZERO, heal);
+            self.push(at, Ev::GovTick);
+        }
         for n in 0..total {
             self.schedule_timer(n);
         }
@@ -465,6 +540,36 @@ impl Sim {
             .map(|g| g.height + 1)
             .max()
             .unwrap_or(1);
+        // The executor's rule: the parents' state set with the highest
+        // epoch certifies the block; its governance transactions approved
+        // over that epoch, at a block it descends from, change its state's
+        // set.
+        let mut certifiers = self.genesis_set.clone();
+        let mut agree = true;
+        for (i, p) in parents.iter().enumerate() {
+            let state = &self.blocks[p].sets.1;
+            if i == 0 || state.epoch > certifiers.epoch {
+                certifiers = state.clone();
+            } else if state.epoch == certifiers.epoch && **state != *certifiers {
+                agree = false;
+            }
+        }
+        let mut state = certifiers.clone();
+        for t in &txs {
+            if let Some((at, from, members)) = self.gov.get(t)
+                && *from == state.epoch
+                && parents.iter().any(|p| self.descends(*p, *at))
+            {
+                #[allow(unused_mut)]
+                let mut next = state.changed_to(members.clone());
+                #[cfg(test)]
+                if self.sc.weaken_set_change {
+                    next.outgoing.clear();
+                    next.outgoing_quorum = 0;
+                }
+                state = Arc::new(next);
+            }
+        }
         let header = Header {
             id,
             parents,
@@ -472,13 +577,15 @@ impl Sim {
             proposer,
             kind,
             txs,
+            validators: (state.epoch > certifiers.epoch).then(|| state.clone()),
         };
         self.blocks.insert(
             id,
             Global {
                 header: header.clone(),
-                valid,
+                valid: valid && agree,
                 height,
+                sets: (certifiers, state),
             },
         );
         self.report.blocks += 1;
@@ -541,6 +648,9 @@ impl Sim {
             return;
         };
         self.report.events += 1;
+        if self.trace {
+            eprintln!("{:>10.3?} {node} <- {event:?}", now);
+        }
         let started = std::time::Instant::now();
         m.handle(now, event);
         self.report.machine_time += started.elapsed();
@@ -572,6 +682,9 @@ impl Sim {
     }
 
     fn act(&mut self, node: NodeId, action: Action) {
+        if self.trace {
+            eprintln!("{:>10.3?} {node} -> {action:?}", self.now);
+        }
         let life = self.nodes[node as usize].life;
         match action {
             Action::Broadcast(message) => {
@@ -611,7 +724,7 @@ impl Sim {
     }
 
     fn check_vote(&mut self, node: NodeId, v: Vote) {
-        if v.voter != node || !self.validators.contains(&node) {
+        if v.voter != node || !self.ever.contains(&node) {
             return;
         }
         if let Some(prev) = self.nodes[node as usize].last_vote {
@@ -630,19 +743,18 @@ impl Sim {
     }
 
     fn check_commit(&mut self, node: NodeId, block: BlockId, voters: &[NodeId]) {
-        if self.validators.contains(&node) {
+        if self.ever.contains(&node) {
             self.report.commits += 1;
         }
-        let distinct: BTreeSet<&NodeId> = voters
-            .iter()
-            .filter(|v| self.validators.contains(v))
-            .collect();
-        let q = 2 * self.validators.len() / 3 + 1;
-        if distinct.len() < q {
+        let distinct: BTreeSet<NodeId> = voters.iter().copied().collect();
+        if let Some(g) = self.blocks.get(&block)
+            && !g.sets.0.certified_by(&distinct)
+        {
+            let sets = g.sets.0.clone();
             self.fail(Failure::InvalidCommit(format!(
-                "node {node} committed {} with {} votes, fewer than q = {q}",
+                "node {node} committed {} with the votes of {distinct:?}, which do not certify \
+                 it under {sets:?}",
                 block.short(),
-                distinct.len()
             )));
         }
         if !self.blocks.get(&block).is_some_and(|g| g.valid) {
@@ -701,9 +813,13 @@ impl Sim {
         }
         self.nodes[node as usize].machine = Some(m);
         self.run_actions(node);
+        // Both ends of each connection see it.
         for peer in 0..self.nodes.len() as NodeId {
             if peer != node {
                 self.feed(node, Event::PeerConnected(peer));
+                if self.honest(peer) {
+                    self.feed(peer, Event::PeerConnected(node));
+                }
             }
         }
     }
@@ -750,14 +866,16 @@ impl Sim {
         let known = self.byz_seen.len() as u64;
         // Propose two conflicting blocks (one of them sometimes invalid)
         // in a round it leads, and show each to a different half.
-        let n = self.validators.len() as u64;
         let base_round = self.rng.below(40);
-        let round = base_round - base_round % n + u64::from(node);
         let parent = if known == 0 {
             self.genesis
         } else {
             self.byz_seen[self.rng.below(known) as usize]
         };
+        let set = &self.blocks[&parent].sets.1.members;
+        let n = set.len() as u64;
+        let place = set.iter().position(|m| *m == node).unwrap_or(0) as u64;
+        let round = base_round - base_round % n + place;
         let (ta, tb) = (self.rng.below(1000), self.rng.below(1000));
         let a = self.new_block(
             vec![parent],
@@ -908,6 +1026,7 @@ impl Sim {
                     }
                 }
                 Ev::ByzantineTick { node } => self.byzantine_tick(node),
+                Ev::GovTick => self.gov_tick(),
             }
             if at >= self.sc.heal_at && !self.healed {
                 self.healed = true;
@@ -937,10 +1056,52 @@ impl Sim {
         }
     }
 
+    /// The operators' side of a change: approvals are given over the
+    /// committed set (an honest validator approves only what it saw
+    /// committed), so the next step is submitted once the last one is in a
+    /// committed block; a step rejected there is submitted again.
+    fn gov_tick(&mut self) {
+        let state = self.blocks[&self.committed].sets.1.clone();
+        if self.gov_done(&state) {
+            return;
+        }
+        let waiting = self
+            .gov_pending
+            .is_some_and(|t| !self.committed_at.contains_key(&t));
+        if !waiting {
+            let members = if state.outgoing.is_empty() {
+                self.gov_plan[(state.epoch / 2) as usize].clone()
+            } else {
+                // Complete the change under way.
+                state.members.clone()
+            };
+            let tx = tx_id(GOV_TXS + self.gov.len() as u64);
+            self.gov.insert(tx, (self.committed, state.epoch, members));
+            self.gov_pending = Some(tx);
+            let to: Vec<NodeId> = state
+                .members
+                .iter()
+                .chain(&state.outgoing)
+                .filter(|n| self.honest(**n))
+                .copied()
+                .collect();
+            let node = to[self.gov_rng.below(to.len() as u64) as usize];
+            self.push(self.now, Ev::LocalTx { node, tx });
+        }
+        self.push(self.now + Duration::from_millis(100), Ev::GovTick);
+    }
+
+    /// Whether every planned change has taken effect and completed.
+    fn gov_done(&self, state: &Validators) -> bool {
+        state.epoch >= 2 * self.gov_plan.len() as u64
+    }
+
     fn all_committed(&self) -> bool {
-        self.submitted
-            .keys()
-            .all(|t| self.committed_at.contains_key(t))
+        self.gov_done(&self.blocks[&self.committed].sets.1)
+            && self
+                .submitted
+                .keys()
+                .all(|t| self.committed_at.contains_key(t))
             && self
                 .side_blocks
                 .iter()
@@ -949,6 +1110,16 @@ impl Sim {
 
     fn check_liveness(&mut self) {
         let main = self.committed;
+        let state = self.blocks[&main].sets.1.clone();
+        if !self.gov_done(&state) {
+            self.fail(Failure::Liveness(format!(
+                "the validator-set changes stopped at epoch {} of {} ({:?})",
+                state.epoch,
+                2 * self.gov_plan.len(),
+                state
+            )));
+            return;
+        }
         for t in self.submitted.keys() {
             if !self.committed_at.contains_key(t) {
                 self.fail(Failure::Liveness(format!(
@@ -969,4 +1140,37 @@ impl Sim {
             }
         }
     }
+}
+
+/// Draws the sets a scenario changes to: each differs from the one before,
+/// and has at most ⌊(n−1)/3⌋ Byzantine members.
+fn plan_sets(sc: &Scenario, byzantine: &BTreeSet<NodeId>, rng: &mut Rng) -> Vec<Vec<NodeId>> {
+    let pool: Vec<NodeId> = (0..sc.validators + sc.spares).collect();
+    let mut prev: Vec<NodeId> = (0..sc.validators).collect();
+    let mut plan = Vec::new();
+    for _ in 0..sc.set_changes {
+        for _ in 0..50 {
+            let sizes: Vec<usize> = [1, 3, 4, 7]
+                .into_iter()
+                .filter(|s| *s <= pool.len())
+                .collect();
+            let size = sizes[rng.below(sizes.len() as u64) as usize];
+            let mut left = pool.clone();
+            let mut set = Vec::new();
+            while set.len() < size {
+                set.push(left.remove(rng.below(left.len() as u64) as usize));
+            }
+            let bad = set.iter().filter(|n| byzantine.contains(n)).count();
+            let mut sorted = set.clone();
+            sorted.sort_unstable();
+            let mut before = prev.clone();
+            before.sort_unstable();
+            if bad <= (size - 1) / 3 && sorted != before {
+                prev = set.clone();
+                plan.push(set);
+                break;
+            }
+        }
+    }
+    plan
 }

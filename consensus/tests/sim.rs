@@ -2,7 +2,9 @@
 //! on every commit and for liveness after its last heal.
 //!
 //! `cargo test -p utter-consensus --test sim` runs 10,000 seeds;
-//! `-- --ignored` runs 200,000 more; `SEED=n` runs one and prints it.
+//! `-- --ignored` runs 200,000 more; `SEED=n` runs one and prints it,
+//! `SIM_TRACE=1` with it prints every event and action, and
+//! `SET_CHANGES=k SPARES=s` override the scenario's.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -22,9 +24,19 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
     {
-        let sc = Scenario::random(seed);
+        let mut sc = Scenario::random(seed);
+        // The unit tests' sweeps over forced changes reproduce with these.
+        let var = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        sc.set_changes = var("SET_CHANGES").unwrap_or(sc.set_changes);
+        sc.spares = var("SPARES").unwrap_or(sc.spares);
         println!("{sc:?}");
-        return match Sim::new(sc).run() {
+        let sim = Sim::new(sc);
+        let sim = if std::env::var_os("SIM_TRACE").is_some() {
+            sim.traced()
+        } else {
+            sim
+        };
+        return match sim.run() {
             Ok(r) => {
                 println!(
                     "ok: {} events, {} blocks, {} commits",

@@ -81,6 +81,7 @@ fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId) -> Header 
             .iter()
             .map(|l| tx_id(l))
             .collect(),
+        validators: None,
     }
 }
 
