@@ -9,6 +9,7 @@ mod chain;
 mod chunks;
 mod data_dir;
 mod demo;
+mod governance;
 mod image;
 mod key;
 mod ledger;
@@ -69,6 +70,10 @@ enum Command {
     /// Make blocks from signed transactions
     #[command(subcommand)]
     Block(chain::BlockCommand),
+    /// The chain's configuration: show it, and change its validators with
+    /// the approval of a quorum of them
+    #[command(subcommand)]
+    Chain(governance::Command),
     /// Read dapp state files
     #[command(subcommand)]
     State(query::StateCommand),
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => ledger::verify(&data_dir, args),
         Command::Tx(cmd) => chain::tx(&data_dir, cmd),
         Command::Block(cmd) => chain::block(&data_dir, cmd),
+        Command::Chain(cmd) => governance::run(&data_dir, cmd),
         Command::Demo(_) => unreachable!("handled above"),
         Command::Accounting(cmd) => accounting::run(&data_dir, cmd),
         Command::Node(cmd) => node::run(&data_dir, cmd),

@@ -28,6 +28,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use utter_ledger::governance::{CHAIN_DAPP, SET_ACTION};
 use utter_ledger::key::Keypair;
 use utter_ledger::layout::{DAPP_TOML, DAPPS, DappConfig, LayoutError, STATE, StatePath};
 use utter_ledger::tx::{SignedTx, TxError, verify_line};
@@ -475,6 +476,8 @@ struct Slot {
     id: String,
     dapp: String,
     result: Option<TxResult>,
+    /// A `chain set` transaction's action and arguments.
+    governance: Option<(String, serde_json::Value)>,
 }
 
 /// What executing a batch on a parent produced.
@@ -657,6 +660,7 @@ impl<'l> Executor<'l> {
         let out = self.execute(
             host,
             images,
+            parents,
             &parent_block,
             height,
             lines,
@@ -772,6 +776,7 @@ impl<'l> Executor<'l> {
         let out = self.execute(
             host,
             images,
+            &block.parents,
             &parent_block,
             height,
             &lines,
@@ -884,6 +889,7 @@ impl<'l> Executor<'l> {
         &mut self,
         host: &mut dyn Host,
         images: &mut dyn Images,
+        parents: &[BlockId],
         parent: &Block,
         height: u64,
         lines: &[String],
@@ -938,7 +944,7 @@ impl<'l> Executor<'l> {
             });
             let id = blake3::hash(line.as_bytes()).to_hex().to_string();
             let result = result.or_else(|| {
-                (!dapps.contains(&stx.tx.dapp)).then(|| {
+                (stx.tx.dapp != CHAIN_DAPP && !dapps.contains(&stx.tx.dapp)).then(|| {
                     format!(
                         "there is no dapp {:?} on this chain (deployed: {})",
                         stx.tx.dapp,
@@ -950,11 +956,14 @@ impl<'l> Executor<'l> {
                     )
                 })
             });
+            let governance =
+                (stx.tx.dapp == CHAIN_DAPP).then(|| (stx.tx.action.clone(), stx.tx.args.clone()));
             slots.push(Slot {
                 result: result.map(|r| TxResult::rejected(id.clone(), r)),
                 line: line.clone(),
                 id,
                 dapp: stx.tx.dapp,
+                governance,
             });
         }
         if !proposing && !refused.is_empty() {
@@ -965,6 +974,36 @@ impl<'l> Executor<'l> {
                 refused,
                 dapps_time: Duration::ZERO,
                 verify_time,
+            });
+        }
+
+        let mut changes = Changes::new();
+        // `chain set` transactions, in block order, before any dapp runs:
+        // each is checked against chain.toml as the ones before left it.
+        let mut chain_config = config.clone();
+        for slot in &mut slots {
+            let Some((action, args)) = slot.governance.take() else {
+                continue;
+            };
+            if slot.result.is_some() {
+                continue;
+            }
+            let verdict = if action == SET_ACTION {
+                self.ledger
+                    .check_chain_set(parents, &chain_config, &args)?
+                    .map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "the {CHAIN_DAPP} dapp has one action, {SET_ACTION:?}, not {action:?}"
+                ))
+            };
+            slot.result = Some(match verdict {
+                Ok((next, _)) => {
+                    changes.set_chain(&next)?;
+                    chain_config = next;
+                    TxResult::accepted(slot.id.clone())
+                }
+                Err(reason) => TxResult::rejected(slot.id.clone(), reason),
             });
         }
 
@@ -984,7 +1023,6 @@ impl<'l> Executor<'l> {
             parent: parent.id.to_string(),
             proposer: proposer.to_string(),
         };
-        let mut changes = Changes::new();
         let mut dapps_time = Duration::ZERO;
         let mut ran_dapps = Vec::new();
         for (dapp, members) in &groups {

@@ -108,6 +108,24 @@ impl Validators {
         next
     }
 
+    /// The set a `chain.toml` names, each key numbered by `id_of` (a key
+    /// without a number is left out; its votes could not arrive).
+    pub fn from_config(
+        config: &utter_ledger::layout::ChainConfig,
+        id_of: impl Fn(&str) -> Option<NodeId>,
+    ) -> Self {
+        let ids = |ms: &[utter_ledger::layout::Member]| -> Vec<NodeId> {
+            ms.iter().filter_map(|m| id_of(&m.key)).collect()
+        };
+        Self {
+            epoch: config.epoch,
+            members: ids(&config.validators),
+            quorum: config.quorum as usize,
+            outgoing: ids(&config.outgoing),
+            outgoing_quorum: config.outgoing_quorum as usize,
+        }
+    }
+
     /// Whether `node` votes under this set (a member or an outgoing one).
     pub fn includes(&self, node: NodeId) -> bool {
         self.members.contains(&node) || self.outgoing.contains(&node)

@@ -16,10 +16,12 @@
 //! who knows the validator set can check it, with utter or with
 //! `ssh-keygen -Y verify -n utter-vote` over the first four lines.
 //!
-//! **The validator set of a block** is the one in its first parent's
-//! `chain.toml` (genesis: its own). A block that changes `chain.toml`
-//! changes who certifies the blocks after it, from the next height on,
-//! never itself.
+//! **The validator set of a block** is the one in the `chain.toml` of its
+//! parents with the highest epoch (genesis: its own). A block that changes
+//! `chain.toml` (a `chain set` transaction, [`crate::governance`]) changes
+//! who certifies the blocks after it, from the next height on, never
+//! itself. While a change is under way the set has `outgoing` validators,
+//! and a certificate needs the quorum of both.
 
 use std::collections::BTreeSet;
 
@@ -129,6 +131,17 @@ pub enum CertError {
         /// The quorum of the block's validator set.
         quorum: u32,
     },
+    /// During a change, fewer outgoing validators than their quorum.
+    #[error("{found} votes of the outgoing validators, their quorum is {quorum}")]
+    TooFewOutgoing {
+        /// Distinct outgoing validators that voted.
+        found: usize,
+        /// The outgoing quorum.
+        quorum: u32,
+    },
+    /// The parents name different validator sets at one epoch.
+    #[error("the block has no validator set: {0}")]
+    NoSet(String),
     /// Signing a vote failed.
     #[error("cannot sign the vote: {0}")]
     Sign(String),
@@ -214,8 +227,9 @@ impl Certificate {
 
     /// Checks the certificate commits `block` at `height` on `chain` under
     /// `validators` (the block's validator set, see the module docs):
-    /// every vote verifies, is by a distinct validator, and there are at
-    /// least a quorum of them. Returns the validators' names.
+    /// every vote verifies, is by a distinct validator (or outgoing
+    /// validator), and there are at least a quorum of them (and, during a
+    /// change, of the outgoing ones). Returns the voters' names.
     pub fn verify(
         &self,
         chain: &str,
@@ -231,30 +245,42 @@ impl Certificate {
         }
         let mut seen = BTreeSet::new();
         let mut names = Vec::new();
+        let find = |set: &[crate::layout::Member], key: &str| {
+            set.iter()
+                .find(|m| Signer::parse(&m.key).is_some_and(|k| k.to_openssh() == key))
+                .map(|m| m.name.clone())
+        };
+        let (mut members, mut outgoing) = (0, 0);
         for (i, vote) in self.votes.iter().enumerate() {
             let signer = vote
                 .verify(chain, block, height)
                 .map_err(|error| CertError::BadVote { vote: i + 1, error })?;
             let key = signer.to_openssh();
-            let Some(member) = validators
-                .validators
-                .iter()
-                .find(|m| Signer::parse(&m.key).is_some_and(|k| k.to_openssh() == key))
-            else {
+            let member = find(&validators.validators, &key);
+            let out = find(&validators.outgoing, &key);
+            let Some(name) = member.clone().or(out.clone()) else {
                 return Err(CertError::NotValidator {
                     vote: i + 1,
                     key: signer.fingerprint(),
                 });
             };
             if !seen.insert(key) {
-                return Err(CertError::Twice(member.name.clone()));
+                return Err(CertError::Twice(name));
             }
-            names.push(member.name.clone());
+            members += usize::from(member.is_some());
+            outgoing += usize::from(out.is_some());
+            names.push(name);
         }
-        if names.len() < validators.quorum as usize {
+        if members < validators.quorum as usize {
             return Err(CertError::TooFew {
-                found: names.len(),
+                found: members,
                 quorum: validators.quorum,
+            });
+        }
+        if outgoing < validators.outgoing_quorum as usize {
+            return Err(CertError::TooFewOutgoing {
+                found: outgoing,
+                quorum: validators.outgoing_quorum,
             });
         }
         Ok(names)
@@ -269,13 +295,31 @@ fn note_path(block: BlockId) -> String {
 }
 
 impl Ledger {
-    /// The validator set that certifies `block`: its first parent's
-    /// `chain.toml` (genesis: its own).
-    pub fn validators_of(&self, block: &Block) -> Result<ChainConfig, LedgerError> {
-        match block.parents.first() {
-            Some(parent) => self.chain_config(&self.block(*parent)?),
-            None => self.chain_config(block),
+    /// The validator set that certifies `block`: the `chain.toml` of its
+    /// parents with the highest epoch (genesis: its own); `Err` inside
+    /// when two parents name different sets at that epoch.
+    pub fn validators_of(&self, block: &Block) -> Result<Result<ChainConfig, String>, LedgerError> {
+        if block.parents.is_empty() {
+            return Ok(Ok(self.chain_config(block)?));
         }
+        let mut configs = Vec::with_capacity(block.parents.len());
+        for p in &block.parents {
+            configs.push(self.chain_config(&self.block(*p)?)?);
+        }
+        Ok(ChainConfig::certifying(&configs).cloned())
+    }
+
+    /// The `chain.toml` `block` changes to, when its epoch is newer than
+    /// every parent's (the block carries a `chain set`): what consensus
+    /// needs to know of a block's validator set.
+    pub fn set_change(&self, block: &Block) -> Result<Option<ChainConfig>, LedgerError> {
+        let own = self.chain_config(block)?;
+        for p in &block.parents {
+            if self.chain_config(&self.block(*p)?)?.epoch >= own.epoch {
+                return Ok(None);
+            }
+        }
+        Ok((!block.parents.is_empty()).then_some(own))
     }
 
     /// Checks `cert` against `block` and its validator set.
@@ -284,7 +328,10 @@ impl Ledger {
         block: &Block,
         cert: &Certificate,
     ) -> Result<Result<Vec<String>, CertError>, LedgerError> {
-        let validators = self.validators_of(block)?;
+        let validators = match self.validators_of(block)? {
+            Ok(v) => v,
+            Err(why) => return Ok(Err(CertError::NoSet(why))),
+        };
         Ok(cert.verify(&validators.chain, block.id, block.height, &validators))
     }
 

@@ -50,6 +50,9 @@ pub enum LayoutError {
         /// The name.
         name: String,
     },
+    /// A dapp named like a built-in.
+    #[error("dapp name {0:?} is reserved: transactions to it change chain.toml")]
+    Reserved(String),
     /// A state path component git or a filesystem would refuse or misread.
     #[error("state path {path:?} is not allowed: {why}")]
     StatePath {
@@ -76,6 +79,9 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), LayoutError> {
         && name
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
+    if ok && what == "dapp" && name == crate::governance::CHAIN_DAPP {
+        return Err(LayoutError::Reserved(name.to_string()));
+    }
     if ok {
         Ok(())
     } else {
@@ -165,6 +171,15 @@ pub struct ChainConfig {
     /// Votes that commit a block; at least `floor(2n/3) + 1` of `n`
     /// validators, at most `n`.
     pub quorum: u32,
+    /// 0 at genesis; every change of this file (a `chain set`
+    /// transaction) adds one. A block is certified by the `chain.toml` of
+    /// its parents with the highest epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    /// Votes of `outgoing` validators a block also needs while a change of
+    /// the validators is under way (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outgoing_quorum: u32,
     /// Dapps run read-only over every proposed state; all must pass.
     #[serde(default)]
     pub test_dapps: Vec<String>,
@@ -174,6 +189,15 @@ pub struct ChainConfig {
     /// that keep working offline) but do not vote.
     #[serde(default)]
     pub devices: Vec<Member>,
+    /// While a change of the validators is under way: the validators
+    /// before it, who still vote (and must reach `outgoing_quorum`) until
+    /// a second change completes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outgoing: Vec<Member>,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl ChainConfig {
@@ -182,13 +206,68 @@ impl ChainConfig {
         Self {
             chain: chain.to_string(),
             quorum: 1,
+            epoch: 0,
+            outgoing_quorum: 0,
             test_dapps: Vec::new(),
             validators: vec![Member {
                 name: name.to_string(),
                 key: key.to_openssh(),
             }],
             devices: Vec::new(),
+            outgoing: Vec::new(),
         }
+    }
+
+    /// The `chain.toml` a change to `desired` leads to: one epoch on, with
+    /// `desired`'s validators, quorum, devices and test dapps. When the
+    /// validators' keys change, the current validators stay on as
+    /// `outgoing` (a block then needs both quorums); a change to the same
+    /// keys completes one under way.
+    pub fn next(&self, desired: &ChainConfig) -> ChainConfig {
+        let keys = |ms: &[Member]| {
+            let mut k: Vec<String> = ms.iter().map(|m| m.key.clone()).collect();
+            k.sort();
+            k
+        };
+        let same = keys(&self.validators) == keys(&desired.validators);
+        ChainConfig {
+            chain: desired.chain.clone(),
+            quorum: desired.quorum,
+            epoch: self.epoch + 1,
+            outgoing_quorum: if same { 0 } else { self.quorum },
+            test_dapps: desired.test_dapps.clone(),
+            validators: desired.validators.clone(),
+            devices: desired.devices.clone(),
+            outgoing: if same {
+                Vec::new()
+            } else {
+                self.validators.clone()
+            },
+        }
+    }
+
+    /// Of the parents' configs, the one that certifies a block over them:
+    /// the highest epoch. Two different configs at that epoch are an error
+    /// (two changes approved over one state).
+    pub fn certifying<'a>(
+        parents: impl IntoIterator<Item = &'a ChainConfig>,
+    ) -> Result<&'a ChainConfig, String> {
+        let mut top: Option<&ChainConfig> = None;
+        for c in parents {
+            match top {
+                Some(t) if t.epoch > c.epoch => {}
+                Some(t) if t.epoch == c.epoch => {
+                    if t != c {
+                        return Err(format!(
+                            "its parents' chain.toml differ at epoch {}",
+                            c.epoch
+                        ));
+                    }
+                }
+                _ => top = Some(c),
+            }
+        }
+        top.ok_or_else(|| "it has no parents".to_string())
     }
 
     /// The smallest quorum that keeps two quorums overlapping in an
@@ -243,6 +322,28 @@ impl ChainConfig {
         for d in &self.test_dapps {
             check_name("dapp", d)?;
         }
+        let out = self.outgoing.len();
+        if out == 0 && self.outgoing_quorum != 0 {
+            return Err(bad("outgoing_quorum without outgoing validators".into()));
+        }
+        if out > 0 {
+            let min = Self::min_quorum(out);
+            if self.outgoing_quorum < min || self.outgoing_quorum as usize > out {
+                return Err(bad(format!(
+                    "outgoing_quorum {} is outside {min}..={out} for {out} outgoing validators",
+                    self.outgoing_quorum
+                )));
+            }
+        }
+        let mut out_keys = HashSet::new();
+        for m in &self.outgoing {
+            check_name("member", &m.name)?;
+            let key = Signer::parse(&m.key)
+                .ok_or_else(|| bad(format!("{}: {:?} is not an ssh-ed25519 key", m.name, m.key)))?;
+            if !out_keys.insert(key.to_openssh()) {
+                return Err(bad(format!("the outgoing key of {} appears twice", m.name)));
+            }
+        }
         Ok(())
     }
 
@@ -251,11 +352,13 @@ impl ChainConfig {
         toml::to_string(self).expect("a chain config always serializes")
     }
 
-    /// The member (validator or device) with this key.
+    /// The member (validator, device, or outgoing validator) with this
+    /// key: who may sign a block this config certifies.
     pub fn member(&self, key: &Signer) -> Option<&Member> {
         self.validators
             .iter()
             .chain(&self.devices)
+            .chain(&self.outgoing)
             .find(|m| Signer::parse(&m.key).as_ref() == Some(key))
     }
 }

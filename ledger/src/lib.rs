@@ -6,6 +6,8 @@
 //! - [`tx`]: transactions, canonical JSON signed in namespace `utter-tx`.
 //! - [`block`]: a block's commit message and results line formats.
 //! - [`layout`]: the tree layout and the rules names and configs follow.
+//! - [`governance`]: the `chain set` transaction that changes `chain.toml`,
+//!   approved by a quorum of the validators.
 //! - [`pointer`]: pointer blobs for values kept in the chunkstore.
 //! - [`Ledger`]: the repository: write blocks, read state, branches and DAG
 //!   queries, and [`Ledger::verify`] over the whole DAG.
@@ -17,6 +19,7 @@ pub mod block;
 pub mod cert;
 mod dag;
 mod diff;
+pub mod governance;
 pub mod key;
 pub mod layout;
 mod pack;

@@ -38,6 +38,10 @@ pub enum BlockError {
     /// Signed by a key that `chain.toml` of its parent does not list.
     #[error("is signed by {0}, which is not a validator or device in chain.toml")]
     UnknownSigner(String),
+    /// Its `chain.toml` goes back an epoch, changes without a new epoch,
+    /// or its parents disagree on one.
+    #[error("has an inconsistent chain.toml: {0}")]
+    Epoch(String),
     /// The message is not a summary plus `Height:` and `Chain:` trailers.
     #[error("has a malformed message: {0}")]
     Message(String),
@@ -394,12 +398,40 @@ impl Walk<'_> {
             Err(e) => return Ok(Err(e)),
         };
         *own_config = Some(config.clone());
-        let signers = match report.parents.first() {
-            None => config.clone(),
-            Some(p) => self.done[p]
-                .config
-                .clone()
-                .expect("a valid block has a config"),
+        // The parents' config with the highest epoch lists the signers
+        // (genesis: its own); the block's own may only be that one or a
+        // later epoch (a `chain set` transaction, which re-execution
+        // checks).
+        let signers = if report.parents.is_empty() {
+            config.clone()
+        } else {
+            let parents: Vec<&ChainConfig> = report
+                .parents
+                .iter()
+                .map(|p| {
+                    &**self.done[p]
+                        .config
+                        .as_ref()
+                        .expect("a valid block has a config")
+                })
+                .collect();
+            let top = match ChainConfig::certifying(parents) {
+                Ok(top) => top.clone(),
+                Err(why) => return Ok(Err(BlockError::Epoch(why))),
+            };
+            if config.epoch < top.epoch {
+                return Ok(Err(BlockError::Epoch(format!(
+                    "epoch {} after its parent's epoch {}",
+                    config.epoch, top.epoch
+                ))));
+            }
+            if config.epoch == top.epoch && *config != top {
+                return Ok(Err(BlockError::Epoch(format!(
+                    "it changes chain.toml but keeps epoch {}",
+                    config.epoch
+                ))));
+            }
+            Arc::new(top)
         };
         let Some(member) = signers.member(&signer) else {
             return Ok(Err(BlockError::UnknownSigner(signer.to_openssh())));

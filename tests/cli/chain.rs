@@ -11,13 +11,13 @@ use serde_json::Value;
 
 use super::*;
 
-fn git(data: &Path) -> Command {
+pub(crate) fn git(data: &Path) -> Command {
     let mut c = Command::new("git");
     c.arg("--git-dir").arg(data.join("ledger.git"));
     c
 }
 
-fn git_ok(cmd: &mut Command) -> String {
+pub(crate) fn git_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("git runs");
     assert!(
         out.status.success(),
@@ -28,7 +28,7 @@ fn git_ok(cmd: &mut Command) -> String {
 }
 
 /// Runs `cmd` with `input` on its stdin.
-fn with_input(cmd: &mut Command, input: &str) -> Output {
+pub(crate) fn with_input(cmd: &mut Command, input: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -61,7 +61,7 @@ fn sign(data: &Path, dapp: &str, action: &str, args: &str, nonce: u64) -> String
 
 /// `git commit-tree -S` with the node's own key: a commit utter's
 /// signature check accepts, whatever its content.
-fn sign_commit(data: &Path, tree: &str, parents: &[&str], message: &str) -> String {
+pub(crate) fn sign_commit(data: &Path, tree: &str, parents: &[&str], message: &str) -> String {
     let keyfile = data.join("keys/node");
     let mut cmd = git(data);
     cmd.args(["-c", "gpg.format=ssh", "-c"])
@@ -119,7 +119,7 @@ fn forged_block_is_caught(
     forged
 }
 
-fn propose(data: &Path, lines: &[String]) -> Value {
+pub(crate) fn propose(data: &Path, lines: &[String]) -> Value {
     let txs = file(data, "txs.jsonl", (lines.join("\n") + "\n").as_bytes());
     let out = ok(utter(data)
         .args(["block", "propose", "--json", "--txs"])
@@ -127,7 +127,7 @@ fn propose(data: &Path, lines: &[String]) -> Value {
     serde_json::from_str(&out).expect("block propose --json prints JSON")
 }
 
-fn reasons(block: &Value) -> Vec<String> {
+pub(crate) fn reasons(block: &Value) -> Vec<String> {
     block["results"]
         .as_array()
         .expect("results")
@@ -456,7 +456,7 @@ fn a_missing_image_rejects_its_dapps_transactions_and_the_chain_goes_on() {
     assert_eq!(r[1], "accepted 1");
 }
 
-fn public_key(data: &Path) -> String {
+pub(crate) fn public_key(data: &Path) -> String {
     let v: Value =
         serde_json::from_str(&ok(utter(data).args(["key", "show", "--json"]))).expect("json");
     v["public_key"].as_str().expect("public_key").to_string()

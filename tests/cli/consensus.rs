@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use utter_chunkstore::{OpenOptions, Store};
 use utter_consensus::executor::{Executor, Images, Verdict};
-use utter_consensus::{Action, Config, Event, Header, Kind, Machine, Message, NodeId, TxId, Vote};
+use utter_consensus::{
+    Action, Config, Event, Header, Kind, Machine, Message, NodeId, TxId, Validators, Vote,
+};
 use utter_images::Images as ImageStore;
 use utter_ledger::cert::{Certificate, SignedVote};
 use utter_ledger::key::Keypair;
@@ -67,8 +69,15 @@ fn tx_id(line: &str) -> TxId {
     TxId(*blake3::hash(line.as_bytes()).as_bytes())
 }
 
-fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId) -> Header {
+fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId, keys: &[String]) -> Header {
     let block = ledger.block(id).unwrap();
+    // A block that changes chain.toml names its new set, numbered as the
+    // validators are here.
+    let validators = ledger.set_change(&block).unwrap().map(|config| {
+        Arc::new(Validators::from_config(&config, |key| {
+            keys.iter().position(|k| k == key).map(|i| i as NodeId)
+        }))
+    });
     Header {
         id,
         parents: block.parents.clone(),
@@ -81,7 +90,7 @@ fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId) -> Header 
             .iter()
             .map(|l| tx_id(l))
             .collect(),
-        validators: None,
+        validators,
     }
 }
 
@@ -391,6 +400,7 @@ fn act(
             txs,
         } => {
             assert_eq!(kind, Kind::Proposal);
+            let keys: Vec<String> = vs.iter().map(|v| v.key.public().to_openssh()).collect();
             let v = &mut vs[i];
             let lines: Vec<String> = txs.iter().map(|t| v.lines[t].clone()).collect();
             let time = T0 + now.as_secs() as i64;
@@ -398,7 +408,7 @@ fn act(
                 .executor
                 .propose_on(&mut v.helper, &mut v.images, &parents, &lines, time, &v.key)
                 .unwrap();
-            let h = header(v.ledger, proposed.block.id, round, me);
+            let h = header(v.ledger, proposed.block.id, round, me, &keys);
             v.machine.handle(now, Event::Proposed(h));
         }
         Action::PersistVoteTip(block) => {

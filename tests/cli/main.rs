@@ -7,6 +7,7 @@ mod chain;
 mod chunks;
 mod consensus;
 mod crash;
+mod governance;
 mod image;
 mod key;
 mod ledger;

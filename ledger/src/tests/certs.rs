@@ -1,6 +1,7 @@
 //! Commit certificates: stored as git notes `git notes` reads, votes
 //! `ssh-keygen -Y verify` accepts, checked against the block's validator
-//! set (its first parent's `chain.toml`).
+//! set (its parents' `chain.toml` with the highest epoch; both quorums
+//! while a change is under way).
 
 use std::process::Command;
 
@@ -18,6 +19,7 @@ fn set(keys: &[(&str, &Keypair)]) -> ChainConfig {
     let mut c = ChainConfig::single(CHAIN, keys[0].0, &keys[0].1.public());
     c.validators = keys.iter().map(|(n, k)| member(n, k)).collect();
     c.quorum = ChainConfig::min_quorum(keys.len());
+    c.epoch = 1;
     c
 }
 
@@ -143,34 +145,60 @@ fn certificates_are_git_notes_checked_against_the_validator_set() {
 }
 
 #[test]
-fn a_validator_set_change_takes_effect_from_the_next_height() {
+fn a_validator_set_change_is_joint_until_completed_and_counts_from_the_next_height() {
     let f = Fixture::new();
     let l = &f.ledger;
-    let new = Keypair::generate("new").unwrap();
-    // Block 1 replaces the node key with a new validator.
+    let new: Vec<Keypair> = (0..3)
+        .map(|i| Keypair::generate(&format!("n{i}")).unwrap())
+        .collect();
+    let genesis = l.chain_config(&f.genesis).unwrap();
+    let mut desired = set(&[("n0", &new[0]), ("n1", &new[1]), ("n2", &new[2])]);
+    desired.epoch = 0;
+    // Block 1 moves to the three new validators: a joint set, with the
+    // node key outgoing.
+    let joint = genesis.next(&desired);
+    assert_eq!((joint.epoch, joint.outgoing.len()), (1, 1));
     let mut c = Changes::new();
-    c.set_chain(&set(&[("new", &new)])).unwrap();
+    c.set_chain(&joint).unwrap();
     let b1 = f.block(&[f.genesis.id], c, vec![]);
     let b2 = f.block(&[b1.id], Changes::new(), vec![]);
-    // Block 1 is certified by the set before it; block 2 by the new one.
-    assert!(
-        l.check_certificate(&b1, &cert(&b1, &[&f.key]))
-            .unwrap()
-            .is_ok()
+    let check = |b: &Block, keys: &[&Keypair]| l.check_certificate(b, &cert(b, keys)).unwrap();
+    // Block 1 is certified by the set before it.
+    assert!(check(&b1, &[&f.key]).is_ok());
+    assert!(check(&b1, &[&new[0], &new[1], &new[2]]).is_err());
+    // Block 2 needs both quorums.
+    assert_eq!(
+        check(&b2, &[&new[0], &new[1], &new[2]]),
+        Err(CertError::TooFewOutgoing {
+            found: 0,
+            quorum: 1
+        })
     );
-    assert!(
-        l.check_certificate(&b1, &cert(&b1, &[&new]))
-            .unwrap()
-            .is_err()
+    assert_eq!(
+        check(&b2, &[&f.key, &new[0]]),
+        Err(CertError::TooFew {
+            found: 1,
+            quorum: 3
+        })
     );
-    assert!(
-        l.check_certificate(&b2, &cert(&b2, &[&new]))
-            .unwrap()
-            .is_ok()
-    );
-    assert!(
-        l.check_certificate(&b2, &cert(&b2, &[&f.key]))
-            .unwrap()
-            .is_err()
-    );
+    assert!(check(&b2, &[&new[0], &f.key, &new[1], &new[2]]).is_ok());
+    // Block 3 completes the change; block 4 on is the new set's alone.
+    let done = joint.next(&desired);
+    assert_eq!((done.epoch, done.outgoing.len()), (2, 0));
+    let mut c = Changes::new();
+    c.set_chain(&done).unwrap();
+    let b3 = f.block(&[b2.id], c, vec![]);
+    let b4 = f.block(&[b3.id], Changes::new(), vec![]);
+    assert!(check(&b3, &[&f.key, &new[0], &new[1], &new[2]]).is_ok());
+    assert!(check(&b4, &[&new[0], &new[1], &new[2]]).is_ok());
+    assert!(matches!(
+        check(&b4, &[&f.key, &new[0], &new[1], &new[2]]),
+        Err(CertError::NotValidator { vote: 1, .. })
+    ));
+    // A merge is certified by the parent with the highest epoch.
+    let side = f.block(&[f.genesis.id], Changes::new(), vec![]);
+    let mut parents = [side.id, b4.id];
+    parents.sort();
+    let merge = f.block(&parents, Changes::new(), vec![]);
+    assert_eq!(l.validators_of(&merge).unwrap(), Ok(done.clone()));
 }
