@@ -196,6 +196,18 @@ pub struct ChainConfig {
     pub outgoing: Vec<Member>,
 }
 
+/// A quorum must be between `floor(2n/3) + 1` and `n`.
+fn check_quorum(field: &str, quorum: u32, n: usize, of: &str) -> Result<(), LayoutError> {
+    let min = ChainConfig::min_quorum(n);
+    if quorum < min || quorum as usize > n {
+        return Err(LayoutError::Config {
+            file: CHAIN_TOML.into(),
+            why: format!("{field} {quorum} is outside {min}..={n} for {n} {of}"),
+        });
+    }
+    Ok(())
+}
+
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -299,13 +311,7 @@ impl ChainConfig {
         if n == 0 {
             return Err(bad("there must be at least one validator".into()));
         }
-        let min = Self::min_quorum(n);
-        if self.quorum < min || self.quorum as usize > n {
-            return Err(bad(format!(
-                "quorum {} is outside {min}..={n} for {n} validators",
-                self.quorum
-            )));
-        }
+        check_quorum("quorum", self.quorum, n, "validators")?;
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
         for m in self.validators.iter().chain(&self.devices) {
@@ -327,13 +333,12 @@ impl ChainConfig {
             return Err(bad("outgoing_quorum without outgoing validators".into()));
         }
         if out > 0 {
-            let min = Self::min_quorum(out);
-            if self.outgoing_quorum < min || self.outgoing_quorum as usize > out {
-                return Err(bad(format!(
-                    "outgoing_quorum {} is outside {min}..={out} for {out} outgoing validators",
-                    self.outgoing_quorum
-                )));
-            }
+            check_quorum(
+                "outgoing_quorum",
+                self.outgoing_quorum,
+                out,
+                "outgoing validators",
+            )?;
         }
         let mut out_keys = HashSet::new();
         for m in &self.outgoing {

@@ -44,7 +44,7 @@ pub(crate) fn with_input(cmd: &mut Command, input: &str) -> Output {
     child.wait_with_output().expect("the command ends")
 }
 
-fn sign(data: &Path, dapp: &str, action: &str, args: &str, nonce: u64) -> String {
+pub(crate) fn sign(data: &Path, dapp: &str, action: &str, args: &str, nonce: u64) -> String {
     ok(utter(data).args([
         "tx",
         "sign",

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::chain::{git, git_ok, propose, public_key, reasons, sign_commit, with_input};
+use super::chain::{git, git_ok, propose, public_key, reasons, sign, sign_commit, with_input};
 use super::*;
 
 /// `chain.toml` text naming these validators.
@@ -166,27 +166,13 @@ fn a_quorum_of_validators_changes_the_set_through_a_joint_epoch() {
         "at": at,
         "approvals": [sig1],
     });
-    let sign = |action: &str, args: &str, nonce: u64| {
-        ok(utter(&data).args([
-            "tx",
-            "sign",
-            "chain",
-            action,
-            "--args",
-            args,
-            "--nonce",
-            &nonce.to_string(),
-        ]))
-        .trim()
-        .to_string()
-    };
-    let too_few = sign("set", &args.to_string(), 2);
+    let too_few = sign(&data, "chain", "set", &args.to_string(), 2);
     // The step-1 approvals again: chain.toml moved on since.
     let stale = change_tx(&data, &three, &[&a0], 3);
     let mut bad_args = args.clone();
     bad_args["at"] = Value::from("0".repeat(40));
-    let unknown_at = sign("set", &bad_args.to_string(), 4);
-    let no_action = sign("drop", "{}", 5);
+    let unknown_at = sign(&data, "chain", "set", &bad_args.to_string(), 4);
+    let no_action = sign(&data, "chain", "drop", "{}", 5);
     let b2 = propose(&data, &[too_few, stale, unknown_at, no_action]);
     let r = reasons(&b2);
     assert!(
