@@ -225,7 +225,8 @@ pub fn sandbox_helper(data_dir: &Path) -> Result<ExitCode> {
     utter_runtime::runtime_base(&data_dir::runtime_base())
         .context("cannot set up the container runtime")?;
     let runtime = Runtime::open(data_dir::runtime(data_dir))
-        .context("cannot set up the container runtime")?;
+        .context("cannot set up the container runtime")?
+        .with_network_ahead();
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     utter_runtime::helper::serve(&runtime, stdin, stdout).context("the helper's pipe broke")?;

@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -148,6 +148,10 @@ pub struct Runtime {
     state: PathBuf,
     jobs: PathBuf,
     privilege: Privilege,
+    /// Make the next container's network namespace while this one runs.
+    network_ahead: bool,
+    /// That namespace, being made or made.
+    next_network: std::sync::Mutex<Option<std::thread::JoinHandle<io::Result<OwnedFd>>>>,
 }
 
 /// Held around every libcontainer call that creates or starts a process:
@@ -199,13 +203,56 @@ impl Runtime {
                 ),
             });
         }
+        // libcontainer's two child processes look CPU features up lazily
+        // (the `memchr` crate asks std's detector, which runs `cpuid`, a
+        // trap to the hypervisor on a VM) while the container is being
+        // set up; looked up once here, they inherit the answer.
+        #[cfg(target_arch = "x86_64")]
+        let _ = std::arch::is_x86_feature_detected!("avx2");
         let runtime = Self {
             state,
             jobs,
             privilege,
+            network_ahead: false,
+            next_network: std::sync::Mutex::new(None),
         };
         runtime.sweep();
         Ok(runtime)
+    }
+
+    /// For a runtime that runs container after container (a node's
+    /// helper): each container's network namespace is made in the
+    /// background while the one before runs, so it is ready when the
+    /// container starts. A one-off run would only make one to throw away.
+    pub fn with_network_ahead(mut self) -> Self {
+        self.network_ahead = true;
+        self
+    }
+
+    /// A new network namespace for the next container, as an open file,
+    /// when the container will join one rather than make its own (as
+    /// root: a rootless container's user namespace may not join one owned
+    /// by the host's). Making one takes about 0.5 ms (registering the
+    /// loopback device and the per-namespace sysctls); done here, on a
+    /// thread of this process, it happens while the container's cgroup
+    /// migration waits for the kernel instead of after it, in the
+    /// container's init. Each container still gets a namespace of its own,
+    /// new and untouched. `None` also when making one fails: the init then
+    /// makes it, and reports the failure as before.
+    fn network_namespace(&self) -> Option<OwnedFd> {
+        if self.privilege != Privilege::Root {
+            return None;
+        }
+        let mut next = self.next_network.lock().unwrap_or_else(|e| e.into_inner());
+        let made = next
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .and_then(Result::ok);
+        let net = made.or_else(|| make_network_namespace().ok()?.join().ok()?.ok());
+        if self.network_ahead {
+            *next = make_network_namespace().ok();
+        }
+        net
     }
 
     /// Whether containers run as root with cgroup limits, or rootless.
@@ -311,6 +358,21 @@ impl Runtime {
         }
     }
 
+    /// Removes container `id` after its init was reaped: its cgroup and
+    /// its state directory. The init led the container's pid namespace, so
+    /// the kernel killed and reaped every other process of it before the
+    /// init's own exit completed; no process is left to kill. Nothing else
+    /// needs undoing (utter's specs have no hooks), so this is
+    /// libcontainer's delete without looking the cgroup hierarchies up
+    /// again; when a step fails, [`Runtime::destroy`] does the full one.
+    pub(crate) fn remove_exited(&self, id: &str) {
+        let removed = remove_cgroup(&format!("utter/{id}"))
+            && fs::remove_dir_all(self.state.join(id)).is_ok();
+        if !removed {
+            self.destroy(id);
+        }
+    }
+
     /// Creates container `id` from `job` with `bundle` as its bundle
     /// directory, wiring its stdio. Returns the created (not yet started)
     /// container.
@@ -324,7 +386,22 @@ impl Runtime {
         check_command(job)?;
         prepare_mount_points(job)?;
         let config = bundle.join("config.json");
-        let spec = runtime_spec(job, &format!("/utter/{id}"), self.privilege);
+        // Held until the init has joined it (`build` returns once the init
+        // is ready); the container's processes keep it alive from then on.
+        let network = self.network_namespace();
+        let network_path = network.as_ref().map(|fd| {
+            PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                fd.as_raw_fd()
+            ))
+        });
+        let spec = runtime_spec(
+            job,
+            &format!("/utter/{id}"),
+            self.privilege,
+            network_path.as_deref(),
+        );
         fs::write(
             &config,
             serde_json::to_vec(&spec).expect("a JSON value serializes"),
@@ -382,7 +459,10 @@ impl Sandbox for Runtime {
         let id = self.new_id();
         let bundle = self.job_dir(&id)?;
         let result = self.run_in(&id, &bundle, job, stdio);
-        self.destroy(&id);
+        match result {
+            Ok(_) => self.remove_exited(&id),
+            Err(_) => self.destroy(&id),
+        }
         remove_job_dir(&bundle);
         result
     }
@@ -394,6 +474,27 @@ impl Sandbox for Runtime {
         let scratch = Scratch { job_dir, path };
         mounted.map(|()| scratch)
     }
+}
+
+/// Makes a network namespace on a new thread (`unshare` moves only the
+/// calling thread into it) and returns it as an open file.
+fn make_network_namespace() -> io::Result<std::thread::JoinHandle<io::Result<OwnedFd>>> {
+    std::thread::Builder::new()
+        .name("utter-netns".into())
+        .spawn(|| {
+            #[allow(unsafe_code)]
+            // SAFETY: `unshare_unsafe` is unsafe for `FILES`, which would
+            // split this thread's file table from the others'; `NEWNET`
+            // only moves this thread, which opens the namespace and ends.
+            unsafe {
+                rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)?;
+            }
+            Ok(rustix::fs::open(
+                "/proc/thread-self/ns/net",
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?)
+        })
 }
 
 /// Starts, on a background thread, a no-op cgroup migration of this
@@ -551,6 +652,78 @@ pub(crate) fn userns_refusal(
         );
     }
     None
+}
+
+/// Where the cgroup hierarchies (v1 controllers, the unified v2 one) are
+/// mounted in this process's mount namespace; read once.
+fn cgroup_mounts() -> &'static [PathBuf] {
+    static MOUNTS: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .map(|table| cgroup_mounts_in(&table))
+            .unwrap_or_default()
+    })
+}
+
+/// The mount points of `cgroup` and `cgroup2` filesystems in a
+/// `/proc/<pid>/mountinfo` table.
+fn cgroup_mounts_in(table: &str) -> Vec<PathBuf> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            let fs_type = fs.split(' ').next()?;
+            let point = mount.split(' ').nth(4)?;
+            matches!(fs_type, "cgroup" | "cgroup2").then(|| PathBuf::from(unescape_mount(point)))
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` is a space).
+fn unescape_mount(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            d.iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+                .then(|| d.iter().fold(0u32, |n, b| n * 8 + u32::from(b - b'0')))
+        });
+        match octal {
+            Some(value) if bytes[i] == b'\\' && value <= 0xff => {
+                out.push(value as u8);
+                i += 4;
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Removes cgroup `path` (relative to the hierarchy roots) from every
+/// hierarchy that has it. An empty cgroup may stay busy for a moment after
+/// its last process was reaped, so `EBUSY` is retried for up to 100 ms.
+/// Whether it is gone from all of them.
+fn remove_cgroup(path: &str) -> bool {
+    cgroup_mounts().iter().all(|mount| {
+        let dir = mount.join(path);
+        for _ in 0..100 {
+            match fs::remove_dir(&dir) {
+                Ok(()) => return true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    })
 }
 
 /// Whether `/sys/fs/cgroup` is the unified (v2) hierarchy.
@@ -930,6 +1103,34 @@ mod tests {
         );
         let ubuntu = userns_refusal(Some(10), None, Some(1)).expect("refused");
         assert!(ubuntu.contains("apparmor"), "{ubuntu}");
+    }
+
+    #[test]
+    fn cgroup_mounts_are_read_from_mountinfo() {
+        let table = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+34 30 0:30 / /sys/fs/cgroup/my\\040pids rw - cgroup cgroup rw,pids
+40 22 0:35 / /mnt/a\\134b rw - ext4 /dev/sda rw
+";
+        assert_eq!(
+            cgroup_mounts_in(table),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+                PathBuf::from("/sys/fs/cgroup/my pids"),
+            ]
+        );
+        assert_eq!(unescape_mount("a\\134b\\0"), "a\\b\\0");
+        // The host's own table names the hierarchy this process is in.
+        let procs = own_cgroup_procs().expect("a cgroup");
+        assert!(
+            cgroup_mounts().iter().any(|m| procs.starts_with(m)),
+            "{procs:?} is under none of {:?}",
+            cgroup_mounts()
+        );
     }
 
     #[test]

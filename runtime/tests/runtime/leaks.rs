@@ -29,13 +29,24 @@ fn count(state: &Path, jobs: &Path) -> Counts {
         .expect("mountinfo")
         .lines()
         .count();
+    // Every hierarchy: each v1 controller's, the unified one, and the
+    // root itself when it is the unified one.
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies: Vec<String> = fs::read_dir(root)
+        .expect("/sys/fs/cgroup")
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    hierarchies.sort();
+    hierarchies.push(String::new());
     let mut cgroups = Vec::new();
-    for controller in ["memory", "pids", "cpu", "unified", ""] {
-        let dir = Path::new("/sys/fs/cgroup").join(controller).join("utter");
+    for controller in hierarchies {
+        let dir = root.join(&controller).join("utter");
         let dirs = fs::read_dir(&dir)
             .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
             .unwrap_or(0);
-        cgroups.push((controller.to_string(), dirs));
+        cgroups.push((controller, dirs));
     }
     let me = std::process::id().to_string();
     let children = fs::read_dir("/proc")

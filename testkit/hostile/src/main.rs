@@ -3,7 +3,8 @@
 //! 1 means the system refused; the message names the error.
 //!
 //! Modes: `connect ADDR` (TCP), `ptrace` (attach to a child), `raw-socket`,
-//! `mount`, `unshare-user`, `alloc` (touch memory until killed), `segv` (a real fault), `read PATH`.
+//! `mount`, `unshare-user`, `alloc` (touch memory until killed), `segv` (a real fault), `read PATH`,
+//! `compat-syscall` (x86-64: `getpid` through the 32-bit `int 0x80` entry).
 //!
 //! Built statically by the tests (`utter_testkit::static_binary`) and run
 //! as the only file of an image.
@@ -106,6 +107,28 @@ fn main() -> ExitCode {
             unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
             ExitCode::SUCCESS
         }
+        #[cfg(target_arch = "x86_64")]
+        Some("compat-syscall") => {
+            let ret: i64;
+            // SAFETY: i386's getpid (20) through the 32-bit entry: no
+            // arguments, no memory; the kernel may clobber r8-r11.
+            unsafe {
+                std::arch::asm!(
+                    "int 0x80",
+                    inlateout("rax") 20i64 => ret,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    options(nostack),
+                );
+            }
+            report(
+                "32-bit system call",
+                if ret < 0 {
+                    Err(std::io::Error::from_raw_os_error(-ret as i32))
+                } else {
+                    Ok(())
+                },
+            )
+        }
         Some("read") => report(
             "read",
             std::fs::read(&arg).map(|bytes| {
@@ -114,7 +137,7 @@ fn main() -> ExitCode {
         ),
         _ => {
             eprintln!(
-                "usage: hostile connect ADDR | ptrace | raw-socket | mount | unshare-user | alloc | read PATH"
+                "usage: hostile connect ADDR | ptrace | raw-socket | mount | unshare-user | alloc | segv | read PATH | compat-syscall"
             );
             ExitCode::from(2)
         }
