@@ -3,7 +3,6 @@
 //! chain).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
@@ -189,13 +188,12 @@ fn finished_json(f: &Finished) -> serde_json::Value {
     })
 }
 
-fn exit_code(outcome: &Outcome) -> ExitCode {
-    ExitCode::from(outcome.exit_code().clamp(0, 255) as u8)
+fn exit_code(outcome: &Outcome) -> u8 {
+    outcome.exit_code().clamp(0, 255) as u8
 }
 
 /// `utter run`.
-pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
-    utter_runtime::prewarm_cgroup_migration();
+pub fn run(data_dir: &Path, args: RunArgs) -> Result<u8> {
     let runtime = open_runtime(data_dir)?;
     let (process, rootfs) = image_rootfs(data_dir, &args.image, args.json)?;
     let command = if args.command.is_empty() {
@@ -239,7 +237,7 @@ pub fn run(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
 }
 
 /// `utter dapp …`.
-pub fn dapp(data_dir: &Path, cmd: DappCommand) -> Result<ExitCode> {
+pub fn dapp(data_dir: &Path, cmd: DappCommand) -> Result<u8> {
     match cmd {
         DappCommand::Run(args) => dapp_run(data_dir, args),
     }
@@ -258,8 +256,7 @@ fn read_limited(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
-fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<ExitCode> {
-    utter_runtime::prewarm_cgroup_migration();
+fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<u8> {
     let entry = match args.entry {
         EntryArg::Apply => Entry::Apply,
         EntryArg::Test => Entry::Test,
@@ -386,9 +383,9 @@ fn dapp_run(data_dir: &Path, args: DappRunArgs) -> Result<ExitCode> {
         );
     }
     Ok(if ok {
-        ExitCode::SUCCESS
+        0
     } else {
-        ExitCode::from(run.finished.outcome.exit_code().clamp(1, 255) as u8)
+        run.finished.outcome.exit_code().clamp(1, 255) as u8
     })
 }
 
