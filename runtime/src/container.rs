@@ -224,6 +224,13 @@ impl Runtime {
     /// helper): each container's network namespace is made in the
     /// background while the one before runs, so it is ready when the
     /// container starts. A one-off run would only make one to throw away.
+    ///
+    /// libcontainer forks with a raw `clone3`, which does not take glibc's
+    /// allocator locks the way `fork` does; a thread freeing memory at that
+    /// moment could leave the child with a lock held forever. So no thread
+    /// of the runtime's runs while a container is created: the next
+    /// namespace is started once the container is built, and joined
+    /// before the next one is.
     pub fn with_network_ahead(mut self) -> Self {
         self.network_ahead = true;
         self
@@ -243,16 +250,26 @@ impl Runtime {
         if self.privilege != Privilege::Root {
             return None;
         }
-        let mut next = self.next_network.lock().unwrap_or_else(|e| e.into_inner());
-        let made = next
+        let made = self
+            .next_network
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .take()
             .and_then(|thread| thread.join().ok())
             .and_then(Result::ok);
-        let net = made.or_else(|| make_network_namespace().ok()?.join().ok()?.ok());
-        if self.network_ahead {
-            *next = make_network_namespace().ok();
+        made.or_else(|| make_network_namespace().ok()?.join().ok()?.ok())
+    }
+
+    /// Starts making the next container's network namespace, for a runtime
+    /// [`with_network_ahead`](Self::with_network_ahead); called once a
+    /// container is built.
+    fn make_next_network(&self) {
+        if self.network_ahead && self.privilege == Privilege::Root {
+            let mut next = self.next_network.lock().unwrap_or_else(|e| e.into_inner());
+            if next.is_none() {
+                *next = make_network_namespace().ok();
+            }
         }
-        net
     }
 
     /// Whether containers run as root with cgroup limits, or rootless.
@@ -425,6 +442,7 @@ impl Runtime {
             .with_systemd(false)
             .with_detach(false)
             .build();
+        self.make_next_network();
         built.map_err(|err| {
             reap_failed_build(&pid_file);
             start_error(err)
