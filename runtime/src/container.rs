@@ -726,22 +726,28 @@ fn unescape_mount(field: &str) -> std::ffi::OsString {
 /// Removes cgroup `path` (relative to the hierarchy roots) from every
 /// hierarchy that has it. An empty cgroup may stay busy for a moment after
 /// its last process was reaped, so `EBUSY` is retried for up to 100 ms.
-/// Whether it is gone from all of them.
+/// Whether it is gone from all of them; `false` when no hierarchy could be
+/// found at all (an unreadable mount table must not pass for a clean one).
 fn remove_cgroup(path: &str) -> bool {
-    cgroup_mounts().iter().all(|mount| {
-        let dir = mount.join(path);
-        for _ in 0..100 {
-            match fs::remove_dir(&dir) {
-                Ok(()) => return true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
-                    std::thread::sleep(Duration::from_millis(1));
+    remove_cgroup_in(cgroup_mounts(), path)
+}
+
+fn remove_cgroup_in(mounts: &[PathBuf], path: &str) -> bool {
+    !mounts.is_empty()
+        && mounts.iter().all(|mount| {
+            let dir = mount.join(path);
+            for _ in 0..100 {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => return true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(_) => return false,
                 }
-                Err(_) => return false,
             }
-        }
-        false
-    })
+            false
+        })
 }
 
 /// Whether `/sys/fs/cgroup` is the unified (v2) hierarchy.
@@ -1142,6 +1148,11 @@ mod tests {
             ]
         );
         assert_eq!(unescape_mount("a\\134b\\0"), "a\\b\\0");
+        // No hierarchy known: the fast removal reports failure, so the full
+        // delete runs instead of a cgroup being left behind unseen.
+        assert!(!remove_cgroup_in(&[], "utter/u1-0"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(remove_cgroup_in(&[dir.path().to_path_buf()], "utter/gone"));
         // The host's own table names the hierarchy this process is in.
         let procs = own_cgroup_procs().expect("a cgroup");
         assert!(
