@@ -33,8 +33,13 @@ const CF_PINS: &str = "chunkstore.pins";
 pub type Record = (Vec<u8>, Vec<u8>);
 
 /// Column family: small records of the store's other owners (the node's
-/// mempool, votes, peers), each key prefixed by its owner.
-const CF_RECORDS: &str = "records";
+/// mempool, votes, peers), each key prefixed by its owner. The store owns
+/// the family; its users reach it only through [`Store::records`] and
+/// [`Store::write_records`].
+const CF_RECORDS: &str = "chunkstore.records";
+/// What [`CF_RECORDS`] was called before it carried the prefix; moved into
+/// it the first time a writer opens an older store.
+const CF_RECORDS_OLD: &str = "records";
 const OWN_CFS: [&str; 6] = [
     CF_META,
     CF_CHUNKS,
@@ -280,71 +285,32 @@ fn cf_options(name: &str, blob_files: bool, cache: &rocksdb::Cache) -> Options {
 impl Store {
     /// Opens the store at `path` (a RocksDB directory), creating it if
     /// `options.create`.
+    ///
+    /// Creation is atomic: the store is made complete in a directory of
+    /// its own beside `path` and renamed into place, so a process killed
+    /// at any moment leaves either no store or one every opener reads.
     pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
-        let exists = path.join("CURRENT").exists();
-        if !exists && !options.create {
-            return Err(OpenError::NotFound { path });
-        }
         if let Some(c) = options.chunking {
             c.validate().map_err(|e| OpenError::Unusable {
                 path: path.clone(),
                 reason: e.to_string(),
             })?;
         }
-        if !exists {
-            std::fs::create_dir_all(&path).map_err(|source| OpenError::CreateDir {
-                path: path.clone(),
-                source,
-            })?;
+        if !is_store(&path) {
+            if !options.create || options.read_only {
+                return Err(OpenError::NotFound { path });
+            }
+            create_atomically(&path, options)?;
         }
         let threads = options
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .clamp(1, 16);
-
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.increase_parallelism(threads as i32);
-        db_opts.set_max_background_jobs(threads.max(2) as i32);
-        db_opts.set_bytes_per_sync(4 << 20);
-        db_opts.set_wal_bytes_per_sync(4 << 20);
-        db_opts.set_max_total_wal_size(256 << 20);
-        db_opts.set_keep_log_file_num(2);
-        db_opts.set_max_log_file_size(1 << 20);
-        db_opts.set_log_level(rocksdb::LogLevel::Warn);
-        // Chunks and their length records bypass the WAL in large batches;
-        // flushing every family together keeps them consistent after a crash.
-        db_opts.set_atomic_flush(true);
-        // New page-cache pages are the slowest part of writing on small
-        // machines: flushes write blob files with O_DIRECT where it works.
-        db_opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(&path));
-
-        // RocksDB insists on opening every column family a database has,
-        // including those of other owners that share the data dir's db.
-        let mut names: Vec<String> = OWN_CFS.iter().map(|s| s.to_string()).collect();
-        if exists {
-            for name in DB::list_cf(&db_opts, &path).map_err(|e| open_error(&path, e))? {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
+        let mut db = open_db(&path, options, threads, true)?;
+        if !options.read_only {
+            migrate_records(&mut db).map_err(|e| open_error(&path, e))?;
         }
-        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-        let cfs = names
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, options.blob_files, &cache)));
-        let db = if options.read_only {
-            if !exists {
-                return Err(OpenError::NotFound { path });
-            }
-            DB::open_cf_descriptors_read_only(&db_opts, &path, cfs, false)
-        } else {
-            DB::open_cf_descriptors(&db_opts, &path, cfs)
-        }
-        .map_err(|e| open_error(&path, e))?;
-
         let unusable = |reason: String| OpenError::Unusable {
             path: path.clone(),
             reason,
@@ -352,20 +318,10 @@ impl Store {
         let meta = db.cf_handle(CF_META).expect("opened above");
         let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| open_error(&path, e));
         let chunking = match (get(KEY_FORMAT)?, get(KEY_CHUNKING)?) {
-            (None, None) if options.read_only => {
-                return Err(unusable("it was never written to".into()));
-            }
             (None, None) => {
-                let chunking = options.chunking.unwrap_or_default();
-                let mut batch = WriteBatch::default();
-                batch.put_cf(meta, KEY_FORMAT, FORMAT.to_le_bytes());
-                batch.put_cf(meta, KEY_CHUNKING, chunking.encode());
-                batch.put_cf(meta, KEY_STATS, Stats::default().encode());
-                let mut sync = WriteOptions::default();
-                sync.set_sync(true);
-                db.write_opt(batch, &sync)
-                    .map_err(|e| open_error(&path, e))?;
-                chunking
+                return Err(unusable(
+                    "it has no format record (it was never completely created); move it aside and create it again".into(),
+                ));
             }
             (Some(format), Some(chunking)) => {
                 let format = <[u8; 4]>::try_from(format.as_slice())
@@ -738,6 +694,153 @@ impl Store {
             .put_cf(self.inner.cf(CF_CHUNKS), id.as_bytes(), bytes)
             .unwrap();
     }
+}
+
+/// Whether `path` holds a store: RocksDB writes `CURRENT` when it creates
+/// a database, and a store is only ever renamed into place complete.
+fn is_store(path: &Path) -> bool {
+    path.join("CURRENT").exists()
+}
+
+/// Opens RocksDB at `path` with every column family it has (RocksDB
+/// insists on opening those of other owners that share the data dir's
+/// db too).
+fn open_db(
+    path: &Path,
+    options: &OpenOptions,
+    threads: usize,
+    exists: bool,
+) -> Result<DB, OpenError> {
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(!exists);
+    db_opts.create_missing_column_families(true);
+    db_opts.increase_parallelism(threads as i32);
+    db_opts.set_max_background_jobs(threads.max(2) as i32);
+    db_opts.set_bytes_per_sync(4 << 20);
+    db_opts.set_wal_bytes_per_sync(4 << 20);
+    db_opts.set_max_total_wal_size(256 << 20);
+    db_opts.set_keep_log_file_num(2);
+    db_opts.set_max_log_file_size(1 << 20);
+    db_opts.set_log_level(rocksdb::LogLevel::Warn);
+    // Chunks and their length records bypass the WAL in large batches;
+    // flushing every family together keeps them consistent after a crash.
+    db_opts.set_atomic_flush(true);
+    // New page-cache pages are the slowest part of writing on small
+    // machines: flushes write blob files with O_DIRECT where it works.
+    db_opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(path));
+    let mut names: Vec<String> = OWN_CFS.iter().map(|s| s.to_string()).collect();
+    if exists {
+        for name in DB::list_cf(&db_opts, path).map_err(|e| open_error(path, e))? {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let cfs = names
+        .iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, cf_options(n, options.blob_files, &cache)));
+    if options.read_only {
+        DB::open_cf_descriptors_read_only(&db_opts, path, cfs, false)
+    } else {
+        DB::open_cf_descriptors(&db_opts, path, cfs)
+    }
+    .map_err(|e| open_error(path, e))
+}
+
+/// Makes a complete store (every family, the format and chunking records)
+/// in a directory beside `path`, syncs it and renames it to `path`. A
+/// directory at `path` without `CURRENT` is what a creation by an older
+/// utter left when it was killed: RocksDB never wrote a database there, so
+/// it is replaced. Leftovers of creations killed here are removed.
+fn create_atomically(path: &Path, options: &OpenOptions) -> Result<(), OpenError> {
+    let create_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| OpenError::CreateDir { path, source }
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(create_err(&parent))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "db".into(), |n| n.to_string_lossy().into_owned());
+    let prefix = format!(".{name}.creating-");
+    sweep_creations(&parent, &prefix);
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(create_err(&tmp))?;
+    {
+        let db = open_db(&tmp, options, 1, false)?;
+        let meta = db.cf_handle(CF_META).expect("created with every family");
+        let chunking = options.chunking.unwrap_or_default();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_FORMAT, FORMAT.to_le_bytes());
+        batch.put_cf(meta, KEY_CHUNKING, chunking.encode());
+        batch.put_cf(meta, KEY_STATS, Stats::default().encode());
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync)
+            .map_err(|e| open_error(&tmp, e))?;
+        db.flush().map_err(|e| open_error(&tmp, e))?;
+    }
+    sync_dir(&tmp).map_err(create_err(&tmp))?;
+    if path.exists() && !is_store(path) {
+        std::fs::remove_dir_all(path).map_err(create_err(path))?;
+    }
+    match std::fs::rename(&tmp, path) {
+        Ok(()) => {}
+        // Another process created it first: use theirs.
+        Err(_) if is_store(path) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(());
+        }
+        Err(e) => return Err(create_err(path)(e)),
+    }
+    sync_dir(&parent).map_err(create_err(&parent))
+}
+
+/// Removes `<prefix><pid>` directories of creations whose process is gone.
+fn sweep_creations(parent: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Moves the records of a store made before the family had its prefix.
+fn migrate_records(db: &mut DB) -> Result<(), rocksdb::Error> {
+    {
+        let Some(old) = db.cf_handle(CF_RECORDS_OLD) else {
+            return Ok(());
+        };
+        let new = db.cf_handle(CF_RECORDS).expect("opened above");
+        let mut batch = WriteBatch::default();
+        for item in db.iterator_cf(old, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            batch.put_cf(new, k, v);
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        db.write_opt(batch, &sync)?;
+    }
+    db.drop_cf(CF_RECORDS_OLD)
 }
 
 fn open_error(path: &Path, source: rocksdb::Error) -> OpenError {
