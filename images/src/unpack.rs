@@ -11,7 +11,7 @@
 //! only what lower layers made, as the OCI spec says.
 
 use std::collections::{HashSet, VecDeque};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
@@ -469,7 +469,7 @@ impl Applier<'_> {
         Ok(&self.cached.as_ref().expect("just set").1)
     }
 
-    fn owner(&self, e: &Entry) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    fn owner(&self, e: &Entry) -> Owner {
         if !self.options.ownership {
             return (None, None);
         }
@@ -507,50 +507,11 @@ impl Applier<'_> {
             return Err("names the rootfs itself".into());
         };
         if name == OPAQUE {
-            let dir = self.walk(parents, true)?;
-            let prefix = parents.join(&b'/');
-            let reading = rustix::fs::openat(
-                &dir,
-                c".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(errno_text)?;
-            let children: Vec<Vec<u8>> = rustix::fs::Dir::read_from(&reading)
-                .map_err(errno_text)?
-                .filter_map(Result::ok)
-                .map(|d| d.file_name().to_bytes().to_vec())
-                .filter(|n| n != b"." && n != b"..")
-                .collect();
-            for child in children {
-                if !self.made.contains(&join(&prefix, &child)) {
-                    remove_at(&dir, &child, 0).map_err(errno_text)?;
-                }
-            }
-            self.cached = None;
-            return Ok(());
+            return self.opaque(parents);
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
-                return Err("a whiteout must name a file in its directory".into());
-            }
-            let full = join(&parents.join(&b'/'), hidden);
-            if self.made.contains(&full) {
-                return Ok(()); // a whiteout hides lower layers only
-            }
-            match self.walk(parents, false) {
-                Ok(dir) => remove_at(&dir, hidden, 0).map_err(errno_text)?,
-                Err(reason) if reason.contains("leaves the rootfs") => return Err(reason),
-                Err(_) => {} // nothing there to hide
-            }
-            self.cached = None;
-            return Ok(());
+            return self.whiteout(parents, hidden);
         }
-        let full = comps.join(&b'/');
-        let cname = cstr(name)?;
-        let (uid, gid) = self.owner(e);
-        let times = Self::times(e);
-        let mode = Mode::from_raw_mode(e.mode & 0o7777);
         if matches!(e.kind, Kind::Char | Kind::Block) {
             report.warnings.push(format!(
                 "device node `{}` skipped (images get /dev from the runtime)",
@@ -558,30 +519,107 @@ impl Applier<'_> {
             ));
             return Ok(());
         }
-        let hard_source = if e.kind == Kind::Hardlink {
-            let tcomps = components(&e.link).map_err(|r| format!("hard link source: {r}"))?;
-            let Some((&tname, tparents)) = tcomps.split_last() else {
-                return Err("a hard link to the rootfs itself".into());
-            };
-            let tdir = self
-                .walk(tparents, false)
-                .map_err(|r| format!("hard link source `{}`: {r}", tar::display(&e.link)))?;
-            let tname = cstr(tname)?;
-            let st =
-                rustix::fs::statat(&tdir, &tname, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| {
-                    format!(
-                        "hard link source `{}`: {}",
-                        tar::display(&e.link),
-                        errno_text(err)
-                    )
-                })?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                return Err("a hard link to a directory".into());
-            }
-            Some((tdir, tname, st))
-        } else {
-            None
+        let hard_source = match e.kind {
+            Kind::Hardlink => Some(self.hard_link_source(e)?),
+            _ => None,
         };
+        let invalidate = self.make(parents, name, e, data, report, hard_source)?;
+        let full = comps.join(&b'/');
+        if e.kind == Kind::Dir {
+            self.dirs.push((full.clone(), e.clone()));
+        }
+        if invalidate {
+            self.cached = None;
+        }
+        self.made.insert(full);
+        report.entries += 1;
+        Ok(())
+    }
+
+    /// An opaque-directory marker: everything lower layers put in the
+    /// directory goes, what this layer made stays.
+    fn opaque(&mut self, parents: &[&[u8]]) -> Result<(), String> {
+        let dir = self.walk(parents, true)?;
+        let prefix = parents.join(&b'/');
+        let reading = rustix::fs::openat(
+            &dir,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno_text)?;
+        let children: Vec<Vec<u8>> = rustix::fs::Dir::read_from(&reading)
+            .map_err(errno_text)?
+            .filter_map(Result::ok)
+            .map(|d| d.file_name().to_bytes().to_vec())
+            .filter(|n| n != b"." && n != b"..")
+            .collect();
+        for child in children {
+            if !self.made.contains(&join(&prefix, &child)) {
+                remove_at(&dir, &child, 0).map_err(errno_text)?;
+            }
+        }
+        self.cached = None;
+        Ok(())
+    }
+
+    /// A whiteout: removes `hidden` as lower layers left it.
+    fn whiteout(&mut self, parents: &[&[u8]], hidden: &[u8]) -> Result<(), String> {
+        if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+            return Err("a whiteout must name a file in its directory".into());
+        }
+        let full = join(&parents.join(&b'/'), hidden);
+        if self.made.contains(&full) {
+            return Ok(()); // a whiteout hides lower layers only
+        }
+        match self.walk(parents, false) {
+            Ok(dir) => remove_at(&dir, hidden, 0).map_err(errno_text)?,
+            Err(reason) if reason.contains("leaves the rootfs") => return Err(reason),
+            Err(_) => {} // nothing there to hide
+        }
+        self.cached = None;
+        Ok(())
+    }
+
+    /// Where a hard link's source is: its directory, name and inode.
+    fn hard_link_source(&mut self, e: &Entry) -> Result<HardSource, String> {
+        let tcomps = components(&e.link).map_err(|r| format!("hard link source: {r}"))?;
+        let Some((&tname, tparents)) = tcomps.split_last() else {
+            return Err("a hard link to the rootfs itself".into());
+        };
+        let tdir = self
+            .walk(tparents, false)
+            .map_err(|r| format!("hard link source `{}`: {r}", tar::display(&e.link)))?;
+        let tname = cstr(tname)?;
+        let st = rustix::fs::statat(&tdir, &tname, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| {
+            format!(
+                "hard link source `{}`: {}",
+                tar::display(&e.link),
+                errno_text(err)
+            )
+        })?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            return Err("a hard link to a directory".into());
+        }
+        Ok((tdir, tname, st))
+    }
+
+    /// Makes entry `e` as `name` in directory `parents`, replacing what is
+    /// there unless it is the same directory or the link's own inode.
+    /// Returns whether the cached parent may no longer be right.
+    fn make(
+        &mut self,
+        parents: &[&[u8]],
+        name: &[u8],
+        e: &Entry,
+        data: &mut dyn Read,
+        report: &mut UnpackReport,
+        hard_source: Option<HardSource>,
+    ) -> Result<bool, String> {
+        let cname = cstr(name)?;
+        let owner = self.owner(e);
+        let times = Self::times(e);
+        let mode = Mode::from_raw_mode(e.mode & 0o7777);
         let is_dir = e.kind == Kind::Dir;
         let parent = self.parent(parents)?;
         let existing = match rustix::fs::statat(parent, &cname, AtFlags::SYMLINK_NOFOLLOW) {
@@ -595,9 +633,8 @@ impl Applier<'_> {
             let same_inode = hard_source
                 .as_ref()
                 .is_some_and(|(_, _, src)| src.st_ino == st.st_ino && src.st_dev == st.st_dev);
-            if same_inode || (is_dir && kind == FileType::Directory) {
-                // keep it
-            } else {
+            let keep = same_inode || (is_dir && kind == FileType::Directory);
+            if !keep {
                 invalidate = kind == FileType::Directory;
                 remove_at(parent, name, 0).map_err(errno_text)?;
             }
@@ -610,28 +647,9 @@ impl Applier<'_> {
                     rustix::fs::mkdirat(parent, &cname, Mode::from_raw_mode(0o755))
                         .map_err(errno_text)?;
                 }
-                self.dirs.push((full.clone(), e.clone()));
             }
             Kind::File => {
-                let fd = rustix::fs::openat(
-                    parent,
-                    &cname,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(errno_text)?;
-                let mut f = File::from(fd);
-                let written = copy(data, &mut f).map_err(|err| err.to_string())?;
-                report.bytes += written;
-                if uid.is_some() {
-                    rustix::fs::fchown(&f, uid, gid).map_err(errno_text)?;
-                }
-                rustix::fs::fchmod(&f, mode).map_err(errno_text)?;
-                rustix::fs::futimens(&f, &times).map_err(errno_text)?;
+                report.bytes += write_file(parent, &cname, data, owner, mode, &times)?;
             }
             Kind::Symlink => {
                 if e.link.is_empty() {
@@ -639,45 +657,32 @@ impl Applier<'_> {
                 }
                 let target = cstr(&e.link)?;
                 rustix::fs::symlinkat(&target, parent, &cname).map_err(errno_text)?;
-                if uid.is_some() {
-                    rustix::fs::chownat(parent, &cname, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(errno_text)?;
-                }
+                chown_at(parent, &cname, owner)?;
                 rustix::fs::utimensat(parent, &cname, &times, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(errno_text)?;
                 invalidate = true;
             }
             Kind::Hardlink => {
                 let (tdir, tname, _) = hard_source.expect("set for hard links");
-                if existing.is_none()
-                    || !existing.is_some_and(|st| {
-                        rustix::fs::statat(&tdir, &tname, AtFlags::SYMLINK_NOFOLLOW)
-                            .is_ok_and(|s| s.st_ino == st.st_ino && s.st_dev == st.st_dev)
-                    })
-                {
+                let linked = existing.is_some_and(|st| {
+                    rustix::fs::statat(&tdir, &tname, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| s.st_ino == st.st_ino && s.st_dev == st.st_dev)
+                });
+                if !linked {
                     match rustix::fs::linkat(&tdir, &tname, parent, &cname, AtFlags::empty()) {
-                        Ok(()) => {}
-                        Err(Errno::EXIST) => {}
+                        Ok(()) | Err(Errno::EXIST) => {}
                         Err(err) => return Err(errno_text(err)),
                     }
                 }
             }
             Kind::Fifo => {
                 rustix::fs::mknodat(parent, &cname, FileType::Fifo, mode, 0).map_err(errno_text)?;
-                if uid.is_some() {
-                    rustix::fs::chownat(parent, &cname, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(errno_text)?;
-                }
+                chown_at(parent, &cname, owner)?;
                 rustix::fs::chmodat(parent, &cname, mode, AtFlags::empty()).map_err(errno_text)?;
             }
-            Kind::Char | Kind::Block => unreachable!("skipped above"),
+            Kind::Char | Kind::Block => unreachable!("skipped by apply"),
         }
-        if invalidate {
-            self.cached = None;
-        }
-        self.made.insert(full);
-        report.entries += 1;
-        Ok(())
+        Ok(invalidate)
     }
 
     /// Sets directory owners, modes and times, deepest last-made first.
@@ -730,6 +735,48 @@ fn copy(data: &mut dyn Read, out: &mut File) -> io::Result<u64> {
         out.write_all(&buf[..n])?;
         total += n as u64;
     }
+}
+
+/// A hard link's source: its directory, name and inode.
+type HardSource = (OwnedFd, CString, rustix::fs::Stat);
+
+/// An entry's owner, when ownership is kept.
+type Owner = (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>);
+
+/// Creates regular file `name` in `parent` with `data`; returns the bytes
+/// written.
+fn write_file(
+    parent: &OwnedFd,
+    name: &CStr,
+    data: &mut dyn Read,
+    (uid, gid): Owner,
+    mode: Mode,
+    times: &Timestamps,
+) -> Result<u64, String> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(errno_text)?;
+    let mut f = File::from(fd);
+    let written = copy(data, &mut f).map_err(|err| err.to_string())?;
+    if uid.is_some() {
+        rustix::fs::fchown(&f, uid, gid).map_err(errno_text)?;
+    }
+    rustix::fs::fchmod(&f, mode).map_err(errno_text)?;
+    rustix::fs::futimens(&f, times).map_err(errno_text)?;
+    Ok(written)
+}
+
+/// Gives `name` in `parent` its owner (not following a symlink).
+fn chown_at(parent: &OwnedFd, name: &CStr, (uid, gid): Owner) -> Result<(), String> {
+    if uid.is_some() {
+        rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(errno_text)?;
+    }
+    Ok(())
 }
 
 /// Applies one layer's tar to the rootfs open at `root`.

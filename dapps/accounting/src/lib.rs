@@ -400,193 +400,229 @@ fn signed(n: u64) -> i64 {
     i64::try_from(n).expect("amounts are at most MAX_AMOUNT")
 }
 
+/// `Ok(v)` gives `v`; `Err(reason)` rejects the transaction with it.
+macro_rules! check {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        }
+    };
+}
+
+/// One transaction being applied: its context, the books, the members'
+/// state and who signed it.
+struct Act<'a> {
+    ctx: &'a Context,
+    tx: &'a Tx,
+    books: Books<'a>,
+    members: &'a mut State,
+    signer: Member,
+    treasurer: bool,
+}
+
 fn run(ctx: &Context, tx: &Tx, state: &mut State, members: &mut State) -> Result<Verdict, Error> {
-    macro_rules! check {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(reason) => return Ok(Err(reason)),
-            }
-        };
-    }
     let signer = check!(active_member(members, &tx.signer, "the signer")?);
-    let treasurer = signer.has_role(TREASURER);
-    let mut books = Books { state };
+    let mut act = Act {
+        ctx,
+        tx,
+        books: Books { state },
+        members,
+        treasurer: signer.has_role(TREASURER),
+        signer,
+    };
     match tx.action.as_str() {
-        "mint" => {
-            if !treasurer {
-                return Ok(Err(format!(
-                    "only a treasurer may mint; {} is not one",
-                    signer.name
-                )));
-            }
-            let to = check!(active_member(
-                members,
-                check!(tx.str_arg("to")),
-                "the recipient"
-            )?);
-            let n = check!(amount_arg(tx, "amount", false));
-            let memo = check!(memo_arg(tx)).unwrap_or_else(|| format!("minted for {}", to.name));
-            if totals(books.state)?.issued.checked_add(n).is_none() {
-                return Ok(Err(
-                    "that would mint more credits than can be counted".into()
-                ));
-            }
-            books.credit(&to.key, n)?;
-            books.totals(|t| t.issued += n)?;
-            let postings = vec![
-                (member_account(&Books::id(&to.key)), signed(n)),
-                ("equity:issued".to_string(), -signed(n)),
-            ];
-            books.record(ctx, tx, memo, postings)?;
-            Ok(Ok(Some(json!({"balance": balance(books.state, &to.key)?}))))
-        }
-        "transfer" => {
-            let to = check!(active_member(
-                members,
-                check!(tx.str_arg("to")),
-                "the recipient"
-            )?);
-            if to.key == signer.key {
-                return Ok(Err("a transfer to yourself changes nothing".into()));
-            }
-            let n = check!(amount_arg(tx, "amount", false));
-            let memo =
-                check!(memo_arg(tx)).unwrap_or_else(|| format!("{} pays {}", signer.name, to.name));
-            check!(books.debit(&signer.key, &signer.name, n)?);
-            books.credit(&to.key, n)?;
-            let postings = vec![
-                (member_account(&Books::id(&to.key)), signed(n)),
-                (member_account(&Books::id(&signer.key)), -signed(n)),
-            ];
-            books.record(ctx, tx, memo, postings)?;
-            Ok(Ok(Some(
-                json!({"balance": balance(books.state, &signer.key)?}),
-            )))
-        }
-        "escrow-open" => {
-            let name = check!(tx.str_arg("name"));
-            if !is_escrow_name(name) {
-                return Ok(Err("args.name must be 1-64 of a-z 0-9 - _".into()));
-            }
-            if escrow(books.state, name)?.is_some() {
-                return Ok(Err(format!("escrow {name} is already open")));
-            }
-            let payee = check!(active_member(
-                members,
-                check!(tx.str_arg("payee")),
-                "the payee"
-            )?);
-            let n = check!(amount_arg(tx, "amount", false));
-            check!(books.debit(&signer.key, &signer.name, n)?);
-            let e = Escrow {
-                name: name.to_string(),
-                payer: signer.key.clone(),
-                payee: payee.key.clone(),
-                amount: n,
-                opened: ctx.time,
-            };
-            books.state.put_json(&escrow_path(name), &e.to_json())?;
-            let postings = vec![
-                (format!("escrow:{name}"), signed(n)),
-                (member_account(&Books::id(&signer.key)), -signed(n)),
-            ];
-            let memo = format!("{} holds {n} {COMMODITY} for {}", signer.name, payee.name);
-            books.record(ctx, tx, memo, postings)?;
-            Ok(Ok(None))
-        }
-        "escrow-release" => {
-            let name = check!(tx.str_arg("name"));
-            let Some(e) = escrow(books.state, name)? else {
-                return Ok(Err(format!("there is no open escrow {name:?}")));
-            };
-            if e.payer != signer.key && !treasurer {
-                return Ok(Err(format!(
-                    "only the payer or a treasurer may release escrow {name}"
-                )));
-            }
-            let pay = check!(amount_arg(tx, "pay", true));
-            if pay > e.amount {
-                return Ok(Err(format!(
-                    "escrow {name} holds {} {COMMODITY}, less than {pay} {COMMODITY}",
-                    e.amount
-                )));
-            }
-            let back = e.amount - pay;
-            let mut postings = vec![(format!("escrow:{name}"), -signed(e.amount))];
-            if pay > 0 {
-                books.credit(&e.payee, pay)?;
-                postings.push((member_account(&Books::id(&e.payee)), signed(pay)));
-            }
-            if back > 0 {
-                books.credit(&e.payer, back)?;
-                postings.push((member_account(&Books::id(&e.payer)), signed(back)));
-            }
-            books.state.remove(&escrow_path(name))?;
-            let memo =
-                format!("escrow {name}: {pay} {COMMODITY} paid, {back} {COMMODITY} returned");
-            books.record(ctx, tx, memo, postings)?;
-            Ok(Ok(None))
-        }
-        "set-dues" => {
-            if !treasurer {
-                return Ok(Err(format!(
-                    "only a treasurer may set the dues; {} is not one",
-                    signer.name
-                )));
-            }
-            let n = check!(amount_arg(tx, "per_month", false));
-            books
-                .state
-                .put_json("config.json", &json!({"dues_per_month": n}))?;
-            Ok(Ok(None))
-        }
-        "pay-dues" => {
-            let whom = match tx.args.get("member") {
-                None | Some(Value::Null) => signer.clone(),
-                Some(_) => check!(active_member(
-                    members,
-                    check!(tx.str_arg("member")),
-                    "the member"
-                )?),
-            };
-            let months = check!(tx.u64_arg("months"));
-            if !(1..=MAX_MONTHS).contains(&months) {
-                return Ok(Err(format!("args.months must be 1-{MAX_MONTHS}")));
-            }
-            let Some(price) = dues_per_month(books.state)? else {
-                return Ok(Err(
-                    "the treasurer has not set the dues yet (set-dues)".into()
-                ));
-            };
-            let cost = price * months;
-            if cost > MAX_AMOUNT {
-                return Ok(Err(format!(
-                    "{months} months of dues cost more than {MAX_AMOUNT} {COMMODITY}"
-                )));
-            }
-            check!(books.debit(&signer.key, &signer.name, cost)?);
-            let until = paid_until(books.state, &whom.key)?
-                .unwrap_or(0)
-                .max(ctx.time)
-                + months * MONTH;
-            books.state.put(
-                &format!("dues/{}", Books::id(&whom.key)),
-                format!("{until}\n"),
-            )?;
-            books.totals(|t| t.dues += cost)?;
-            let postings = vec![
-                ("income:dues".to_string(), signed(cost)),
-                (member_account(&Books::id(&signer.key)), -signed(cost)),
-            ];
-            let memo = format!("{months} months of dues for {}", whom.name);
-            books.record(ctx, tx, memo, postings)?;
-            Ok(Ok(Some(json!({"paid_until": until}))))
-        }
+        "mint" => act.mint(),
+        "transfer" => act.transfer(),
+        "escrow-open" => act.escrow_open(),
+        "escrow-release" => act.escrow_release(),
+        "set-dues" => act.set_dues(),
+        "pay-dues" => act.pay_dues(),
         other => Ok(Err(format!(
             "unknown action {other:?}: expected mint, transfer, escrow-open, escrow-release, \
              set-dues or pay-dues"
         ))),
+    }
+}
+
+impl Act<'_> {
+    /// The active member named by argument `arg`.
+    fn member_arg(&mut self, arg: &str, who: &str) -> Result<Result<Member, String>, Error> {
+        let key = match self.tx.str_arg(arg) {
+            Ok(key) => key,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        active_member(self.members, key, who)
+    }
+
+    fn record(&mut self, memo: String, postings: Vec<(String, i64)>) -> Result<(), Error> {
+        self.books.record(self.ctx, self.tx, memo, postings)
+    }
+
+    fn mint(&mut self) -> Result<Verdict, Error> {
+        if !self.treasurer {
+            return Ok(Err(format!(
+                "only a treasurer may mint; {} is not one",
+                self.signer.name
+            )));
+        }
+        let to = check!(self.member_arg("to", "the recipient")?);
+        let n = check!(amount_arg(self.tx, "amount", false));
+        let memo = check!(memo_arg(self.tx)).unwrap_or_else(|| format!("minted for {}", to.name));
+        if totals(self.books.state)?.issued.checked_add(n).is_none() {
+            return Ok(Err(
+                "that would mint more credits than can be counted".into()
+            ));
+        }
+        self.books.credit(&to.key, n)?;
+        self.books.totals(|t| t.issued += n)?;
+        let postings = vec![
+            (member_account(&Books::id(&to.key)), signed(n)),
+            ("equity:issued".to_string(), -signed(n)),
+        ];
+        self.record(memo, postings)?;
+        Ok(Ok(Some(
+            json!({"balance": balance(self.books.state, &to.key)?}),
+        )))
+    }
+
+    fn transfer(&mut self) -> Result<Verdict, Error> {
+        let to = check!(self.member_arg("to", "the recipient")?);
+        let signer = self.signer.clone();
+        if to.key == signer.key {
+            return Ok(Err("a transfer to yourself changes nothing".into()));
+        }
+        let n = check!(amount_arg(self.tx, "amount", false));
+        let memo = check!(memo_arg(self.tx))
+            .unwrap_or_else(|| format!("{} pays {}", signer.name, to.name));
+        check!(self.books.debit(&signer.key, &signer.name, n)?);
+        self.books.credit(&to.key, n)?;
+        let postings = vec![
+            (member_account(&Books::id(&to.key)), signed(n)),
+            (member_account(&Books::id(&signer.key)), -signed(n)),
+        ];
+        self.record(memo, postings)?;
+        Ok(Ok(Some(
+            json!({"balance": balance(self.books.state, &signer.key)?}),
+        )))
+    }
+
+    fn escrow_open(&mut self) -> Result<Verdict, Error> {
+        let name = check!(self.tx.str_arg("name"));
+        if !is_escrow_name(name) {
+            return Ok(Err("args.name must be 1-64 of a-z 0-9 - _".into()));
+        }
+        if escrow(self.books.state, name)?.is_some() {
+            return Ok(Err(format!("escrow {name} is already open")));
+        }
+        let payee = check!(self.member_arg("payee", "the payee")?);
+        let n = check!(amount_arg(self.tx, "amount", false));
+        let signer = self.signer.clone();
+        check!(self.books.debit(&signer.key, &signer.name, n)?);
+        let e = Escrow {
+            name: name.to_string(),
+            payer: signer.key.clone(),
+            payee: payee.key.clone(),
+            amount: n,
+            opened: self.ctx.time,
+        };
+        self.books
+            .state
+            .put_json(&escrow_path(name), &e.to_json())?;
+        let postings = vec![
+            (format!("escrow:{name}"), signed(n)),
+            (member_account(&Books::id(&signer.key)), -signed(n)),
+        ];
+        let memo = format!("{} holds {n} {COMMODITY} for {}", signer.name, payee.name);
+        self.record(memo, postings)?;
+        Ok(Ok(None))
+    }
+
+    fn escrow_release(&mut self) -> Result<Verdict, Error> {
+        let name = check!(self.tx.str_arg("name"));
+        let Some(e) = escrow(self.books.state, name)? else {
+            return Ok(Err(format!("there is no open escrow {name:?}")));
+        };
+        if e.payer != self.signer.key && !self.treasurer {
+            return Ok(Err(format!(
+                "only the payer or a treasurer may release escrow {name}"
+            )));
+        }
+        let pay = check!(amount_arg(self.tx, "pay", true));
+        if pay > e.amount {
+            return Ok(Err(format!(
+                "escrow {name} holds {} {COMMODITY}, less than {pay} {COMMODITY}",
+                e.amount
+            )));
+        }
+        let back = e.amount - pay;
+        let mut postings = vec![(format!("escrow:{name}"), -signed(e.amount))];
+        if pay > 0 {
+            self.books.credit(&e.payee, pay)?;
+            postings.push((member_account(&Books::id(&e.payee)), signed(pay)));
+        }
+        if back > 0 {
+            self.books.credit(&e.payer, back)?;
+            postings.push((member_account(&Books::id(&e.payer)), signed(back)));
+        }
+        self.books.state.remove(&escrow_path(name))?;
+        let memo = format!("escrow {name}: {pay} {COMMODITY} paid, {back} {COMMODITY} returned");
+        self.record(memo, postings)?;
+        Ok(Ok(None))
+    }
+
+    fn set_dues(&mut self) -> Result<Verdict, Error> {
+        if !self.treasurer {
+            return Ok(Err(format!(
+                "only a treasurer may set the dues; {} is not one",
+                self.signer.name
+            )));
+        }
+        let n = check!(amount_arg(self.tx, "per_month", false));
+        self.books
+            .state
+            .put_json("config.json", &json!({"dues_per_month": n}))?;
+        Ok(Ok(None))
+    }
+
+    fn pay_dues(&mut self) -> Result<Verdict, Error> {
+        let whom = match self.tx.args.get("member") {
+            None | Some(Value::Null) => self.signer.clone(),
+            Some(_) => check!(self.member_arg("member", "the member")?),
+        };
+        let months = check!(self.tx.u64_arg("months"));
+        if !(1..=MAX_MONTHS).contains(&months) {
+            return Ok(Err(format!("args.months must be 1-{MAX_MONTHS}")));
+        }
+        let Some(price) = dues_per_month(self.books.state)? else {
+            return Ok(Err(
+                "the treasurer has not set the dues yet (set-dues)".into()
+            ));
+        };
+        let cost = price * months;
+        if cost > MAX_AMOUNT {
+            return Ok(Err(format!(
+                "{months} months of dues cost more than {MAX_AMOUNT} {COMMODITY}"
+            )));
+        }
+        let signer = self.signer.clone();
+        check!(self.books.debit(&signer.key, &signer.name, cost)?);
+        let until = paid_until(self.books.state, &whom.key)?
+            .unwrap_or(0)
+            .max(self.ctx.time)
+            + months * MONTH;
+        self.books.state.put(
+            &format!("dues/{}", Books::id(&whom.key)),
+            format!("{until}\n"),
+        )?;
+        self.books.totals(|t| t.dues += cost)?;
+        let postings = vec![
+            ("income:dues".to_string(), signed(cost)),
+            (member_account(&Books::id(&signer.key)), -signed(cost)),
+        ];
+        let memo = format!("{months} months of dues for {}", whom.name);
+        self.record(memo, postings)?;
+        Ok(Ok(Some(json!({"paid_until": until}))))
     }
 }
 
