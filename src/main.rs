@@ -1,29 +1,23 @@
-//! `utter`: the command-line interface and (later) the node daemon.
+//! `utter`: the command-line interface over the node library
+//! (`utter-node`) and the client (`utter-client`).
 //!
-//! Thin: parses arguments, opens the data directory, calls the library
-//! crates and prints. Errors are `anyhow` with context naming the file or id
-//! and, where the user can do something, what to do.
+//! Thin: `main` parses arguments and hands each command group to its
+//! module in `cmd/`, which calls the libraries and prints. Errors are
+//! `anyhow` with context naming the file or id and, where the user can do
+//! something, what to do.
 
-mod accounting;
-mod chain;
-mod chunks;
-mod data_dir;
-mod demo;
+mod blocks;
+mod builtin;
+mod cmd;
+mod container;
 mod early;
-mod governance;
-mod image;
-mod key;
-mod ledger;
-mod node;
-mod progress;
-mod query;
-mod run;
-mod submit;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use utter_node::Home;
 
 /// utter: a content-chunked distributed ledger whose smart contracts are
 /// Linux containers.
@@ -42,57 +36,57 @@ struct Cli {
 enum Command {
     /// Run a command in a fresh container of an image (no network, read-only
     /// image, memory/pids/CPU limits); stdio attached, exit code passed on
-    Run(run::RunArgs),
+    Run(cmd::run::RunArgs),
     /// Run dapps outside a chain (one protocol invocation)
     #[command(subcommand)]
-    Dapp(run::DappCommand),
+    Dapp(cmd::dapp::DappCommand),
     /// Store, read, check and collect content-defined chunks
     #[command(subcommand)]
-    Chunks(chunks::Command),
+    Chunks(cmd::chunks::Command),
     /// Import, build, export, unpack and list OCI images
     #[command(subcommand)]
-    Image(image::Command),
+    Image(cmd::image::Command),
     /// Create or show the node's OpenSSH ed25519 key
     #[command(subcommand)]
-    Key(key::Command),
+    Key(cmd::key::Command),
     /// Create a data directory: node key, chunk store and a ledger with a
     /// signed genesis block
-    Init(ledger::InitArgs),
+    Init(cmd::init::InitArgs),
     /// List blocks newest first, each with its signer and whether it is valid
-    Log(ledger::LogArgs),
+    Log(cmd::log::LogArgs),
     /// Show one block: header, signature status, changed files, transactions
-    Show(ledger::ShowArgs),
+    Show(cmd::log::ShowArgs),
     /// Check every block on every branch: signatures, signers, parents,
     /// heights, layout, transactions (exit 1 naming the first bad block)
-    Verify(ledger::VerifyArgs),
+    Verify(cmd::verify::VerifyArgs),
     /// Sign transactions
     #[command(subcommand)]
-    Tx(chain::TxCommand),
+    Tx(cmd::tx::Command),
     /// Make blocks from signed transactions
     #[command(subcommand)]
-    Block(chain::BlockCommand),
+    Block(cmd::block::Command),
     /// The chain's configuration: show it, and change its validators with
     /// the approval of a quorum of them
     #[command(subcommand)]
-    Chain(governance::Command),
+    Chain(cmd::chain::Command),
     /// Read dapp state files
     #[command(subcommand)]
-    State(query::StateCommand),
+    State(cmd::state::Command),
     /// The makerspace's members
     #[command(subcommand)]
-    Members(query::MembersCommand),
+    Members(cmd::members::Command),
     /// The makerspace's doors and their access log
     #[command(subcommand)]
-    Doors(query::DoorsCommand),
+    Doors(cmd::doors::Command),
     /// The demo: a makerspace on a new chain run through a real node (in
     /// --data-dir, default ./demo-data, replaced on the next run)
-    Demo(demo::DemoArgs),
+    Demo(cmd::demo::DemoArgs),
     /// The makerspace's credits: balances and a ledger-cli export
     #[command(subcommand)]
-    Accounting(accounting::AccountingCommand),
+    Accounting(cmd::accounting::Command),
     /// Run a node: the local API, the mempool and the block producer
     #[command(subcommand)]
-    Node(node::NodeCommand),
+    Node(cmd::node::Command),
     /// (internal) Run dapp containers for another utter process over
     /// stdin/stdout
     #[command(hide = true)]
@@ -103,29 +97,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Demo(args) = cli.command {
         let dir = cli.data_dir.unwrap_or_else(|| PathBuf::from("demo-data"));
-        return finish(demo::run(&dir, args));
+        return finish(cmd::demo::run(&dir, args));
     }
-    let data_dir = data_dir::resolve(cli.data_dir);
+    let home = Home::resolve(cli.data_dir);
     let result = match cli.command {
-        Command::Run(args) => exit_at_once(run::run(&data_dir, args)),
-        Command::Dapp(cmd) => exit_at_once(run::dapp(&data_dir, cmd)),
-        Command::Chunks(cmd) => chunks::run(&data_dir, cmd),
-        Command::Image(cmd) => image::run(&data_dir, cmd),
-        Command::Key(cmd) => key::run(&data_dir, cmd),
-        Command::Init(args) => ledger::init(&data_dir, args),
-        Command::Log(args) => ledger::log(&data_dir, args),
-        Command::Show(args) => ledger::show(&data_dir, args),
-        Command::Verify(args) => ledger::verify(&data_dir, args),
-        Command::Tx(cmd) => chain::tx(&data_dir, cmd),
-        Command::Block(cmd) => chain::block(&data_dir, cmd),
-        Command::Chain(cmd) => governance::run(&data_dir, cmd),
+        Command::Run(args) => exit_at_once(cmd::run::run(&home, args)),
+        Command::Dapp(c) => exit_at_once(cmd::dapp::run(&home, c)),
+        Command::Chunks(c) => cmd::chunks::run(&home, c),
+        Command::Image(c) => cmd::image::run(&home, c),
+        Command::Key(c) => cmd::key::run(&home, c),
+        Command::Init(args) => cmd::init::run(&home, args),
+        Command::Log(args) => cmd::log::log(&home, args),
+        Command::Show(args) => cmd::log::show(&home, args),
+        Command::Verify(args) => cmd::verify::run(&home, args),
+        Command::Tx(c) => cmd::tx::run(&home, c),
+        Command::Block(c) => cmd::block::run(&home, c),
+        Command::Chain(c) => cmd::chain::run(&home, c),
         Command::Demo(_) => unreachable!("handled above"),
-        Command::Accounting(cmd) => accounting::run(&data_dir, cmd),
-        Command::Node(cmd) => node::run(&data_dir, cmd),
-        Command::SandboxHelper => chain::sandbox_helper(&data_dir),
-        Command::State(cmd) => query::state(&data_dir, cmd),
-        Command::Members(cmd) => query::members_cmd(&data_dir, cmd),
-        Command::Doors(cmd) => query::doors_cmd(&data_dir, cmd),
+        Command::Accounting(c) => cmd::accounting::run(&home, c),
+        Command::Node(c) => cmd::node::run(&home, c),
+        Command::SandboxHelper => home
+            .serve_helper()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Command::State(c) => cmd::state::run(&home, c),
+        Command::Members(c) => cmd::members::run(&home, c),
+        Command::Doors(c) => cmd::doors::run(&home, c),
     };
     finish(result)
 }
@@ -133,7 +130,7 @@ fn main() -> ExitCode {
 /// Ends `utter run` and `utter dapp run`: prints the error as [`finish`]
 /// does, flushes stdout and leaves with `_exit(2)`, without the exit
 /// handlers. They are C++ static destructors, RocksDB's option tables, for
-/// a store these commands never opened (`run::image_rootfs` re-executes
+/// a store these commands never opened (`container::image_rootfs` re-executes
 /// after unpacking rather than start a container from a process that
 /// opened it), and they took about 0.4 ms of every one-off container run.
 fn exit_at_once(result: anyhow::Result<u8>) -> ! {

@@ -1,4 +1,6 @@
-//! Progress bars on stderr, for work that takes more than a second.
+//! What commands share in how they talk to people: progress bars on
+//! stderr (for work that takes more than a second), sizes, times, plurals,
+//! and writing a result to a file or stdout.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -68,5 +70,56 @@ impl Progress {
     /// Removes the bar.
     pub fn finish(self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// `1.5 MiB`
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (before 1970: 1970).
+pub fn utc(secs: i64) -> String {
+    let secs = u64::try_from(secs).unwrap_or(0);
+    let rem = secs % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}Z",
+        utter_dapp_sdk::date(secs),
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// `1 block`, `2 blocks`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Milliseconds, for timings.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Writes `text` to `path`, or to stdout without one.
+pub fn write_out(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match path {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
     }
 }

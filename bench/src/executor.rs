@@ -5,18 +5,14 @@
 //! overhead beside the dapp run it wraps.
 
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use utter_chunkstore::{OpenOptions, Store};
-use utter_consensus::executor::{Executor, Images};
-use utter_images::Catalog;
+use utter_executor::Executor;
 use utter_ledger::key::Keypair;
 use utter_ledger::tx::{Tx, VERSION};
-use utter_ledger::{Ledger, MAIN, Status};
-use utter_runtime::{Helper, ImageProcess};
+use utter_ledger::{MAIN, Status};
+use utter_node::Home;
 
 use crate::runtime::utter;
 use crate::utter_bin;
@@ -29,20 +25,6 @@ pub struct Options {
     pub txs: usize,
     /// Work directory; a temporary one when `None`.
     pub work: Option<PathBuf>,
-}
-
-/// Images already unpacked by the warm-up block: read from the catalog.
-struct Unpacked(Catalog);
-
-impl Images for Unpacked {
-    fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), String> {
-        let image = self.0.get(digest).map_err(|e| e.to_string())?;
-        let config = self.0.config(&image).map_err(|e| e.to_string())?;
-        Ok((
-            self.0.rootfs_path(&image.id),
-            ImageProcess::from_config(&config),
-        ))
-    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -141,16 +123,13 @@ pub fn run(opts: Options) -> Result<()> {
         &["block", "propose", "--txs", &warm.display().to_string()],
     )?;
 
-    let store = Store::open(data.join("db"), &OpenOptions::default())?;
-    let ledger = Ledger::open(&data.join("ledger.git"), Arc::new(store))?;
-    let key = Keypair::load(&data.join("keys/node"))?;
-    let mut images = Unpacked(Catalog::open(data.join("images")));
-    let mut helper = {
-        let mut c = Command::new(&bin);
-        c.arg("--data-dir").arg(&data).arg("sandbox-helper");
-        Helper::spawn(c)?
-    };
-    let mut executor = Executor::new(&ledger, &data.join("checkouts"))?;
+    let home = Home::new(&data).with_helper(&bin);
+    let opened = home.open()?;
+    let ledger = &opened.ledger;
+    let key = home.load_key(None)?;
+    let mut images = home.node_images(&opened.store)?;
+    let mut helper = home.spawn_helper()?;
+    let mut executor = Executor::new(ledger, &home.checkouts())?;
     // Two paths, alternating block by block: signatures checked in the
     // block (`block propose`, a validator's re-execution) and checked at
     // admission (the node: its mempool holds checked transactions).
@@ -168,7 +147,7 @@ pub fn run(opts: Options) -> Result<()> {
         let time = 1_700_000_000 + i as i64;
         let checked_at_admission = i % 2 == 1;
         let p = if checked_at_admission {
-            let checked = utter_consensus::executor::verify_all(&lines, "bench")
+            let checked = utter_executor::verify_all(&lines, "bench")
                 .into_iter()
                 .collect::<Result<Vec<_>, _>>()?;
             executor.propose_verified(&mut helper, &mut images, tip, &lines, checked, time, &key)

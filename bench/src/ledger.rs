@@ -12,7 +12,7 @@ use utter_chunkstore::{OpenOptions, Store};
 use utter_ledger::key::Keypair;
 use utter_ledger::layout::{ChainConfig, DappConfig, StatePath};
 use utter_ledger::tx::{self, SignedTx, Tx};
-use utter_ledger::{BlockId, Change, Changes, Draft, Ledger, TxResult};
+use utter_ledger::{BlockId, Change, Changes, Draft, Ledger, TxId, TxResult};
 
 use crate::{best, settle, timed};
 
@@ -50,14 +50,14 @@ fn signed_txs(key: &Keypair, first_nonce: u64, n: usize) -> Result<Vec<SignedTx>
 }
 
 /// Transactions as a node holds them after admission: the line and its id.
-fn lines_and_ids(blocks: Vec<Vec<SignedTx>>) -> Vec<Vec<(String, String)>> {
+fn lines_and_ids(blocks: Vec<Vec<SignedTx>>) -> Vec<Vec<(String, TxId)>> {
     blocks
         .into_iter()
         .map(|txs| {
             txs.iter()
                 .map(|t| {
                     let line = t.to_line();
-                    let id = blake3::hash(line.as_bytes()).to_hex().to_string();
+                    let id = TxId::of_line(&line);
                     (line, id)
                 })
                 .collect()
@@ -94,7 +94,7 @@ fn write_chain(
     ledger: &Ledger,
     key: &Keypair,
     blocks: usize,
-    txs: &[Vec<(String, String)>],
+    txs: &[Vec<(String, TxId)>],
     mut each: impl FnMut(usize),
 ) -> Result<f64> {
     let mut tip = ledger.genesis();
@@ -111,7 +111,7 @@ fn write_chain(
         }
         let results = block_txs
             .iter()
-            .map(|(_, id)| TxResult::accepted(id.clone()))
+            .map(|(_, id)| TxResult::accepted(*id))
             .collect();
         let block = ledger.write_block(
             &Draft {

@@ -4,14 +4,15 @@
 //! block). Offers a steady rate and measures what is committed and how long
 //! each request waits for its block, beside the targets.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use utter_client::Client;
+use utter_client::api::TxState;
+use utter_formats::TxId;
 
 use crate::utter_bin;
 
@@ -35,20 +36,6 @@ impl Drop for Node {
             .status();
         let _ = self.0.wait();
     }
-}
-
-fn http(addr: &str, method: &str, path: &str, body: &str) -> Result<Value> {
-    let mut s =
-        TcpStream::connect(addr).with_context(|| format!("cannot reach the node at {addr}"))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).with_context(|| format!("the node answered {text:?}"))
 }
 
 fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
@@ -95,10 +82,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let addr = std::fs::read_to_string(&addr_file)?
-        .trim()
-        .trim_start_matches("http://")
-        .to_string();
+    let client = Client::new(std::fs::read_to_string(&addr_file)?.trim());
 
     // A space with a door and its controller.
     let admin: Value = serde_json::from_str(&utter(&bin, &data, &["key", "show", "--json"])?)?;
@@ -198,25 +182,26 @@ pub fn run(opts: Options) -> Result<()> {
             std::thread::sleep(wait);
         }
         let sent = Instant::now();
-        let body = chunk.join("\n") + "\n";
-        let answer = http(&addr, "POST", "/v1/txs", &body)?;
-        let ids: Vec<String> = answer["txs"]
-            .as_array()
-            .context("no txs in the answer")?
-            .iter()
-            .map(|a| {
-                anyhow::ensure!(a["status"] == "pending", "not admitted: {a}");
-                Ok(a["id"].as_str().unwrap_or_default().to_string())
+        let chunk: Vec<String> = chunk.iter().map(|l| l.to_string()).collect();
+        let ids: Vec<TxId> = client
+            .submit(&chunk)?
+            .into_iter()
+            .map(|a| match a {
+                TxState::Pending { id } => Ok(id),
+                other => anyhow::bail!("not admitted: {other:?}"),
             })
             .collect::<Result<_>>()?;
-        let addr = addr.clone();
+        let client = client.clone();
         // Blocks take the mempool in arrival order, so a request is in
         // when its last transaction is: that is its latency.
         waiters.push(std::thread::spawn(
             move || -> Result<(f64, Instant, usize)> {
                 let last = ids.last().context("an empty request")?;
-                let v = http(&addr, "GET", &format!("/v1/txs/{last}?wait=120"), "")?;
-                anyhow::ensure!(v["status"] == "committed", "not committed: {v}");
+                let v = client.wait(*last, Duration::from_secs(120))?;
+                anyhow::ensure!(
+                    matches!(v, TxState::Committed { .. }),
+                    "not committed: {v:?}"
+                );
                 let done = Instant::now();
                 Ok(((done - sent).as_secs_f64() * 1e3, done, ids.len()))
             },
@@ -235,8 +220,7 @@ pub fn run(opts: Options) -> Result<()> {
     }
     let elapsed = (last_commit - t0).as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let status = http(&addr, "GET", "/v1/status", "")?;
-    let blocks = status["blocks_made"].as_u64().unwrap_or(0);
+    let blocks = client.status()?.blocks_made;
     let rate = committed as f64 / elapsed;
     println!("                                   measured      target");
     println!(

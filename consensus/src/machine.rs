@@ -34,24 +34,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use utter_ledger::BlockId;
+pub use utter_formats::{BlockId, TxId};
 
 /// A node: validators and other nodes share one numbering.
 pub type NodeId = u32;
-
-/// A transaction's id (the hash of its signed JSON in the ledger).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TxId(pub [u8; 32]);
-
-impl std::fmt::Debug for TxId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TxId(")?;
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "…)")
-    }
-}
 
 /// What kind of block a header is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -111,10 +97,10 @@ impl Validators {
     /// The set a `chain.toml` names, each key numbered by `id_of` (a key
     /// without a number is left out; its votes could not arrive).
     pub fn from_config(
-        config: &utter_ledger::layout::ChainConfig,
+        config: &utter_formats::ChainConfig,
         id_of: impl Fn(&str) -> Option<NodeId>,
     ) -> Self {
-        let ids = |ms: &[utter_ledger::layout::Member]| -> Vec<NodeId> {
+        let ids = |ms: &[utter_formats::Member]| -> Vec<NodeId> {
             ms.iter().filter_map(|m| id_of(&m.key)).collect()
         };
         Self {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use utter_ledger::BlockId;
+use utter_formats::BlockId;
 
 use crate::machine::{
     Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Validators,
@@ -309,7 +309,7 @@ fn block_id(n: u64) -> BlockId {
 fn tx_id(n: u64) -> TxId {
     let mut b = [0u8; 32];
     b[..8].copy_from_slice(&n.to_be_bytes());
-    TxId(b)
+    TxId::from_bytes(b)
 }
 
 impl Sim {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::machine::*;
 use crate::sim::{Failure, Scenario, Sim};
 
-use utter_ledger::BlockId;
+use utter_formats::BlockId;
 
 fn id(n: u8) -> BlockId {
     BlockId::from_sha1([n; 20])

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::id::TxId;
 use crate::key::{KeyError, Keypair, SignatureError, Signer};
 
 /// The SSH signature namespace of transactions.
@@ -130,8 +131,8 @@ impl SignedTx {
     }
 
     /// The transaction's id: BLAKE3 of its line.
-    pub fn id(&self) -> String {
-        blake3::hash(self.to_line().as_bytes()).to_hex().to_string()
+    pub fn id(&self) -> TxId {
+        TxId::of_line(self.to_line())
     }
 }
 
@@ -200,4 +201,84 @@ pub fn verify_line(
         });
     }
     Ok(stx)
+}
+
+/// What a signer asks of a dapp, before it is signed: one line of a
+/// requests file (`{"dapp","action","args"}`, `args` defaulting to `{}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The dapp that handles it.
+    pub dapp: String,
+    /// What the dapp should do.
+    pub action: String,
+    /// The action's arguments.
+    #[serde(default = "empty_args")]
+    pub args: serde_json::Value,
+}
+
+fn empty_args() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl Request {
+    /// A request of `dapp` to do `action` with `args`.
+    pub fn new(dapp: &str, action: &str, args: serde_json::Value) -> Self {
+        Self {
+            dapp: dapp.to_string(),
+            action: action.to_string(),
+            args,
+        }
+    }
+}
+
+/// Why requests could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The key could not sign.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A signed line would be longer than any block takes.
+    #[error(
+        "transaction {index} is {len} bytes signed; the limit is {MAX_LINE}: keep large values out of args"
+    )]
+    Oversized {
+        /// Which request (1-based).
+        index: usize,
+        /// Its signed length.
+        len: usize,
+    },
+}
+
+/// Signs `requests` with `key` for `chain` at `time`, with consecutive
+/// nonces from `first_nonce`; returns their lines in order.
+pub fn sign_requests(
+    key: &Keypair,
+    chain: &str,
+    first_nonce: u64,
+    time: u64,
+    requests: impl IntoIterator<Item = Request>,
+) -> Result<Vec<String>, SignError> {
+    let signer = key.public().to_openssh();
+    let mut lines = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        let tx = Tx {
+            v: VERSION,
+            chain: chain.to_string(),
+            dapp: request.dapp,
+            action: request.action,
+            args: request.args,
+            signer: signer.clone(),
+            nonce: first_nonce + i as u64,
+            time,
+        };
+        let line = tx.sign(key)?.to_line();
+        if line.len() > MAX_LINE {
+            return Err(SignError::Oversized {
+                index: i + 1,
+                len: line.len(),
+            });
+        }
+        lines.push(line);
+    }
+    Ok(lines)
 }

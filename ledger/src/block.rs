@@ -1,12 +1,10 @@
 //! What a block is on disk: a signed git commit whose message ends with the
-//! `Height:` and `Chain:` trailers, and the `block/results.jsonl` line
-//! format.
-
-use std::fmt;
-use std::str::FromStr;
+//! `Height:` and `Chain:` trailers. Its id and its results lines are public
+//! formats (`utter_formats`), re-exported here.
 
 use gix::ObjectId;
-use serde::{Deserialize, Serialize};
+
+pub use utter_formats::result::{Status, TxResult};
 
 /// The SSH signature namespace git uses for commits (`git commit -S` with
 /// `gpg.format=ssh`).
@@ -16,42 +14,18 @@ pub const SIGNATURE_HEADER: &str = "gpgsig";
 /// The longest summary line a block may carry.
 pub const MAX_SUMMARY: usize = 200;
 
-/// A block's id: its git commit id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BlockId(pub ObjectId);
+pub use utter_formats::id::BlockId;
 
-impl fmt::Display for BlockId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
+/// The git object id of a block.
+pub fn oid(id: BlockId) -> ObjectId {
+    ObjectId::Sha1(*id.as_bytes())
 }
 
-impl fmt::Debug for BlockId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlockId({})", self.0)
-    }
-}
-
-impl FromStr for BlockId {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ObjectId::from_hex(s.as_bytes())
-            .map(Self)
-            .map_err(|_| format!("{s:?} is not a block id (40 hex digits)"))
-    }
-}
-
-impl BlockId {
-    /// The id whose SHA-1 bytes are `bytes`.
-    pub fn from_sha1(bytes: [u8; 20]) -> Self {
-        Self(ObjectId::Sha1(bytes))
-    }
-
-    /// The first 12 hex digits, for tables.
-    pub fn short(&self) -> String {
-        self.0.to_hex_with_len(12).to_string()
-    }
+/// The block id of a commit (the repository uses SHA-1).
+pub fn block_id(oid: &gix::oid) -> BlockId {
+    let mut bytes = [0u8; 20];
+    bytes.copy_from_slice(oid.as_bytes());
+    BlockId::from_sha1(bytes)
 }
 
 /// The commit message of a block: `text` (a summary line, then optional
@@ -112,63 +86,6 @@ pub fn parse_message(text: &[u8]) -> Result<Message, String> {
         height,
         chain: chain.to_string(),
     })
-}
-
-/// A transaction's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Applied to the state.
-    Accepted,
-    /// Recorded but not applied; `reason` says why.
-    Rejected,
-}
-
-/// One line of `block/results.jsonl`, for the transaction on the same line
-/// of `block/txs.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TxResult {
-    /// The transaction's id (BLAKE3 of its line).
-    pub tx: String,
-    /// Accepted or rejected.
-    pub status: Status,
-    /// Why it was rejected, or a dapp's note.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// What the dapp returned for it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<serde_json::Value>,
-}
-
-impl TxResult {
-    /// An accepted transaction.
-    pub fn accepted(tx: String) -> Self {
-        Self {
-            tx,
-            status: Status::Accepted,
-            reason: None,
-            output: None,
-        }
-    }
-
-    /// A rejected transaction and why.
-    pub fn rejected(tx: String, reason: impl Into<String>) -> Self {
-        Self {
-            tx,
-            status: Status::Rejected,
-            reason: Some(reason.into()),
-            output: None,
-        }
-    }
-
-    /// The canonical JSON line (no newline).
-    pub fn to_line(&self) -> String {
-        String::from_utf8(
-            serde_json_canonicalizer::to_vec(self).expect("plain data always serializes"),
-        )
-        .expect("canonical JSON is UTF-8")
-    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 
 use gix::objs::tree::EntryKind;
 
-use crate::block::BlockId;
+use crate::block::{self, BlockId};
 use crate::key::{Keypair, SignatureError, Signer};
 use crate::layout::ChainConfig;
 use crate::repo::{Block, Ledger, LedgerError, git};
@@ -192,8 +192,7 @@ impl Certificate {
         };
         let chain = field("chain")?;
         let block = field("block")?
-            .parse::<gix::ObjectId>()
-            .map(BlockId)
+            .parse::<BlockId>()
             .map_err(|_| bad("the block is not an object id"))?;
         let height = field("height")?
             .parse::<u64>()
@@ -415,7 +414,7 @@ impl Ledger {
     fn commit_tree(&self, commit: BlockId) -> Result<gix::ObjectId, LedgerError> {
         let commit = self
             .repo()
-            .find_commit(commit.0)
+            .find_commit(block::oid(commit))
             .map_err(git("reading the certificates commit"))?;
         Ok(commit
             .tree_id()

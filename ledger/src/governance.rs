@@ -33,12 +33,7 @@ use crate::key::{KeyError, Keypair, SignatureError, Signer};
 use crate::layout::ChainConfig;
 use crate::repo::{Ledger, LedgerError};
 
-/// The built-in dapp name transactions that change `chain.toml` use; no
-/// deployed dapp may take it.
-pub const CHAIN_DAPP: &str = "chain";
-
-/// Its one action.
-pub const SET_ACTION: &str = "set";
+pub use utter_formats::config::{CHAIN_DAPP, SET_ACTION};
 
 /// The SSH signature namespace of approvals.
 pub const CHAIN_NAMESPACE: &str = "utter-chain";

@@ -2,9 +2,10 @@
 //! whole chain state, the canonical signed transaction format, and pointer
 //! blobs whose bytes live in the chunkstore.
 //!
-//! - [`key`]: OpenSSH ed25519 keys and SSH signatures (SSHSIG).
-//! - [`tx`]: transactions, canonical JSON signed in namespace `utter-tx`.
-//! - [`block`]: a block's commit message and results line formats.
+//! - [`key`], [`tx`]: keys and signed transactions (re-exported from
+//!   `utter-formats`, where a light client can sign without this crate).
+//! - [`block`]: a block's commit message; [`BlockId`] and the results line
+//!   are `utter-formats`' too.
 //! - [`layout`]: the tree layout and the rules names and configs follow.
 //! - [`governance`]: the `chain set` transaction that changes `chain.toml`,
 //!   approved by a quorum of the validators.
@@ -20,13 +21,13 @@ pub mod cert;
 mod dag;
 mod diff;
 pub mod governance;
-pub mod key;
 pub mod layout;
 mod pack;
 pub mod pointer;
 mod repo;
-pub mod tx;
 mod verify;
+
+pub use utter_formats::{TxId, key, tx};
 
 pub use block::{BlockId, Status, TxResult};
 pub use diff::FileChange;

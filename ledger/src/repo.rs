@@ -382,7 +382,7 @@ impl Ledger {
             path: path.to_path_buf(),
             chunks,
             chain,
-            genesis: genesis.unwrap_or(BlockId(ObjectId::null(gix::hash::Kind::Sha1))),
+            genesis: genesis.unwrap_or(BlockId::from_sha1([0; 20])),
             durable: true,
             nodes: RefCell::new(HashMap::new()),
             unpacked: Cell::new((0, 0)),
@@ -425,7 +425,7 @@ impl Ledger {
     pub fn block(&self, id: BlockId) -> Result<Block, LedgerError> {
         let object = self
             .repo
-            .try_find_object(id.0)
+            .try_find_object(block::oid(id))
             .map_err(git(format!("reading block {id}")))?
             .ok_or_else(|| LedgerError::NoBlock(id.to_string()))?;
         if object.kind != gix::objs::Kind::Commit {
@@ -476,7 +476,7 @@ impl Ledger {
             let prefix = gix::hash::Prefix::from_hex(name)
                 .map_err(|_| LedgerError::NoBlock(name.to_string()))?;
             if let Ok(Some(Ok(id))) = self.repo.objects.lookup_prefix(prefix, None) {
-                let id = BlockId(id);
+                let id = block::block_id(&id);
                 self.block(id)?;
                 return Ok(id);
             }
@@ -513,6 +513,54 @@ impl Ledger {
     /// validator compares with a proposed block's tree after re-executing
     /// it. Checks what [`Self::write_block`] checks.
     pub fn write_tree(&self, draft: &Draft) -> Result<(ObjectId, u64, String), LedgerError> {
+        let (base, height, chain) = self.check_draft(draft)?;
+        // Pack what earlier blocks left loose before adding more; a failure
+        // here leaves nothing half-written.
+        let (objects, bytes) = self.unpacked.get();
+        if objects >= PACK_AFTER_OBJECTS || bytes >= PACK_AFTER_BYTES {
+            self.pack_loose()?;
+            self.unpacked.set((0, 0));
+        }
+        let base = base.unwrap_or_else(|| ObjectId::empty_tree(gix::hash::Kind::Sha1));
+        let mut editor = self
+            .repo
+            .edit_tree(base)
+            .map_err(git("loading the parent tree"))?;
+        self.apply_changes(&mut editor, draft)?;
+        // Every dapp whose state changes must have its dapp.toml.
+        for path in draft.changes.paths.keys() {
+            if let Some(rest) = path.strip_prefix(&format!("{DAPPS}/"))
+                && let Some((dapp, _)) = rest.split_once(&format!("/{STATE}/"))
+            {
+                let toml = format!("{DAPPS}/{dapp}/{DAPP_TOML}");
+                if editor.get(toml.as_str()).is_none() {
+                    return Err(LedgerError::Draft(format!(
+                        "dapp {dapp} has state but no {DAPP_TOML}; set it with Changes::set_dapp"
+                    )));
+                }
+            }
+        }
+        let txs = self.write_blob(&jsonl(draft.txs.iter().map(String::as_str)))?;
+        let result_lines: Vec<String> = draft.results.iter().map(TxResult::to_line).collect();
+        let results = self.write_blob(&jsonl(result_lines.iter().map(String::as_str)))?;
+        for (name, id) in [(TXS, txs), (RESULTS, results)] {
+            editor
+                .upsert(format!("{BLOCK}/{name}").as_str(), EntryKind::Blob, id)
+                .map_err(git("writing the block directory"))?;
+        }
+        let tree = editor
+            .write()
+            .map_err(git("writing the state tree"))?
+            .detach();
+        self.count_unpacked(draft);
+        Ok((tree, height, chain))
+    }
+
+    /// Checks a draft before anything is written: one result per
+    /// transaction line, distinct parents, `chain.toml` for genesis and
+    /// this chain's name in it, a summary line. Returns the first parent's
+    /// tree, the height and the chain.
+    fn check_draft(&self, draft: &Draft) -> Result<(Option<ObjectId>, u64, String), LedgerError> {
         if draft.txs.len() != draft.results.len() {
             return Err(LedgerError::Draft(format!(
                 "{} transactions but {} results",
@@ -570,35 +618,27 @@ impl Ledger {
                 block::MAX_SUMMARY
             )));
         }
+        Ok((base, height, chain))
+    }
 
-        // Pack what earlier blocks left loose before adding more; a failure
-        // here leaves nothing half-written.
-        let (objects, bytes) = self.unpacked.get();
-        if objects >= PACK_AFTER_OBJECTS || bytes >= PACK_AFTER_BYTES {
-            self.pack_loose()?;
-            self.unpacked.set((0, 0));
-        }
-
-        let base = base.unwrap_or_else(|| ObjectId::empty_tree(gix::hash::Kind::Sha1));
-        let mut editor = self
-            .repo
-            .edit_tree(base)
-            .map_err(git("loading the parent tree"))?;
+    /// Writes each changed path into the tree being edited: large state
+    /// values go to the chunk store behind a pointer.
+    fn apply_changes(
+        &self,
+        editor: &mut gix::object::tree::Editor<'_>,
+        draft: &Draft,
+    ) -> Result<(), LedgerError> {
         for (path, change) in &draft.changes.paths {
-            match change {
+            let blob = match change {
                 Change::Put(bytes) => {
-                    let blob = if path.starts_with(DAPPS)
+                    if path.starts_with(DAPPS)
                         && path.contains(&format!("/{STATE}/"))
                         && must_chunk(bytes)
                     {
                         self.store_value(&bytes[..])?.encode()
                     } else {
                         bytes.clone()
-                    };
-                    let id = self.write_blob(&blob)?;
-                    editor
-                        .upsert(path.as_str(), EntryKind::Blob, id)
-                        .map_err(git(format!("setting {path}")))?;
+                    }
                 }
                 Change::Pointer(pointer) => {
                     if !self.chunks.has_manifest(&pointer.manifest)? {
@@ -607,44 +647,27 @@ impl Ledger {
                             pointer.manifest
                         )));
                     }
-                    let id = self.write_blob(&pointer.encode())?;
-                    editor
-                        .upsert(path.as_str(), EntryKind::Blob, id)
-                        .map_err(git(format!("setting {path}")))?;
+                    pointer.encode()
                 }
                 Change::Remove => {
                     editor
                         .remove(path.as_str())
                         .map_err(git(format!("removing {path}")))?;
+                    continue;
                 }
-            }
-        }
-        // Every dapp whose state changes must have its dapp.toml.
-        for path in draft.changes.paths.keys() {
-            if let Some(rest) = path.strip_prefix(&format!("{DAPPS}/"))
-                && let Some((dapp, _)) = rest.split_once(&format!("/{STATE}/"))
-            {
-                let toml = format!("{DAPPS}/{dapp}/{DAPP_TOML}");
-                if editor.get(toml.as_str()).is_none() {
-                    return Err(LedgerError::Draft(format!(
-                        "dapp {dapp} has state but no {DAPP_TOML}; set it with Changes::set_dapp"
-                    )));
-                }
-            }
-        }
-        let txs = self.write_blob(&jsonl(draft.txs.iter().map(String::as_str)))?;
-        let result_lines: Vec<String> = draft.results.iter().map(TxResult::to_line).collect();
-        let results = self.write_blob(&jsonl(result_lines.iter().map(String::as_str)))?;
-        for (name, id) in [(TXS, txs), (RESULTS, results)] {
+            };
+            let id = self.write_blob(&blob)?;
             editor
-                .upsert(format!("{BLOCK}/{name}").as_str(), EntryKind::Blob, id)
-                .map_err(git("writing the block directory"))?;
+                .upsert(path.as_str(), EntryKind::Blob, id)
+                .map_err(git(format!("setting {path}")))?;
         }
-        let tree = editor
-            .write()
-            .map_err(git("writing the state tree"))?
-            .detach();
+        Ok(())
+    }
 
+    /// Counts what a block leaves loose, so the next one packs in time: a
+    /// blob and about one tree per change, plus commit, root, block/ and
+    /// its two files.
+    fn count_unpacked(&self, draft: &Draft) {
         let written: usize = draft
             .changes
             .paths
@@ -656,12 +679,9 @@ impl Ledger {
             .sum::<usize>()
             + draft.txs.iter().map(|l| l.len() + 1).sum::<usize>()
             + draft.results.len() * 80;
-        // A blob and about one tree per change, plus commit, root, block/
-        // and its two files.
         let (objects, bytes) = self.unpacked.get();
         self.unpacked
             .set((objects + 2 * draft.changes.paths.len() + 5, bytes + written));
-        Ok((tree, height, chain))
     }
 
     /// Writes a commit as `git commit -S` with `gpg.format=ssh` does: the
@@ -687,7 +707,7 @@ impl Ledger {
         };
         let mut commit = gix::objs::Commit {
             tree,
-            parents: parents.iter().map(|p| p.0).collect(),
+            parents: parents.iter().map(|p| block::oid(*p)).collect(),
             author: ident.clone(),
             committer: ident,
             encoding: None,
@@ -708,8 +728,9 @@ impl Ledger {
                 .extra_headers
                 .push((SIGNATURE_HEADER.into(), BString::from(sig)));
         }
-        Ok(BlockId(
-            self.repo
+        Ok(block::block_id(
+            &self
+                .repo
                 .write_object(&commit)
                 .map_err(git("writing the block commit"))?
                 .detach(),
@@ -764,8 +785,8 @@ impl Ledger {
             .map_err(git(format!("reading {name}")))?;
         match reference {
             None => Ok(None),
-            Some(mut r) => Ok(Some(BlockId(
-                r.peel_to_id()
+            Some(mut r) => Ok(Some(block::block_id(
+                &r.peel_to_id()
                     .map_err(git(format!("reading {name}")))?
                     .detach(),
             ))),
@@ -780,10 +801,12 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         let constraint = match expected {
             None => PreviousValue::MustNotExist,
-            Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old.0)),
+            Some(old) => {
+                PreviousValue::MustExistAndMatch(gix::refs::Target::Object(block::oid(old)))
+            }
         };
         self.repo
-            .reference(name, id.0, constraint, "utter")
+            .reference(name, block::oid(id), constraint, "utter")
             .map_err(git(format!("updating {name}")))?;
         if self.durable {
             let file = self.path.join(name);
@@ -850,7 +873,7 @@ impl Ledger {
             let id = reference
                 .peel_to_id()
                 .map_err(git(format!("reading branch {name}")))?;
-            out.push((name, BlockId(id.detach())));
+            out.push((name, block::block_id(&id)));
         }
         out.sort();
         Ok(out)
@@ -1050,7 +1073,7 @@ pub(crate) fn parse_block(id: BlockId, data: &[u8]) -> Result<Block, String> {
     Ok(Block {
         id,
         tree: commit.tree(),
-        parents: commit.parents().map(BlockId).collect(),
+        parents: commit.parents().map(|p| block::block_id(&p)).collect(),
         height: message.height,
         chain: message.chain,
         summary: message.summary,

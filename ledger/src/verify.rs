@@ -11,6 +11,7 @@ use gix::ObjectId;
 use gix::bstr::ByteSlice;
 use gix::objs::FindHeader;
 
+use crate::TxId;
 use crate::block::{self, BlockId, GIT_NAMESPACE, SIGNATURE_HEADER, Status, TxResult};
 use crate::key::{SignatureError, Signer};
 use crate::layout::{
@@ -280,7 +281,7 @@ impl Ledger {
 
     /// A commit's parents, or why it cannot be read as a commit.
     fn commit_parents(&self, id: BlockId) -> Result<Result<Vec<BlockId>, String>, LedgerError> {
-        let object = match self.repo().try_find_object(id.0) {
+        let object = match self.repo().try_find_object(block::oid(id)) {
             Ok(Some(o)) => o,
             Ok(None) => return Ok(Err("the object is missing from the repository".into())),
             Err(e) => return Ok(Err(format!("the object cannot be read: {e}"))),
@@ -290,7 +291,7 @@ impl Ledger {
         }
         let parsed = gix::objs::CommitRef::from_bytes(&object.data, gix::hash::Kind::Sha1);
         Ok(match parsed {
-            Ok(commit) => Ok(commit.parents().map(BlockId).collect()),
+            Ok(commit) => Ok(commit.parents().map(|p| block::block_id(&p)).collect()),
             Err(e) => Err(format!("not a valid commit: {e}")),
         })
     }
@@ -338,7 +339,7 @@ impl Walk<'_> {
         let id = report.id;
         let object = ledger
             .repo()
-            .find_object(id.0)
+            .find_object(block::oid(id))
             .map_err(|source| LedgerError::Git {
                 doing: format!("reading block {id}"),
                 source,
@@ -691,8 +692,8 @@ impl Walk<'_> {
                     "line {n} is not canonical JSON"
                 )));
             }
-            let tx_id = blake3::hash(line).to_hex();
-            if result.tx != tx_id.as_str() {
+            let tx_id = TxId::of_line(line);
+            if result.tx != tx_id {
                 return Err(BlockError::Results(format!(
                     "line {n} is for transaction {}, but line {n} of txs.jsonl is {tx_id}",
                     result.tx

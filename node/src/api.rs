@@ -1,123 +1,188 @@
-//! The node's local HTTP/JSON API (127.0.0.1 only by default):
-//! ```text
-//! GET  /v1/status               {"chain","node","height","head","mempool","blocks_made"}
-//! GET  /v1/nonce?signer=KEY     {"signer","next"}: above the chain's and the mempool's
-//! POST /v1/txs                  body: signed transaction lines (JSON lines)
-//!                               → {"txs":[{"id","status":"pending"|"committed"|"refused","error"?}]}
-//! GET  /v1/txs/ID[?wait=SECS]   {"id","status":"pending"|"committed"|"unknown","block"?,"height"?,"result"?}
-//! ```
-//! Errors are `{"error": "…"}` with a 4xx or 5xx status.
+//! The node's local HTTP/JSON API (127.0.0.1 only by default): the routes
+//! and types of `utter_client::api`, version 1. Every error, including a
+//! malformed query, an oversized body, an unknown route and a wrong
+//! method, is an `ErrorBody` with a code and a message.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use utter_client::api::{
+    BLOCK_HEADER, Blocks, BlocksQuery, ErrorBody, ErrorCode, MAX_BLOCKS, MAX_BODY, MAX_LINES,
+    MAX_WAIT, Nonce, NonceQuery, StateQuery, Status, Submitted, TxState, WaitQuery,
+};
+use utter_ledger::{MAIN, TxId};
 
-use super::pool::Admitted;
-use super::{Shared, lock, seq_key};
+use crate::pool::Admitted;
+use crate::query::{self, QueryError};
+use crate::run::{Shared, lock, seq_key};
 
-/// The most lines one `POST /v1/txs` takes.
-pub const MAX_LINES: usize = 10_000;
-/// The largest body `POST /v1/txs` takes.
-const MAX_BODY: usize = 32 << 20;
-/// The longest `?wait=`.
-const MAX_WAIT: u64 = 300;
+/// An error answer.
+struct ApiError(ErrorCode, String);
 
-struct ApiError(StatusCode, String);
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self(ErrorCode::BadRequest, message.into())
+    }
+
+    fn internal(message: impl std::fmt::Display) -> Self {
+        Self(ErrorCode::Internal, message.to_string())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            code: self.0,
+            message: self.1,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request(format!("the query is malformed: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::bad_request(format!("the path is malformed: {}", r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self(
+                ErrorCode::TooLarge,
+                format!(
+                    "the body is larger than {MAX_BODY} bytes; send fewer transactions per request"
+                ),
+            )
+        } else {
+            Self::bad_request(format!("the body cannot be read: {}", r.body_text()))
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::NotOnMain(id) => Self(
+                ErrorCode::NotOnMain,
+                format!(
+                    "block {id} is not on main (main moved to another line); follow again from the head"
+                ),
+            ),
+            e => Self::internal(e),
+        }
     }
 }
 
 type Node = State<Arc<Shared>>;
+type Answer<T> = Result<Json<T>, ApiError>;
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/nonce", get(nonce))
         .route("/v1/txs", post(submit))
         .route("/v1/txs/{id}", get(tx_status))
+        .route("/v1/state/{dapp}/{*path}", get(state))
+        .route("/v1/doors/rules", get(rules))
+        .route("/v1/blocks", get(blocks))
         .fallback(|| async {
             ApiError(
-                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
                 "no such endpoint: see `utter node run --help` for the API".into(),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                ErrorCode::MethodNotAllowed,
+                "this endpoint does not take that method: see `utter node run --help` for the API"
+                    .into(),
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+        .await
 }
 
-async fn status(State(shared): Node) -> Json<Value> {
+async fn status(State(shared): Node) -> Json<Status> {
     let head = lock(&shared.head).clone();
     let mempool = lock(&shared.pool).len();
-    Json(json!({
-        "chain": shared.chain,
-        "node": shared.node_key,
-        "height": head.height,
-        "head": head.id.to_string(),
-        "mempool": mempool,
-        "blocks_made": head.blocks_made,
+    Json(Status {
+        chain: shared.chain.clone(),
+        node: shared.node_key.clone(),
+        height: head.height,
+        head: head.id,
+        mempool,
+        blocks_made: head.blocks_made,
+    })
+}
+
+async fn nonce(State(shared): Node, q: Result<Query<NonceQuery>, QueryRejection>) -> Answer<Nonce> {
+    let Query(q) = q?;
+    let next = lock(&shared.pool).next_nonce(&q.signer);
+    Ok(Json(Nonce {
+        signer: q.signer,
+        next,
     }))
 }
 
-#[derive(Deserialize)]
-struct NonceQuery {
-    signer: String,
-}
-
-async fn nonce(State(shared): Node, Query(q): Query<NonceQuery>) -> Json<Value> {
-    let next = lock(&shared.pool).next_nonce(&q.signer);
-    Json(json!({"signer": q.signer, "next": next}))
-}
-
-async fn submit(State(shared): Node, body: String) -> Result<Json<Value>, ApiError> {
+async fn submit(State(shared): Node, body: Result<Bytes, BytesRejection>) -> Answer<Submitted> {
+    let body = body?;
     let txs = tokio::task::spawn_blocking(move || admit(&shared, &body))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(Json(json!({"txs": txs})))
+        .map_err(ApiError::internal)??;
+    Ok(Json(Submitted { txs }))
 }
 
 /// Checks and admits the body's lines; answers only after the admitted
 /// ones are synced to disk.
-fn admit(shared: &Shared, body: &str) -> Result<Vec<Value>, ApiError> {
+fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
+    let body = std::str::from_utf8(body).map_err(|_| {
+        ApiError::bad_request(
+            "the body is not UTF-8: send signed transaction lines (`utter tx sign`)",
+        )
+    })?;
     let lines: Vec<String> = body
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect();
     if lines.is_empty() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "the body holds no transactions: send signed transaction lines (`utter tx sign`)"
-                .into(),
+        return Err(ApiError::bad_request(
+            "the body holds no transactions: send signed transaction lines (`utter tx sign`)",
         ));
     }
     if lines.len() > MAX_LINES {
         return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
             format!(
                 "{} transactions in one request; send at most {MAX_LINES}",
                 lines.len()
             ),
         ));
     }
-    let checked = utter_consensus::executor::verify_all(&lines, &shared.chain);
+    let checked = utter_executor::verify_all(&lines, &shared.chain);
     let _one_at_a_time = lock(&shared.admit);
     let mut out = Vec::with_capacity(lines.len());
     let mut new: Vec<(u64, String)> = Vec::new();
@@ -125,30 +190,36 @@ fn admit(shared: &Shared, body: &str) -> Result<Vec<Value>, ApiError> {
         let mut pool = lock(&shared.pool);
         let recent = lock(&shared.recent);
         for (line, checked) in lines.into_iter().zip(checked) {
-            let id = blake3::hash(line.as_bytes()).to_hex().to_string();
+            let id = TxId::of_line(&line);
             if let Some(c) = recent.get(&id) {
-                out.push(
-                    json!({"id": id, "status": "committed", "block": c.block.to_string(),
-                                "height": c.height}),
-                );
+                out.push(TxState::Committed {
+                    id,
+                    block: c.block,
+                    height: c.height,
+                    result: c.result.clone(),
+                });
                 continue;
             }
             let stx = match checked {
                 Ok(stx) => stx,
                 Err(e) => {
-                    out.push(json!({"id": id, "status": "refused", "error": e.to_string()}));
+                    out.push(TxState::Refused {
+                        id,
+                        error: e.to_string(),
+                    });
                     continue;
                 }
             };
-            match pool.admit(id.clone(), line.clone(), stx) {
+            match pool.admit(id, line.clone(), stx) {
                 Ok(Admitted::New(seq)) => {
                     new.push((seq, line));
-                    out.push(json!({"id": id, "status": "pending"}));
+                    out.push(TxState::Pending { id });
                 }
-                Ok(Admitted::Duplicate) => out.push(json!({"id": id, "status": "pending"})),
-                Err(why) => {
-                    out.push(json!({"id": id, "status": "refused", "error": why.to_string()}));
-                }
+                Ok(Admitted::Duplicate) => out.push(TxState::Pending { id }),
+                Err(why) => out.push(TxState::Refused {
+                    id,
+                    error: why.to_string(),
+                }),
             }
         }
     }
@@ -171,63 +242,170 @@ fn admit(shared: &Shared, body: &str) -> Result<Vec<Value>, ApiError> {
         Err(e) => {
             lock(&shared.pool).forget(&seqs);
             Err(ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unavailable,
                 format!("cannot write the mempool ({e}); nothing was admitted, send again"),
             ))
         }
     }
 }
 
-#[derive(Deserialize)]
-struct WaitQuery {
-    #[serde(default)]
-    wait: u64,
+/// Where a transaction is. Both locks are held at once (in admission's
+/// order): the producer adds results before it takes transactions out of
+/// the pool, so a transaction is always found in one of them.
+fn lookup(shared: &Shared, id: &TxId) -> Option<TxState> {
+    let pool = lock(&shared.pool);
+    let recent = lock(&shared.recent);
+    if let Some(c) = recent.get(id) {
+        return Some(TxState::Committed {
+            id: *id,
+            block: c.block,
+            height: c.height,
+            result: c.result.clone(),
+        });
+    }
+    pool.get(id).map(|_| TxState::Pending { id: *id })
 }
 
-fn lookup(shared: &Shared, id: &str) -> Option<Value> {
-    if let Some(c) = lock(&shared.recent).get(id) {
-        return Some(json!({
-            "id": id,
-            "status": "committed",
-            "block": c.block.to_string(),
-            "height": c.height,
-            "result": c.result,
-        }));
+/// Waits until `done` holds or `wait` passes, waking on every block.
+async fn until<T>(
+    shared: &Shared,
+    wait: u64,
+    mut done: impl FnMut() -> Result<Option<T>, ApiError>,
+    last: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_WAIT));
+    let mut blocks = shared.blocks.subscribe();
+    loop {
+        blocks.borrow_and_update();
+        if let Some(v) = done()? {
+            return Ok(v);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, blocks.changed()).await.is_err() {
+            return last();
+        }
     }
-    lock(&shared.pool)
-        .get(id)
-        .map(|_| json!({"id": id, "status": "pending"}))
 }
 
 async fn tx_status(
     State(shared): Node,
-    Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_WAIT));
-    let mut blocks = shared.blocks.subscribe();
-    loop {
-        blocks.borrow_and_update();
-        match lookup(&shared, &id) {
-            None => {
-                return Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "no transaction {id} is waiting or in the last blocks this node made; \
-                         `utter log` and `utter show` list older blocks"
-                    ),
-                ));
-            }
-            Some(v) if v["status"] == "committed" => return Ok(Json(v)),
-            Some(v) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    return Ok(Json(v));
-                }
-                if tokio::time::timeout(left, blocks.changed()).await.is_err() {
-                    return Ok(Json(v));
-                }
-            }
-        }
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> Answer<TxState> {
+    let Path(id) = id?;
+    let Query(q) = q?;
+    let id: TxId = id
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+    let unknown = || {
+        ApiError(
+            ErrorCode::UnknownTx,
+            format!(
+                "no transaction {id} is waiting or in the last blocks this node made; \
+                 `utter log` and `utter show` list older blocks"
+            ),
+        )
+    };
+    let state = until(
+        &shared,
+        q.wait,
+        || match lookup(&shared, &id) {
+            None => Err(unknown()),
+            Some(s @ TxState::Committed { .. }) => Ok(Some(s)),
+            Some(_) => Ok(None),
+        },
+        || lookup(&shared, &id).ok_or_else(unknown),
+    )
+    .await?;
+    Ok(Json(state))
+}
+
+/// Reads the ledger on a blocking thread, through the API's handle.
+async fn read<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&utter_ledger::Ledger) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&lock(&shared.ledger)))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+async fn state(
+    State(shared): Node,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<StateQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path((dapp, path)) = path?;
+    let Query(q) = q?;
+    let at = q.at.unwrap_or_else(|| MAIN.to_string());
+    let (block, bytes) = read(&shared, move |ledger| {
+        let id = ledger
+            .resolve(&at)
+            .map_err(|e| ApiError(ErrorCode::UnknownBlock, format!("{e}")))?;
+        let block = ledger.block(id).map_err(ApiError::internal)?;
+        let bytes = ledger
+            .read_value(&block, &query::state_path(&dapp, &path))
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError(
+                    ErrorCode::NoFile,
+                    format!("no file {path} in dapp {dapp}'s state at {}", id.short()),
+                )
+            })?;
+        Ok((id, bytes))
+    })
+    .await?;
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&block.to_string()) {
+        headers.insert(BLOCK_HEADER, v);
     }
+    Ok(response)
+}
+
+async fn rules(State(shared): Node) -> Answer<utter_client::api::RulesBundle> {
+    let head = lock(&shared.head).id;
+    let bundle = read(&shared, move |ledger| {
+        let block = ledger.block(head).map_err(ApiError::internal)?;
+        Ok(query::rules_bundle(ledger, &block)?)
+    })
+    .await?;
+    Ok(Json(bundle))
+}
+
+async fn blocks(
+    State(shared): Node,
+    q: Result<Query<BlocksQuery>, QueryRejection>,
+) -> Answer<Blocks> {
+    let Query(q) = q?;
+    let max = q.max.unwrap_or(MAX_BLOCKS).clamp(1, MAX_BLOCKS);
+    let after = q.after;
+    let answer = |shared: Arc<Shared>| async move {
+        let head = lock(&shared.head).id;
+        let blocks = read(&shared, move |ledger| {
+            Ok(query::blocks_after(ledger, head, after, max)?)
+        })
+        .await?;
+        Ok::<_, ApiError>(Blocks { blocks, head })
+    };
+    // Long poll: wait for a block after `after` when there is none yet.
+    let first = answer(shared.clone()).await?;
+    if !first.blocks.is_empty() || q.wait == 0 {
+        return Ok(Json(first));
+    }
+    let moved_from = first.head;
+    let changed = until(
+        &shared,
+        q.wait,
+        || Ok((lock(&shared.head).id != moved_from).then_some(())),
+        || Ok(()),
+    )
+    .await;
+    changed?;
+    Ok(Json(answer(shared).await?))
 }

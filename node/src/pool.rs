@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use utter_consensus::Nonces;
+use utter_executor::Nonces;
+use utter_ledger::TxId;
 use utter_ledger::tx::SignedTx;
 
 /// A transaction waiting for a block.
@@ -13,8 +14,8 @@ use utter_ledger::tx::SignedTx;
 pub struct Pending {
     /// Arrival order; also its record key.
     pub seq: u64,
-    /// BLAKE3 of the line (hex): the id the block's results use.
-    pub id: String,
+    /// The transaction's id (the hash of its line).
+    pub id: TxId,
     /// The signed line.
     pub line: String,
     /// The line, parsed and checked.
@@ -64,7 +65,7 @@ pub enum Admitted {
 #[derive(Debug)]
 pub struct Pool {
     queue: BTreeMap<u64, Pending>,
-    ids: HashMap<String, u64>,
+    ids: HashMap<TxId, u64>,
     nonces: HashSet<(String, u64)>,
     committed: Nonces,
     next_seq: u64,
@@ -89,8 +90,13 @@ impl Pool {
         self.queue.len()
     }
 
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// The transaction with this id, if it waits.
-    pub fn get(&self, id: &str) -> Option<&Pending> {
+    pub fn get(&self, id: &TxId) -> Option<&Pending> {
         self.ids.get(id).and_then(|seq| self.queue.get(seq))
     }
 
@@ -108,7 +114,7 @@ impl Pool {
     }
 
     /// Admits a checked transaction (not durable until [`Pool::made_durable`]).
-    pub fn admit(&mut self, id: String, line: String, tx: SignedTx) -> Result<Admitted, Refusal> {
+    pub fn admit(&mut self, id: TxId, line: String, tx: SignedTx) -> Result<Admitted, Refusal> {
         if self.ids.contains_key(&id) {
             return Ok(Admitted::Duplicate);
         }
@@ -125,7 +131,7 @@ impl Pool {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.nonces.insert((signer.clone(), nonce));
-        self.ids.insert(id.clone(), seq);
+        self.ids.insert(id, seq);
         self.queue.insert(
             seq,
             Pending {
@@ -195,7 +201,7 @@ mod tests {
     use utter_ledger::key::Keypair;
     use utter_ledger::tx::{Tx, VERSION};
 
-    fn signed(key: &Keypair, nonce: u64) -> (String, String, SignedTx) {
+    fn signed(key: &Keypair, nonce: u64) -> (TxId, String, SignedTx) {
         let tx = Tx {
             v: VERSION,
             chain: "c".into(),
@@ -208,11 +214,7 @@ mod tests {
         };
         let stx = tx.sign(key).expect("sign");
         let line = stx.to_line();
-        (
-            blake3::hash(line.as_bytes()).to_hex().to_string(),
-            line,
-            stx,
-        )
+        (TxId::of_line(&line), line, stx)
     }
 
     #[test]
@@ -227,13 +229,13 @@ mod tests {
         assert_eq!(pool.admit(id1, l1, t1), Err(Refusal::Replayed));
         let (id2, l2, t2) = signed(&key, 2);
         assert_eq!(
-            pool.admit(id2.clone(), l2.clone(), t2.clone()),
+            pool.admit(id2, l2.clone(), t2.clone()),
             Ok(Admitted::New(0))
         );
-        assert_eq!(pool.admit(id2.clone(), l2, t2), Ok(Admitted::Duplicate));
+        assert_eq!(pool.admit(id2, l2, t2), Ok(Admitted::Duplicate));
         let mut other = signed(&key, 2);
         other.2.tx.time = 2;
-        other.0 = "different".into();
+        other.0 = TxId::of_line("different");
         assert_eq!(
             pool.admit(other.0, other.1, other.2),
             Err(Refusal::NonceTaken)

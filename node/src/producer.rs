@@ -2,60 +2,51 @@
 //! helper, takes durable transactions from the pool, makes a block on
 //! main, moves main, and only then forgets the transactions' records.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use utter_consensus::{ExecError, Executor};
+use utter_executor::{ExecError, Executor};
 use utter_ledger::key::Keypair;
-use utter_ledger::{BlockId, Ledger, MAIN, Status, TxResult};
+use utter_ledger::{MAIN, Status};
 
-use super::{Committed, Recent, Shared, lock, seq_key};
-use crate::chain::{self, NodeImages, Opened};
-use crate::data_dir;
+use crate::home::{Home, Opened};
+use crate::run::{Committed, NodeError, Shared, lock, seq_key};
 
 /// When to cut a block.
-pub struct Settings {
+pub(crate) struct Settings {
     pub block_every: Duration,
     pub block_txs: usize,
     pub verbose: bool,
 }
 
 /// Runs until the node stops; on an error, stops the API too.
-pub fn run(
-    data_dir: &Path,
+pub(crate) fn run(
+    home: &Home,
     opened: Opened,
     key: Keypair,
     shared: Arc<Shared>,
     settings: Settings,
-) -> Result<()> {
-    let result = produce(data_dir, &opened, &key, &shared, &settings);
+) -> Result<(), NodeError> {
+    let result = produce(home, &opened, &key, &shared, &settings);
     if let Err(e) = &result {
-        eprintln!("error: the block producer stopped: {e:#}");
+        eprintln!("error: the block producer stopped: {e}");
         shared.failed.notify_one();
     }
     result
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn produce(
-    data_dir: &Path,
+    home: &Home,
     opened: &Opened,
     key: &Keypair,
     shared: &Shared,
     settings: &Settings,
-) -> Result<()> {
+) -> Result<(), NodeError> {
     let ledger = &opened.ledger;
-    let mut images = NodeImages::new(data_dir, &opened.store)?;
-    let mut helper = chain::spawn_helper(data_dir)?;
-    let mut executor = Executor::new(ledger, &data_dir::checkouts(data_dir))?;
+    let mut images = home.node_images(&opened.store)?;
+    let mut helper = home.spawn_helper()?;
+    let mut executor = Executor::new(ledger, &home.checkouts())?;
     let mut last_cut = Instant::now();
     loop {
         let batch = {
@@ -84,7 +75,9 @@ fn produce(
         last_cut = Instant::now();
         let tip = ledger.resolve(MAIN)?;
         let parent = ledger.block(tip)?;
-        let time = now().max(parent.time);
+        let time = i64::try_from(utter_formats::now())
+            .unwrap_or(i64::MAX)
+            .max(parent.time);
         let lines: Vec<String> = batch.iter().map(|p| p.line.clone()).collect();
         let checked = batch.iter().map(|p| p.tx.clone()).collect();
         let proposed = match executor.propose_verified(
@@ -99,39 +92,35 @@ fn produce(
             Ok(p) => p,
             Err(ExecError::Host(e)) => {
                 eprintln!("the sandbox helper failed ({e}); starting a new one");
-                helper = chain::spawn_helper(data_dir)?;
+                helper = home.spawn_helper()?;
                 continue;
             }
-            Err(e) => return Err(e).context("cannot make a block"),
+            Err(e) => return Err(e.into()),
         };
         // The block and main are synced: now the records may go.
         ledger.advance(MAIN, tip, proposed.block.id)?;
         let seqs: Vec<u64> = batch.iter().map(|p| p.seq).collect();
         let keys: Vec<Vec<u8>> = seqs.iter().map(|s| seq_key(*s)).collect();
         let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-        shared
-            .store
-            .write_records(&[], &key_refs)
-            .context("cannot drop committed transactions from the mempool")?;
-        lock(&shared.pool).committed(&seqs);
+        shared.store.write_records(&[], &key_refs)?;
         let accepted = proposed
             .results
             .iter()
             .filter(|r| r.status == Status::Accepted)
             .count();
+        // Results first, then out of the pool: a lookup between the two
+        // finds the transaction in one of them, never in neither.
         {
             let mut recent = lock(&shared.recent);
             for result in proposed.results {
-                recent.insert(
-                    result.tx.clone(),
-                    Committed {
-                        block: proposed.block.id,
-                        height: proposed.block.height,
-                        result,
-                    },
-                );
+                recent.insert(Committed {
+                    block: proposed.block.id,
+                    height: proposed.block.height,
+                    result,
+                });
             }
         }
+        lock(&shared.pool).committed(&seqs);
         {
             let mut head = lock(&shared.head);
             head.id = proposed.block.id;
@@ -150,36 +139,4 @@ fn produce(
             );
         }
     }
-}
-
-/// The results of the transactions in the last `blocks` blocks on the
-/// first-parent line ending at `tip`, so `GET /v1/txs/ID` answers for
-/// them after a restart.
-pub fn recent_results(ledger: &Ledger, tip: BlockId, blocks: usize) -> Result<Recent> {
-    let mut line = Vec::new();
-    let mut at = Some(tip);
-    while let Some(id) = at {
-        if line.len() == blocks {
-            break;
-        }
-        let block = ledger.block(id)?;
-        at = block.parents.first().copied();
-        line.push(block);
-    }
-    let mut recent = Recent::default();
-    for block in line.iter().rev() {
-        for text in ledger.result_lines(block)? {
-            if let Ok(result) = serde_json::from_str::<TxResult>(&text) {
-                recent.insert(
-                    result.tx.clone(),
-                    Committed {
-                        block: block.id,
-                        height: block.height,
-                        result,
-                    },
-                );
-            }
-        }
-    }
-    Ok(recent)
 }

@@ -1,89 +1,101 @@
 //! `utter node run`: one node of a chain. A local HTTP/JSON API on
 //! 127.0.0.1 admits signed transactions into a mempool persisted in the
-//! data dir's RocksDB (`records`, keys `mempool/<seq>`), and a block
-//! producer cuts a block from the mempool every `--block-ms` or
-//! `--block-txs` transactions, whichever comes first.
+//! data dir's RocksDB (records `mempool/<seq>`), and a block producer cuts
+//! a block from the mempool every `block_every` or `block_txs`
+//! transactions, whichever comes first.
 //!
 //! Threads: tokio serves the API; the producer is one plain thread that
 //! owns the ledger's executor and the sandbox helper. They share the pool
-//! (a mutex and a condition variable) and a record of recent results
-//! (with a watch channel that ticks per block for `?wait=`).
+//! (a mutex and a condition variable), a record of recent results, and a
+//! watch channel that ticks per block (for `?wait=` and `/v1/blocks`). The
+//! API reads the ledger through a handle of its own.
 //!
 //! A transaction is answered `pending` only after its record is synced,
 //! and its record is deleted only after the block that holds it is
 //! written, synced and main moved; a node killed at any point restarts
 //! with every accepted transaction either committed or still waiting.
 
-mod api;
-pub mod pool;
-mod producer;
-
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
 use utter_chunkstore::Store;
-use utter_consensus::Nonces;
-use utter_ledger::{BlockId, MAIN, TxResult};
+use utter_executor::Nonces;
+use utter_ledger::{BlockId, Ledger, MAIN, TxId, TxResult};
 
-use crate::chain;
-use pool::Pool;
+use crate::home::{Home, HomeError, Opened};
+use crate::pool::{self, Pool};
+use crate::{api, producer};
 
-/// The API's default address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7447";
-/// Where a running node writes its API address (`http://…`).
-pub fn addr_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("node.addr")
-}
-
-const MEMPOOL: &[u8] = b"mempool/";
+/// Record keys of the mempool: `mempool/<seq, u64 BE>` → the line.
+pub(crate) const MEMPOOL: &[u8] = b"mempool/";
 /// Results of this many recent transactions are kept for `GET /v1/txs/ID`.
 const RECENT: usize = 200_000;
+/// Blocks whose results a restarted node reloads.
+const RECENT_BLOCKS: usize = 256;
 
-/// `utter node …`
-#[derive(Subcommand)]
-pub enum NodeCommand {
-    /// Run the node: the local API, the mempool and the block producer,
-    /// until SIGTERM or ctrl-c
-    ///
-    /// The API (JSON): GET /v1/status; GET /v1/nonce?signer=KEY; POST
-    /// /v1/txs with signed transaction lines (answered once they are on
-    /// disk); GET /v1/txs/ID?wait=SECS. A node killed outright restarts
-    /// with every accepted transaction committed or still waiting.
-    Run(RunArgs),
+/// How a node runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The local API's address (port 0: any free port; the address is
+    /// written to the data dir's `node.addr`).
+    pub listen: SocketAddr,
+    /// Cut a block this long after the last one when transactions wait.
+    pub block_every: Duration,
+    /// Cut a block as soon as this many wait; also the most one block takes.
+    pub block_txs: usize,
+    /// The most transactions the mempool holds; more are refused.
+    pub mempool_max: usize,
+    /// Print a line per block.
+    pub verbose: bool,
 }
 
-/// `utter node run`
-#[derive(Args, Clone)]
-pub struct RunArgs {
-    /// Address of the local API (port 0: any free port; the address is
-    /// written to <data-dir>/node.addr)
-    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-    pub listen: SocketAddr,
-    /// Cut a block this often when transactions wait (milliseconds)
-    #[arg(long, default_value_t = 100, value_name = "MS")]
-    pub block_ms: u64,
-    /// Cut a block as soon as this many transactions wait; also the most
-    /// one block takes
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    pub block_txs: usize,
-    /// The most transactions the mempool holds; more are refused
-    #[arg(long, default_value_t = 100_000, value_name = "N")]
-    pub mempool_max: usize,
-    /// Print a line per block
-    #[arg(long, short)]
-    pub verbose: bool,
+/// Why a node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The data directory.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// A setting that cannot work.
+    #[error("{0}")]
+    Settings(&'static str),
+    /// The ledger.
+    #[error(transparent)]
+    Ledger(#[from] utter_ledger::LedgerError),
+    /// The executor.
+    #[error(transparent)]
+    Exec(#[from] utter_executor::ExecError),
+    /// The mempool's records.
+    #[error("the mempool's records: {0}")]
+    Mempool(#[from] utter_chunkstore::Error),
+    /// The API's address is taken or not ours.
+    #[error(
+        "cannot listen on {addr}: {source}; is another node running? pick another with --listen"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Other IO: the async runtime, `node.addr`, a thread.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The block producer panicked.
+    #[error("the block producer panicked")]
+    Panicked,
 }
 
 /// A committed transaction's result.
 #[derive(Debug, Clone)]
-pub struct Committed {
+pub(crate) struct Committed {
     pub block: BlockId,
     pub height: u64,
     pub result: TxResult,
@@ -91,17 +103,19 @@ pub struct Committed {
 
 /// What the producer tells the API about the chain.
 #[derive(Debug, Clone)]
-pub struct Head {
+pub(crate) struct Head {
     pub id: BlockId,
     pub height: u64,
     pub blocks_made: u64,
 }
 
 /// State shared by the API and the producer.
-pub struct Shared {
+pub(crate) struct Shared {
     pub chain: String,
     pub node_key: String,
     pub store: Store,
+    /// The API's own handle on the ledger (reads only).
+    pub ledger: Mutex<Ledger>,
     pub pool: Mutex<Pool>,
     /// Wakes the producer: transactions became durable, or shutdown.
     pub wake: Condvar,
@@ -119,14 +133,15 @@ pub struct Shared {
 
 /// Results of recent transactions, oldest evicted first.
 #[derive(Default)]
-pub struct Recent {
-    by_id: HashMap<String, Committed>,
-    order: VecDeque<String>,
+pub(crate) struct Recent {
+    by_id: HashMap<TxId, Committed>,
+    order: VecDeque<TxId>,
 }
 
 impl Recent {
-    pub fn insert(&mut self, id: String, c: Committed) {
-        if self.by_id.insert(id.clone(), c).is_none() {
+    pub fn insert(&mut self, c: Committed) {
+        let id = c.result.tx;
+        if self.by_id.insert(id, c).is_none() {
             self.order.push_back(id);
         }
         while self.order.len() > RECENT {
@@ -136,41 +151,65 @@ impl Recent {
         }
     }
 
-    pub fn get(&self, id: &str) -> Option<&Committed> {
+    pub fn get(&self, id: &TxId) -> Option<&Committed> {
         self.by_id.get(id)
+    }
+
+    /// The results of the transactions in the last `blocks` blocks on the
+    /// first-parent line ending at `tip`, so `GET /v1/txs/ID` answers for
+    /// them after a restart.
+    fn load(ledger: &Ledger, tip: BlockId, blocks: usize) -> Result<Self, NodeError> {
+        let mut line = Vec::new();
+        let mut at = Some(tip);
+        while let Some(id) = at {
+            if line.len() == blocks {
+                break;
+            }
+            let block = ledger.block(id)?;
+            at = block.parents.first().copied();
+            line.push(block);
+        }
+        let mut recent = Recent::default();
+        for block in line.iter().rev() {
+            for text in ledger.result_lines(block)? {
+                if let Ok(result) = serde_json::from_str::<TxResult>(&text) {
+                    recent.insert(Committed {
+                        block: block.id,
+                        height: block.height,
+                        result,
+                    });
+                }
+            }
+        }
+        Ok(recent)
     }
 }
 
 /// Locks, ignoring poisoning: every holder leaves the data consistent
 /// before anything that can panic.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn seq_key(seq: u64) -> Vec<u8> {
+/// The record key of mempool entry `seq`.
+pub(crate) fn seq_key(seq: u64) -> Vec<u8> {
     let mut k = MEMPOOL.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
-pub fn run(data_dir: &Path, cmd: NodeCommand) -> Result<ExitCode> {
-    match cmd {
-        NodeCommand::Run(args) => run_node(data_dir, args),
-    }
+/// What a restart found in the mempool.
+struct Reloaded {
+    pool: Pool,
+    kept: usize,
+    dropped: usize,
 }
 
 /// Reloads the mempool: every persisted line is checked again (signature,
 /// chain); lines whose nonce a committed block used were committed before
 /// the node stopped and are dropped.
-fn load_pool(
-    opened: &chain::Opened,
-    committed: Nonces,
-    max: usize,
-) -> Result<(Pool, usize, usize)> {
-    let records = opened
-        .store
-        .records(MEMPOOL)
-        .context("cannot read the mempool")?;
+fn load_pool(opened: &Opened, committed: Nonces, max: usize) -> Result<Reloaded, NodeError> {
+    let records = opened.store.records(MEMPOOL)?;
     let next_seq = records
         .last()
         .and_then(|(k, _)| k[MEMPOOL.len()..].try_into().ok())
@@ -179,45 +218,48 @@ fn load_pool(
         .iter()
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .collect();
-    let checked = utter_consensus::executor::verify_all(&lines, opened.ledger.chain());
+    let checked = utter_executor::verify_all(&lines, opened.ledger.chain());
     let mut pool = Pool::new(committed, max.max(records.len()), next_seq);
     let mut stale = Vec::new();
     let mut kept = Vec::new();
     for ((key, _), (line, checked)) in records.iter().zip(lines.into_iter().zip(checked)) {
-        let admitted = checked.ok().and_then(|stx| {
-            let id = blake3::hash(line.as_bytes()).to_hex().to_string();
-            pool.admit(id, line, stx).ok()
-        });
+        let admitted = checked
+            .ok()
+            .and_then(|stx| pool.admit(TxId::of_line(&line), line, stx).ok());
         match admitted {
             Some(pool::Admitted::New(seq)) => kept.push(seq),
             _ => stale.push(key.as_slice()),
         }
     }
     pool.made_durable(&kept);
-    opened
-        .store
-        .write_records(&[], &stale)
-        .context("cannot drop committed transactions from the mempool")?;
-    Ok((pool, kept.len(), stale.len()))
+    opened.store.write_records(&[], &stale)?;
+    Ok(Reloaded {
+        pool,
+        kept: kept.len(),
+        dropped: stale.len(),
+    })
 }
 
-fn run_node(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
-    if args.block_txs == 0 {
-        anyhow::bail!("--block-txs must be at least 1");
+/// Runs the node on `home` until SIGTERM or ctrl-c (finishing the block in
+/// progress), or until the producer fails.
+pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
+    if settings.block_txs == 0 {
+        return Err(NodeError::Settings("--block-txs must be at least 1"));
     }
-    let opened = chain::open(data_dir)?;
-    let key = chain::load_key(data_dir, None)?;
+    let opened = home.open()?;
+    let key = home.load_key(None)?;
     let tip = opened.ledger.resolve(MAIN)?;
     let head = opened.ledger.block(tip)?;
     let committed = Nonces::of_line(&opened.ledger, tip)?;
-    let (pool, kept, dropped) = load_pool(&opened, committed, args.mempool_max)?;
-    let recent = producer::recent_results(&opened.ledger, tip, 256)?;
+    let reloaded = load_pool(&opened, committed, settings.mempool_max)?;
+    let recent = Recent::load(&opened.ledger, tip, RECENT_BLOCKS)?;
     let (blocks_tx, _) = tokio::sync::watch::channel(0u64);
     let shared = Arc::new(Shared {
         chain: opened.ledger.chain().to_string(),
         node_key: key.public().to_openssh(),
         store: opened.store.clone(),
-        pool: Mutex::new(pool),
+        ledger: Mutex::new(home.ledger(&opened.store)?),
+        pool: Mutex::new(reloaded.pool),
         wake: Condvar::new(),
         admit: Mutex::new(()),
         recent: Mutex::new(recent),
@@ -231,47 +273,55 @@ fn run_node(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
         failed: tokio::sync::Notify::new(),
     });
 
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| NodeError::Io { what, source }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(io("start the async runtime"))?;
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(args.listen))
-        .with_context(|| {
-            format!(
-                "cannot listen on {}: is another node running? pick another with --listen",
-                args.listen
-            )
+        .block_on(tokio::net::TcpListener::bind(settings.listen))
+        .map_err(|source| NodeError::Listen {
+            addr: settings.listen,
+            source,
         })?;
-    let addr = listener.local_addr()?;
-    let addr_path = addr_file(data_dir);
-    std::fs::write(&addr_path, format!("http://{addr}\n"))
-        .with_context(|| format!("cannot write {}", addr_path.display()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("read the API's address"))?;
+    // Through a rename: a reader sees no address or the whole one.
+    let addr_path = home.addr_file();
+    let tmp = addr_path.with_extension("addr.tmp");
+    std::fs::write(&tmp, format!("http://{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &addr_path))
+        .map_err(io(&format!("write {}", addr_path.display())))?;
     eprintln!(
         "node of chain {} at height {} ({}), API on http://{addr}",
         shared.chain,
         head.height,
         tip.short()
     );
-    if kept + dropped > 0 {
+    if reloaded.kept + reloaded.dropped > 0 {
         eprintln!(
-            "mempool: {kept} transactions still waiting, {dropped} committed before the restart"
+            "mempool: {} transactions still waiting, {} committed before the restart",
+            reloaded.kept, reloaded.dropped
         );
     }
 
     let producer = {
         let shared = shared.clone();
-        let data_dir = data_dir.to_path_buf();
+        let home = home.clone();
         let settings = producer::Settings {
-            block_every: Duration::from_millis(args.block_ms),
-            block_txs: args.block_txs,
-            verbose: args.verbose,
+            block_every: settings.block_every,
+            block_txs: settings.block_txs,
+            verbose: settings.verbose,
         };
         std::thread::Builder::new()
             .name("producer".into())
-            .spawn(move || producer::run(&data_dir, opened, key, shared, settings))
-            .context("cannot start the block producer")?
+            .spawn(move || producer::run(&home, opened, key, shared, settings))
+            .map_err(io("start the block producer"))?
     };
 
     let served = runtime.block_on(api::serve(
@@ -282,16 +332,14 @@ fn run_node(data_dir: &Path, args: RunArgs) -> Result<ExitCode> {
     // Stop the producer after the block it is making, if any.
     shared.stopping.store(true, Ordering::SeqCst);
     shared.wake.notify_all();
-    let produced = producer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the block producer panicked"))?;
+    let produced = producer.join().map_err(|_| NodeError::Panicked)?;
     let _ = std::fs::remove_file(&addr_path);
     runtime.shutdown_timeout(Duration::from_secs(1));
-    served?;
+    served.map_err(io("serve the API"))?;
     produced?;
     let waiting = lock(&shared.pool).len();
     eprintln!("node stopped; {waiting} transactions wait in the mempool for the next start");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn shutdown_signal(shared: Arc<Shared>) {

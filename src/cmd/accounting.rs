@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -16,12 +16,12 @@ use utter_dapp_sdk::State;
 use utter_ledger::{Block, BlockId, Ledger, MAIN};
 use utter_membership::key_id;
 
-use crate::ledger::open;
-use crate::query::{materialize, member_names};
+use utter_node::Home;
+use utter_node::query::{materialize, members};
 
 /// `utter accounting …`
 #[derive(Subcommand)]
-pub enum AccountingCommand {
+pub enum Command {
     /// Every member's credits, dues paid-until, and the totals
     Balances {
         /// Read at this branch or block
@@ -58,7 +58,7 @@ pub struct ExportArgs {
 
 /// The ledger-cli account of a member: `members:<name>:<end of key id>`
 /// (names are not unique; the key id's end tells members apart).
-pub fn member_account(name: &str, id: &str) -> String {
+fn member_account(name: &str, id: &str) -> String {
     let clean: String = name
         .chars()
         .map(|c| {
@@ -83,9 +83,9 @@ fn books(ledger: &Ledger, at: &str) -> Result<Books> {
     let block = ledger.block(ledger.resolve(at)?)?;
     let dir = tempfile::tempdir().context("cannot make a scratch directory")?;
     materialize(ledger, &block, "accounting", dir.path())?;
-    let names = member_names(ledger, &block)?
+    let names = members(ledger, &block)?
         .into_iter()
-        .filter_map(|(key, name)| key_id(&key).map(|id| (id, name)))
+        .filter_map(|m| key_id(&m.key).map(|id| (id, m.name)))
         .collect();
     Ok(Books {
         state: State::at(dir.path().join("accounting")),
@@ -105,11 +105,11 @@ impl Books {
     }
 }
 
-pub fn run(data_dir: &Path, cmd: AccountingCommand) -> Result<ExitCode> {
-    let ledger = open(data_dir)?;
+pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
+    let ledger = home.open_read_only()?.ledger;
     match cmd {
-        AccountingCommand::Balances { at, json } => balances(&ledger, &at, json),
-        AccountingCommand::Export(args) => export(&ledger, &args),
+        Command::Balances { at, json } => balances(&ledger, &at, json),
+        Command::Export(args) => export(&ledger, &args),
     }
 }
 

@@ -11,7 +11,9 @@ use utter_ledger::governance::{self, Approval, CHAIN_DAPP, SET_ACTION, SetArgs};
 use utter_ledger::layout::{ChainConfig, Member};
 use utter_ledger::{Ledger, MAIN};
 
-use crate::chain::{load_key, open_read_only};
+use utter_node::Home;
+
+use crate::ui::write_out;
 
 /// `utter chain …`
 #[derive(Subcommand)]
@@ -67,11 +69,11 @@ pub struct RequestArgs {
     output: Option<PathBuf>,
 }
 
-pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
+pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Show(args) => show(data_dir, args),
-        Command::Approve(args) => approve(data_dir, args),
-        Command::Request(args) => request(data_dir, args),
+        Command::Show(args) => show(home, args),
+        Command::Approve(args) => approve(home, args),
+        Command::Request(args) => request(home, args),
     }
 }
 
@@ -106,8 +108,8 @@ fn main_config(ledger: &Ledger) -> Result<(utter_ledger::BlockId, ChainConfig)> 
     Ok((main, config))
 }
 
-fn show(data_dir: &Path, args: ShowArgs) -> Result<ExitCode> {
-    let opened = open_read_only(data_dir)?;
+fn show(home: &Home, args: ShowArgs) -> Result<ExitCode> {
+    let opened = home.open_read_only()?;
     let (main, config) = main_config(&opened.ledger)?;
     if args.json {
         let mut v = serde_json::to_value(&config)?;
@@ -133,9 +135,9 @@ fn read_desired(path: &Path) -> Result<String> {
     })
 }
 
-fn approve(data_dir: &Path, args: ApproveArgs) -> Result<ExitCode> {
-    let key = load_key(data_dir, args.key.as_deref())?;
-    let opened = open_read_only(data_dir)?;
+fn approve(home: &Home, args: ApproveArgs) -> Result<ExitCode> {
+    let key = home.load_key(args.key.as_deref())?;
+    let opened = home.open_read_only()?;
     let (main, current) = main_config(&opened.ledger)?;
     let desired = read_desired(&args.new)?;
     let next = governance::next_config(&current, &desired)?;
@@ -181,7 +183,7 @@ fn approve(data_dir: &Path, args: ApproveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn request(data_dir: &Path, args: RequestArgs) -> Result<ExitCode> {
+fn request(home: &Home, args: RequestArgs) -> Result<ExitCode> {
     let desired = read_desired(&args.new)?;
     let mut approvals = Vec::new();
     for path in &args.approvals {
@@ -207,7 +209,7 @@ fn request(data_dir: &Path, args: RequestArgs) -> Result<ExitCode> {
     }
     // Check here what the executor will check, so a refusal names its
     // reason before anything is sent.
-    let opened = open_read_only(data_dir)?;
+    let opened = home.open_read_only()?;
     let then = opened
         .ledger
         .block(first.at)
@@ -234,14 +236,4 @@ fn request(data_dir: &Path, args: RequestArgs) -> Result<ExitCode> {
         describe(&next)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_out(path: Option<&Path>, text: &str) -> Result<()> {
-    match path {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
-    }
 }

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
-use utter_chunkstore::{Chunking, ManifestId, OpenError, OpenOptions, PutOptions, Store};
+use utter_chunkstore::{Chunking, ManifestId, PutOptions, Store};
 
-use crate::data_dir;
-use crate::progress::Progress;
+use utter_node::{Home, Need};
+
+use crate::ui::{Progress, human};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -80,30 +81,30 @@ pub enum Command {
     },
 }
 
-pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
+pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Put {
             files,
             json,
             no_pin,
             chunking,
-        } => put(data_dir, &files, json, !no_pin, chunking),
-        Command::Get { manifest, output } => get(data_dir, &manifest, output.as_deref()),
-        Command::Stats { json } => stats(data_dir, json),
-        Command::Verify { json } => verify(data_dir, json),
-        Command::Gc { json } => gc(data_dir, json),
+        } => put(home, &files, json, !no_pin, chunking),
+        Command::Get { manifest, output } => get(home, &manifest, output.as_deref()),
+        Command::Stats { json } => stats(home, json),
+        Command::Verify { json } => verify(home, json),
+        Command::Gc { json } => gc(home, json),
         Command::Pin { manifest } => {
-            let n = open(data_dir, false, None)?.pin(&manifest)?;
+            let n = open(home, false, None)?.pin(&manifest)?;
             println!("{manifest} pinned {n}x");
             Ok(ExitCode::SUCCESS)
         }
         Command::Unpin { manifest } => {
-            let n = open(data_dir, false, None)?.unpin(&manifest)?;
+            let n = open(home, false, None)?.unpin(&manifest)?;
             println!("{manifest} pinned {n}x");
             Ok(ExitCode::SUCCESS)
         }
         Command::Pins { json } => {
-            let pins = open(data_dir, false, None)?.pins()?;
+            let pins = open(home, false, None)?.pins()?;
             for (id, n) in pins {
                 if json {
                     println!("{}", json!({"manifest": id.to_string(), "pins": n}));
@@ -116,27 +117,12 @@ pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
     }
 }
 
-fn open(data_dir: &Path, create: bool, chunking: Option<Chunking>) -> Result<Store> {
-    let path = data_dir::db(data_dir);
-    match Store::open(
-        &path,
-        &OpenOptions {
-            create,
-            chunking,
-            ..OpenOptions::default()
-        },
-    ) {
-        Ok(s) => Ok(s),
-        Err(OpenError::NotFound { .. }) => bail!(
-            "no utter data in {}: store something first (`utter chunks put FILE`) or pass --data-dir",
-            data_dir.display()
-        ),
-        Err(e) => Err(e.into()),
-    }
+fn open(home: &Home, create: bool, chunking: Option<Chunking>) -> Result<Store> {
+    Ok(home.store(Need::Chunks, create, false, chunking)?)
 }
 
 fn put(
-    data_dir: &Path,
+    home: &Home,
     files: &[PathBuf],
     json: bool,
     pin: bool,
@@ -166,7 +152,7 @@ fn put(
             Some(file),
         ));
     }
-    let store = open(data_dir, true, chunking)?;
+    let store = open(home, true, chunking)?;
     let mut stdout = io::stdout().lock();
     for (path, size, file) in inputs {
         let name = path.display().to_string();
@@ -202,8 +188,8 @@ fn put(
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(data_dir: &Path, id: &ManifestId, output: Option<&Path>) -> Result<ExitCode> {
-    let store = open(data_dir, false, None)?;
+fn get(home: &Home, id: &ManifestId, output: Option<&Path>) -> Result<ExitCode> {
+    let store = open(home, false, None)?;
     let mut reader = store.get(id)?;
     let mut bar = Progress::bytes(&id.to_string()[..12], Some(reader.size()), output.is_none());
     match output {
@@ -243,8 +229,8 @@ fn get(data_dir: &Path, id: &ManifestId, output: Option<&Path>) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn stats(data_dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = open(data_dir, false, None)?;
+fn stats(home: &Home, json: bool) -> Result<ExitCode> {
+    let store = open(home, false, None)?;
     let s = store.stats();
     if json {
         println!(
@@ -286,8 +272,8 @@ fn stats(data_dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(data_dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = open(data_dir, false, None)?;
+fn verify(home: &Home, json: bool) -> Result<ExitCode> {
+    let store = open(home, false, None)?;
     let mut bar = Progress::items("verify", 0, json);
     let report = store.verify(|done, total| {
         bar.set_total(total);
@@ -349,8 +335,8 @@ fn verify(data_dir: &Path, json: bool) -> Result<ExitCode> {
     })
 }
 
-fn gc(data_dir: &Path, json: bool) -> Result<ExitCode> {
-    let store = open(data_dir, false, None)?;
+fn gc(home: &Home, json: bool) -> Result<ExitCode> {
+    let store = open(home, false, None)?;
     let r = store.gc(&[])?;
     if json {
         println!(
@@ -366,20 +352,4 @@ fn gc(data_dir: &Path, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `1.5 MiB`
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

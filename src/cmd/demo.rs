@@ -1,13 +1,14 @@
 //! `utter demo`: a makerspace on a new chain, run through a real node.
 //!
 //! Creates the data dir (`utter init`), starts `utter node run` as a child
-//! process, and sends signed transactions to its API as the people of a
-//! makerspace would: the first admin, members and their badges, doors and
-//! their controllers, a trainer's certification, credits, dues, a
-//! transfer and an overdraft. Then a door controller that was offline
-//! uploads a day of door events it decided itself with `may_open`. It
-//! prints who came in, who was denied and why, the balances, and shows
-//! the ledger with `git log` and `utter verify`.
+//! process, and sends signed transactions to its API (through the client
+//! crate) as the people of a makerspace would: the first admin, members
+//! and their badges, doors and their controllers, a trainer's
+//! certification, credits, dues, a transfer and an overdraft. Then the
+//! door controllers, which were offline, decide a day of badges with
+//! `may_open` over the rules bundle the node serves, and upload it. It
+//! prints who came in, who was denied and why, the balances, and shows the
+//! ledger with `git log` and `utter verify`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,13 +18,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use utter_doors::{Rules, may_open};
+use utter_client::Client;
+use utter_client::api::TxState;
+use utter_doors::{Decision, Rules, may_open};
+use utter_formats::tx::Request;
+use utter_formats::{Status, TxResult};
 use utter_ledger::MAIN;
 use utter_ledger::key::Keypair;
+use utter_node::Home;
 
-use crate::chain;
-use crate::query::materialize;
-use crate::submit::Client;
+use crate::ui::utc;
 
 /// Marks a data dir `utter demo` made, so a later run may replace it.
 const MARKER: &str = ".utter-demo";
@@ -34,20 +38,6 @@ pub struct DemoArgs {
     /// Leave the node running at the end (stop it with ctrl-c)
     #[arg(long)]
     keep_running: bool,
-}
-
-struct Person {
-    name: &'static str,
-    card: &'static str,
-    key: Keypair,
-}
-
-struct Demo {
-    exe: PathBuf,
-    data_dir: PathBuf,
-    client: Client,
-    latencies: Vec<Duration>,
-    txs: usize,
 }
 
 /// Stops the node when the demo ends, however it ends.
@@ -61,18 +51,89 @@ impl Drop for NodeProcess {
     }
 }
 
-fn badge(salt: &str, card: &str) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(salt.as_bytes());
-    h.update(card.as_bytes());
-    h.finalize().to_hex().to_string()
+/// A member of the makerspace and their badge.
+struct Person {
+    name: &'static str,
+    card: &'static str,
+    key: Keypair,
+}
+
+/// Everyone in the demo: six members and two door controllers.
+struct Cast {
+    people: Vec<Person>,
+    front_bot: Keypair,
+    shop_bot: Keypair,
+    salt: String,
+}
+
+const ADA: usize = 0;
+const TIA: usize = 1;
+const MAX: usize = 2;
+const SUE: usize = 3;
+const BOB: usize = 4;
+const LIN: usize = 5;
+
+impl Cast {
+    /// New keys for everyone, saved under `<data dir>/demo-keys`.
+    fn new(dir: &Path) -> Result<Self> {
+        let person = |name, card| -> Result<Person> {
+            Ok(Person {
+                name,
+                card,
+                key: Keypair::generate(name)?,
+            })
+        };
+        let people = vec![
+            person("Ada", "4417-0001")?,
+            person("Tia", "4417-0002")?,
+            person("Max", "4417-0003")?,
+            person("Sue", "4417-0004")?,
+            person("Bob", "4417-0005")?,
+            person("Lin", "4417-0006")?,
+        ];
+        let keys = dir.join("demo-keys");
+        for p in &people {
+            Home::save_key(&keys.join(p.name.to_lowercase()), &p.key)?;
+        }
+        let front_bot = Keypair::generate("front-door")?;
+        let shop_bot = Keypair::generate("woodshop-door")?;
+        Home::save_key(&keys.join("front-door"), &front_bot)?;
+        Home::save_key(&keys.join("woodshop-door"), &shop_bot)?;
+        Ok(Self {
+            people,
+            front_bot,
+            shop_bot,
+            salt: hex::encode(rand_salt()),
+        })
+    }
+
+    fn key(&self, i: usize) -> String {
+        self.people[i].key.public().to_openssh()
+    }
+
+    /// The salted hash a reader makes of a card number.
+    fn badge(&self, card: &str) -> String {
+        let mut h = blake3::Hasher::new();
+        h.update(self.salt.as_bytes());
+        h.update(card.as_bytes());
+        h.finalize().to_hex().to_string()
+    }
+}
+
+/// The demo's node and what it measured.
+struct Demo {
+    exe: PathBuf,
+    dir: PathBuf,
+    client: Client,
+    latencies: Vec<Duration>,
+    txs: usize,
 }
 
 impl Demo {
     fn utter(&self, args: &[&str]) -> Result<String> {
         let out = Command::new(&self.exe)
             .arg("--data-dir")
-            .arg(&self.data_dir)
+            .arg(&self.dir)
             .args(args)
             .output()
             .with_context(|| format!("cannot run utter {}", args.join(" ")))?;
@@ -88,34 +149,37 @@ impl Demo {
 
     /// Signs `requests` with `key`, sends them, waits for their block;
     /// returns each one's result.
-    fn send(&mut self, key: &Keypair, requests: Vec<chain::Request>) -> Result<Vec<Value>> {
-        let status = self.client.status()?;
-        let chain_id = status["chain"].as_str().unwrap_or_default().to_string();
-        let nonce = self.client.next_nonce(&key.public().to_openssh())?;
-        let lines = chain::sign_requests(key, &chain_id, nonce, chain::now(), requests)?;
+    fn send(&mut self, key: &Keypair, requests: Vec<Request>) -> Result<Vec<TxResult>> {
         let sent = Instant::now();
-        let answers = self.client.submit(&lines)?;
-        if let Some(refused) = answers.iter().find(|a| a["status"] == "refused") {
-            bail!("the node refused a transaction: {}", refused["error"]);
+        let states = self.client.sign_and_submit(key, requests)?;
+        let mut ids = Vec::with_capacity(states.len());
+        for (_, state) in &states {
+            if let TxState::Refused { error, .. } = state {
+                bail!("the node refused a transaction: {error}");
+            }
+            ids.push(state.id());
         }
-        let ids: Vec<String> = answers
-            .iter()
-            .filter_map(|a| a["id"].as_str().map(str::to_string))
-            .collect();
-        let done = self.client.wait_all(&ids, Duration::from_secs(120), true)?;
+        let done = self
+            .client
+            .wait_all(&ids, Duration::from_secs(120), |_| {})?;
         let took = sent.elapsed();
         self.latencies.extend(std::iter::repeat_n(took, done.len()));
         self.txs += done.len();
-        Ok(done.into_iter().map(|v| v["result"].clone()).collect())
+        Ok(done
+            .into_iter()
+            .filter_map(|s| s.result().cloned())
+            .collect())
     }
 
     /// Like `send`, and every transaction must be accepted.
-    fn must(&mut self, what: &str, key: &Keypair, requests: Vec<chain::Request>) -> Result<()> {
+    fn must(&mut self, what: &str, key: &Keypair, requests: Vec<Request>) -> Result<()> {
         let n = requests.len();
-        let results = self.send(key, requests)?;
-        for r in &results {
-            if r["status"] != "accepted" {
-                bail!("{what}: a transaction was rejected: {}", r["reason"]);
+        for r in self.send(key, requests)? {
+            if r.status != Status::Accepted {
+                bail!(
+                    "{what}: a transaction was rejected: {}",
+                    r.reason.unwrap_or_default()
+                );
             }
         }
         match n {
@@ -126,36 +190,34 @@ impl Demo {
     }
 }
 
-fn req(dapp: &str, action: &str, args: Value) -> chain::Request {
-    (dapp.to_string(), action.to_string(), args)
+fn req(dapp: &str, action: &str, args: Value) -> Request {
+    Request::new(dapp, action, args)
 }
 
-fn prepare(data_dir: &Path) -> Result<()> {
-    if data_dir.exists() && std::fs::read_dir(data_dir)?.next().is_some() {
-        if !data_dir.join(MARKER).exists() {
+fn prepare(dir: &Path) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        if !dir.join(MARKER).exists() {
             bail!(
                 "{} holds data that `utter demo` did not make; pass another --data-dir (e.g. --data-dir ./demo-data)",
-                data_dir.display()
+                dir.display()
             );
         }
-        std::fs::remove_dir_all(data_dir)
-            .with_context(|| format!("cannot remove the old demo in {}", data_dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot remove the old demo in {}", dir.display()))?;
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    std::fs::write(
-        data_dir.join(MARKER),
-        "made by `utter demo`; it replaces it\n",
-    )?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), "made by `utter demo`; it replaces it\n")?;
     Ok(())
 }
 
-fn start_node(exe: &Path, data_dir: &Path) -> Result<(NodeProcess, Client)> {
-    let addr = crate::node::addr_file(data_dir);
-    let log = std::fs::File::create(data_dir.join("node.log"))?;
+/// Starts `utter node run` on the demo's data dir and waits until it
+/// serves.
+fn start_node(exe: &Path, home: &Home) -> Result<(NodeProcess, Client)> {
+    let log_path = home.root().join("node.log");
+    let log = std::fs::File::create(&log_path)?;
     let child = Command::new(exe)
         .arg("--data-dir")
-        .arg(data_dir)
+        .arg(home.root())
         .args([
             "node",
             "run",
@@ -172,103 +234,58 @@ fn start_node(exe: &Path, data_dir: &Path) -> Result<(NodeProcess, Client)> {
         .context("cannot start `utter node run`")?;
     let mut node = NodeProcess(child);
     let started = Instant::now();
-    while !addr.exists() {
+    let url = loop {
+        if let Some(url) = home.node_url() {
+            break url;
+        }
         if let Some(status) = node.0.try_wait()? {
             bail!(
                 "the node exited ({status}) before it served: see {}",
-                data_dir.join("node.log").display()
+                log_path.display()
             );
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("the node did not start within 60 s");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let client = Client::new(data_dir, None);
+    };
+    let client = Client::new(&url);
     client.status()?;
     Ok((node, client))
 }
 
-pub fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
-    let exe = std::env::current_exe().context("cannot find the utter executable")?;
-    prepare(data_dir)?;
-    println!("== a makerspace on a new chain, in {}", data_dir.display());
-    let mut d = Demo {
-        exe: exe.clone(),
-        data_dir: data_dir.to_path_buf(),
-        client: Client::new(data_dir, None),
-        latencies: Vec::new(),
-        txs: 0,
-    };
-    d.utter(&["init", "--chain", "makerspace", "--name", "node1"])?;
-    println!(
-        "  utter init: genesis with the built-in dapps membership, certifications, doors, accounting and the test dapp invariants"
-    );
-    let (node, client) = start_node(&exe, data_dir)?;
-    d.client = client;
-    println!(
-        "  utter node run: API on {} (log: {})",
-        std::fs::read_to_string(crate::node::addr_file(data_dir))?.trim(),
-        data_dir.join("node.log").display()
-    );
-
-    let person = |name, card| -> Result<Person> {
-        Ok(Person {
-            name,
-            card,
-            key: Keypair::generate(name)?,
-        })
-    };
-    let people = [
-        person("Ada", "4417-0001")?,
-        person("Tia", "4417-0002")?,
-        person("Max", "4417-0003")?,
-        person("Sue", "4417-0004")?,
-        person("Bob", "4417-0005")?,
-        person("Lin", "4417-0006")?,
-    ];
-    let keys_dir = data_dir.join("demo-keys");
-    std::fs::create_dir_all(&keys_dir)?;
-    for p in &people {
-        crate::key::save(&keys_dir.join(p.name.to_lowercase()), &p.key)?;
-    }
-    let front_bot = Keypair::generate("front-door")?;
-    let shop_bot = Keypair::generate("woodshop-door")?;
-    crate::key::save(&keys_dir.join("front-door"), &front_bot)?;
-    crate::key::save(&keys_dir.join("woodshop-door"), &shop_bot)?;
-    let pk = |i: usize| people[i].key.public().to_openssh();
-    let (ada, tia, max, sue, bob, lin) = (0, 1, 2, 3, 4, 5);
-    let salt = hex::encode(rand_salt());
-
+/// The makerspace's first day: members, badges, doors, credits, dues.
+fn set_up(d: &mut Demo, cast: &Cast) -> Result<()> {
+    let p = &cast.people;
     println!("\n== setting up (each step waits for its block)");
     d.must(
         "Ada starts the membership as its first admin and treasurer",
-        &people[ada].key,
+        &p[ADA].key,
         vec![req(
             "membership",
             "add-member",
-            json!({"key": pk(ada), "name": "Ada", "roles": ["admin", "treasurer"], "salt": salt}),
+            json!({"key": cast.key(ADA), "name": "Ada", "roles": ["admin", "treasurer"], "salt": cast.salt}),
         )],
     )?;
     let mut setup = Vec::new();
     for (i, roles) in [
-        (tia, json!(["trainer"])),
-        (max, json!([])),
-        (sue, json!([])),
-        (bob, json!([])),
-        (lin, json!([])),
+        (TIA, json!(["trainer"])),
+        (MAX, json!([])),
+        (SUE, json!([])),
+        (BOB, json!([])),
+        (LIN, json!([])),
     ] {
         setup.push(req(
             "membership",
             "add-member",
-            json!({"key": pk(i), "name": people[i].name, "roles": roles}),
+            json!({"key": cast.key(i), "name": p[i].name, "roles": roles}),
         ));
     }
-    for (i, p) in people.iter().enumerate() {
+    for (i, person) in p.iter().enumerate() {
         setup.push(req(
             "membership",
             "add-badge",
-            json!({"key": pk(i), "badge": badge(&salt, p.card)}),
+            json!({"key": cast.key(i), "badge": cast.badge(person.card)}),
         ));
     }
     setup.push(req(
@@ -288,9 +305,9 @@ pub fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         json!({"name": "storage", "roles": ["admin", "trainer"]}),
     ));
     for (door, bot) in [
-        ("front", &front_bot),
-        ("woodshop", &shop_bot),
-        ("storage", &shop_bot),
+        ("front", &cast.front_bot),
+        ("woodshop", &cast.shop_bot),
+        ("storage", &cast.shop_bot),
     ] {
         setup.push(req(
             "doors",
@@ -301,144 +318,158 @@ pub fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     setup.push(req("accounting", "set-dues", json!({"per_month": 25})));
     d.must(
         "Ada adds five members, six badges (hashes only), three doors and their controllers, and sets dues of 25 CR a month",
-        &people[ada].key,
+        &p[ADA].key,
         setup,
     )?;
-    let mints = (0..people.len())
-        .map(|i| req("accounting", "mint", json!({"to": pk(i), "amount": 100, "memo": format!("welcome credits for {}", people[i].name)})))
+    let mints = (0..p.len())
+        .map(|i| req("accounting", "mint", json!({"to": cast.key(i), "amount": 100, "memo": format!("welcome credits for {}", p[i].name)})))
         .collect();
-    d.must("Ada mints 100 CR for everyone", &people[ada].key, mints)?;
+    d.must("Ada mints 100 CR for everyone", &p[ADA].key, mints)?;
     d.must(
         "Tia certifies Max for the woodshop",
-        &people[tia].key,
+        &p[TIA].key,
         vec![req(
             "certifications",
             "certify",
-            json!({"member": pk(max), "tool": "woodshop"}),
+            json!({"member": cast.key(MAX), "tool": "woodshop"}),
         )],
     )?;
-    for i in [ada, tia, max, sue, lin] {
+    for i in [ADA, TIA, MAX, SUE, LIN] {
         d.must(
-            &format!("{} pays a month of dues", people[i].name),
-            &people[i].key,
+            &format!("{} pays a month of dues", p[i].name),
+            &p[i].key,
             vec![req("accounting", "pay-dues", json!({"months": 1}))],
         )?;
     }
     d.must(
         "Max pays Tia 10 CR for the induction",
-        &people[max].key,
+        &p[MAX].key,
         vec![req(
             "accounting",
             "transfer",
-            json!({"to": pk(tia), "amount": 10, "memo": "woodshop induction"}),
+            json!({"to": cast.key(TIA), "amount": 10, "memo": "woodshop induction"}),
         )],
     )?;
     let overdraw = d.send(
-        &people[bob].key,
+        &p[BOB].key,
         vec![req(
             "accounting",
             "transfer",
-            json!({"to": pk(lin), "amount": 500, "memo": "a laser cutter"}),
+            json!({"to": cast.key(LIN), "amount": 500, "memo": "a laser cutter"}),
         )],
     )?;
     println!(
         "  Bob tries to send Lin 500 CR: {} ({})",
-        overdraw[0]["status"].as_str().unwrap_or("?"),
-        overdraw[0]["reason"].as_str().unwrap_or("")
+        if overdraw[0].status == Status::Accepted {
+            "accepted"
+        } else {
+            "rejected"
+        },
+        overdraw[0].reason.as_deref().unwrap_or("")
     );
     d.must(
         "Ada suspends Sue",
-        &people[ada].key,
-        vec![req("membership", "suspend", json!({"key": pk(sue)}))],
-    )?;
+        &p[ADA].key,
+        vec![req("membership", "suspend", json!({"key": cast.key(SUE)}))],
+    )
+}
 
-    // A day of door events, decided by the controllers offline with the
-    // rules as they are now, uploaded afterwards.
-    let ledger = crate::ledger::open(data_dir)?;
-    let block = ledger.block(ledger.resolve(MAIN)?)?;
+/// One badge at a door, decided by its controller.
+struct Visit {
+    who: String,
+    door: &'static str,
+    badge: String,
+    time: u64,
+    decision: Decision,
+}
+
+/// Yesterday, as the controllers decided it offline with `may_open` over
+/// the rules bundle they last had from the node.
+fn offline_day(d: &Demo, cast: &Cast) -> Result<Vec<Visit>> {
+    let bundle = d.client.rules()?;
     let rules_dir = tempfile::tempdir()?;
-    for dapp in ["doors", "membership", "certifications", "accounting"] {
-        materialize(&ledger, &block, dapp, rules_dir.path())?;
-    }
-    drop(ledger);
+    bundle.write_to(rules_dir.path())?;
     let mut rules = Rules::at(rules_dir.path());
-    // Yesterday, which the controllers kept offline.
-    let day = (chain::now() / 86_400 - 1) * 86_400;
+    let day = (utter_formats::now() / 86_400 - 1) * 86_400;
     let at = |h: u64, m: u64| day + h * 3600 + m * 60;
-    let visits: Vec<(usize, &str, u64)> = vec![
-        (ada, "front", at(8, 5)),
-        (ada, "storage", at(8, 9)),
-        (max, "front", at(9, 10)),
-        (max, "woodshop", at(9, 12)),
-        (lin, "front", at(10, 20)),
-        (lin, "woodshop", at(10, 22)),
-        (bob, "front", at(12, 31)),
-        (sue, "front", at(13, 40)),
-        (tia, "front", at(17, 45)),
-        (tia, "storage", at(17, 47)),
-        (tia, "woodshop", at(17, 50)),
-        (max, "storage", at(18, 55)),
-        (max, "woodshop", at(22, 30)),
+    let visits: [(usize, &'static str, u64); 13] = [
+        (ADA, "front", at(8, 5)),
+        (ADA, "storage", at(8, 9)),
+        (MAX, "front", at(9, 10)),
+        (MAX, "woodshop", at(9, 12)),
+        (LIN, "front", at(10, 20)),
+        (LIN, "woodshop", at(10, 22)),
+        (BOB, "front", at(12, 31)),
+        (SUE, "front", at(13, 40)),
+        (TIA, "front", at(17, 45)),
+        (TIA, "storage", at(17, 47)),
+        (TIA, "woodshop", at(17, 50)),
+        (MAX, "storage", at(18, 55)),
+        (MAX, "woodshop", at(22, 30)),
     ];
-    let mut events = Vec::new();
-    let mut shown = Vec::new();
-    for (who, door, time) in &visits {
-        let b = badge(&salt, people[*who].card);
-        let decision = may_open(&mut rules, door, &b, *time);
-        events.push((door.to_string(), b, *time, decision.clone()));
-        shown.push((
-            people[*who].name.to_string(),
-            door.to_string(),
-            *time,
-            decision,
-        ));
-    }
-    let stranger = badge(&salt, "9999-0000");
-    let decision = may_open(&mut rules, "front", &stranger, at(23, 59));
-    events.push(("front".into(), stranger, at(23, 59), decision.clone()));
-    shown.push((
-        "(a stranger's card)".into(),
-        "front".into(),
-        at(23, 59),
-        decision,
-    ));
-    let upload = |bot_door: &str| -> Vec<chain::Request> {
-        events
-            .iter()
-            .filter(|(door, ..)| (bot_door == "front") == (door == "front"))
-            .map(|(door, b, time, dec)| {
+    let mut day_log: Vec<Visit> = visits
+        .iter()
+        .map(|&(who, door, time)| {
+            let badge = cast.badge(cast.people[who].card);
+            Visit {
+                who: cast.people[who].name.to_string(),
+                door,
+                decision: may_open(&mut rules, door, &badge, time),
+                badge,
+                time,
+            }
+        })
+        .collect();
+    let badge = cast.badge("9999-0000");
+    day_log.push(Visit {
+        who: "(a stranger's card)".into(),
+        door: "front",
+        decision: may_open(&mut rules, "front", &badge, at(23, 59)),
+        badge,
+        time: at(23, 59),
+    });
+    Ok(day_log)
+}
+
+/// Each controller uploads the events of its doors.
+fn upload(d: &mut Demo, cast: &Cast, day: &[Visit]) -> Result<()> {
+    let events = |front: bool| -> Vec<Request> {
+        day.iter()
+            .filter(|v| (v.door == "front") == front)
+            .map(|v| {
                 req(
                     "doors",
                     "access",
-                    json!({"door": door, "badge": b, "time": time,
-                                              "granted": dec.granted, "reason": dec.reason}),
+                    json!({"door": v.door, "badge": v.badge, "time": v.time,
+                           "granted": v.decision.granted, "reason": v.decision.reason}),
                 )
             })
             .collect()
     };
-    let front_events = upload("front");
-    let shop_events = upload("woodshop");
     d.must(
         "the front door's controller uploads its log",
-        &front_bot,
-        front_events,
+        &cast.front_bot,
+        events(true),
     )?;
     d.must(
         "the workshop's controller uploads its log",
-        &shop_bot,
-        shop_events,
-    )?;
+        &cast.shop_bot,
+        events(false),
+    )
+}
 
+/// What the day left on the ledger: the door log, the books, the blocks.
+fn report(d: &Demo, day: &mut [Visit]) -> Result<()> {
     println!("\n== the door log (decided offline by the controllers, now on the ledger)");
-    shown.sort_by_key(|(_, _, t, _)| *t);
-    for (name, door, time, dec) in &shown {
+    day.sort_by_key(|v| v.time);
+    for v in day.iter() {
         println!(
             "  {}  {:<9} {:<7} {:<20} {}",
-            crate::ledger::utc(i64::try_from(*time).unwrap_or(0)),
-            door,
-            if dec.granted { "open" } else { "DENIED" },
-            name,
-            dec.reason
+            utc(i64::try_from(v.time).unwrap_or(0)),
+            v.door,
+            if v.decision.granted { "open" } else { "DENIED" },
+            v.who,
+            v.decision.reason
         );
     }
     println!("\n== balances (utter accounting balances)");
@@ -446,7 +477,7 @@ pub fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     println!("\n== the ledger is a git repository (git log)");
     let git = Command::new("git")
         .arg("--git-dir")
-        .arg(data_dir.join("ledger.git"))
+        .arg(d.dir.join("ledger.git"))
         .args(["log", "--format=%h %s", "-n", "6", MAIN])
         .output();
     match git {
@@ -467,13 +498,44 @@ pub fn run(data_dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     println!(
         "\n{} transactions in {} blocks; submit to committed p50 {:.0} ms",
         d.txs,
-        status["blocks_made"],
+        status.blocks_made,
         p50.as_secs_f64() * 1e3
     );
     println!(
         "explore: utter --data-dir {dir} members ls | doors log | accounting export --format ledger | log",
-        dir = data_dir.display()
+        dir = d.dir.display()
     );
+    Ok(())
+}
+
+pub fn run(dir: &Path, args: DemoArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the utter executable")?;
+    let home = Home::new(dir);
+    prepare(home.root())?;
+    println!("== a makerspace on a new chain, in {}", dir.display());
+    let mut d = Demo {
+        exe: exe.clone(),
+        dir: home.root().to_path_buf(),
+        client: Client::new(utter_client::DEFAULT_ADDR),
+        latencies: Vec::new(),
+        txs: 0,
+    };
+    d.utter(&["init", "--chain", "makerspace", "--name", "node1"])?;
+    println!(
+        "  utter init: genesis with the built-in dapps membership, certifications, doors, accounting and the test dapp invariants"
+    );
+    let (node, client) = start_node(&exe, &home)?;
+    println!(
+        "  utter node run: API on {} (log: {})",
+        client.base(),
+        home.root().join("node.log").display()
+    );
+    d.client = client;
+    let cast = Cast::new(home.root())?;
+    set_up(&mut d, &cast)?;
+    let mut day = offline_day(&d, &cast)?;
+    upload(&mut d, &cast, &day)?;
+    report(&d, &mut day)?;
     if args.keep_running {
         println!("the node keeps running; stop it with ctrl-c");
         let mut node = node;

@@ -7,12 +7,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use utter_chunkstore::{OpenError, OpenOptions, Store};
 use utter_images::{BuildInput, BuildOptions, Image, Images, ImportOptions, Source, UnpackOptions};
 
-use crate::chunks::human;
-use crate::data_dir;
-use crate::progress::Progress;
+use utter_node::{Home, Need};
+
+use crate::ui::{Progress, human};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -145,43 +144,30 @@ fn argv(s: &str, flag: &str) -> Result<Vec<String>> {
 }
 
 /// Opens the data directory's image store (creating it when `create`).
-pub fn open(data_dir: &Path, create: bool) -> Result<Images> {
-    let chunks = match Store::open(
-        data_dir::db(data_dir),
-        &OpenOptions {
-            create,
-            ..OpenOptions::default()
-        },
-    ) {
-        Ok(s) => s,
-        Err(OpenError::NotFound { .. }) => bail!(
-            "no utter data in {}: import or build an image first (`utter image import SOURCE`) or pass --data-dir",
-            data_dir.display()
-        ),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(Images::open(data_dir::images(data_dir), chunks)?)
+fn open(home: &Home, create: bool) -> Result<Images> {
+    let store = home.store(Need::Images, create, false, None)?;
+    Ok(home.images(&store)?)
 }
 
-pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
+pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Import(args) => import(data_dir, args),
-        Command::Build(args) => build(data_dir, args),
+        Command::Import(args) => import(home, args),
+        Command::Build(args) => build(home, args),
         Command::Export {
             image,
             target,
             json,
-        } => export(data_dir, &image, &target, json),
-        Command::Unpack { image, dir, json } => unpack(data_dir, &image, &dir, json),
-        Command::Ls { json } => ls(data_dir, json),
-        Command::Rm { images, json } => rm(data_dir, &images, json),
+        } => export(home, &image, &target, json),
+        Command::Unpack { image, dir, json } => unpack(home, &image, &dir, json),
+        Command::Ls { json } => ls(home, json),
+        Command::Rm { images, json } => rm(home, &images, json),
         Command::Tag { image, tag } => {
-            let images = open(data_dir, false)?;
+            let images = open(home, false)?;
             let id = images.tag(&image, &tag)?;
             println!("{tag} -> {id}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { image, json } => inspect(data_dir, &image, json),
+        Command::Inspect { image, json } => inspect(home, &image, json),
     }
 }
 
@@ -202,9 +188,9 @@ fn image_json(i: &Image) -> serde_json::Value {
     })
 }
 
-fn import(data_dir: &Path, args: ImportArgs) -> Result<ExitCode> {
+fn import(home: &Home, args: ImportArgs) -> Result<ExitCode> {
     let source: Source = args.source.parse()?;
-    let images = open(data_dir, true)?;
+    let images = open(home, true)?;
     let options = ImportOptions {
         tags: args.tags,
         max_layer_size: args.max_layer_size,
@@ -247,7 +233,7 @@ fn tags_text(i: &Image) -> String {
     }
 }
 
-fn build(data_dir: &Path, args: BuildArgs) -> Result<ExitCode> {
+fn build(home: &Home, args: BuildArgs) -> Result<ExitCode> {
     let input = match (args.dir, args.binary) {
         (_, Some(b)) => BuildInput::Binary(b),
         (Some(d), None) => BuildInput::Dir(d),
@@ -270,7 +256,7 @@ fn build(data_dir: &Path, args: BuildArgs) -> Result<ExitCode> {
         workdir: args.workdir,
         tags: args.tags,
     };
-    let images = open(data_dir, true)?;
+    let images = open(home, true)?;
     let mut bar = Progress::bytes("building", None, args.json);
     let built = images.build(&input, &options, &mut |n| bar.set(n));
     bar.finish();
@@ -296,9 +282,9 @@ fn build(data_dir: &Path, args: BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn export(data_dir: &Path, reference: &str, target: &str, json: bool) -> Result<ExitCode> {
+fn export(home: &Home, reference: &str, target: &str, json: bool) -> Result<ExitCode> {
     let (dir, tag) = utter_images::parse_target(target)?;
-    let images = open(data_dir, false)?;
+    let images = open(home, false)?;
     let image = images.get(reference)?;
     let mut bar = Progress::bytes("exporting", Some(image.size()), json);
     let result = images.export(&image, &dir, tag.as_deref(), &mut |p| bar.set(p.done));
@@ -315,8 +301,8 @@ fn export(data_dir: &Path, reference: &str, target: &str, json: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn unpack(data_dir: &Path, reference: &str, dir: &Path, json: bool) -> Result<ExitCode> {
-    let images = open(data_dir, false)?;
+fn unpack(home: &Home, reference: &str, dir: &Path, json: bool) -> Result<ExitCode> {
+    let images = open(home, false)?;
     let image = images.get(reference)?;
     let mut bar = Progress::bytes("unpacking", Some(image.size()), json);
     let started = Instant::now();
@@ -352,8 +338,8 @@ fn unpack(data_dir: &Path, reference: &str, dir: &Path, json: bool) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-fn ls(data_dir: &Path, json: bool) -> Result<ExitCode> {
-    if !data_dir::images(data_dir).exists() {
+fn ls(home: &Home, json: bool) -> Result<ExitCode> {
+    if !home.images_dir().exists() {
         if json {
             println!("[]");
         } else {
@@ -361,7 +347,7 @@ fn ls(data_dir: &Path, json: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let images = open(data_dir, false)?;
+    let images = open(home, false)?;
     let list = images.list()?;
     if json {
         println!(
@@ -387,8 +373,8 @@ fn ls(data_dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rm(data_dir: &Path, references: &[String], json: bool) -> Result<ExitCode> {
-    let images = open(data_dir, false)?;
+fn rm(home: &Home, references: &[String], json: bool) -> Result<ExitCode> {
+    let images = open(home, false)?;
     for r in references {
         let removed = images.remove(r)?;
         if json {
@@ -413,8 +399,8 @@ fn rm(data_dir: &Path, references: &[String], json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(data_dir: &Path, reference: &str, json: bool) -> Result<ExitCode> {
-    let images = open(data_dir, false)?;
+fn inspect(home: &Home, reference: &str, json: bool) -> Result<ExitCode> {
+    let images = open(home, false)?;
     let image = images.get(reference)?;
     if json {
         let manifest: serde_json::Value = serde_json::from_slice(&images.manifest_bytes(&image)?)?;

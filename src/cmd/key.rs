@@ -1,15 +1,12 @@
 //! `utter key …`: the node's OpenSSH ed25519 key in `<data-dir>/keys/`.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 use serde_json::json;
 use utter_ledger::key::Keypair;
-
-/// The principal written in allowed-signers lines for the node key.
-const PRINCIPAL: &str = "utter-node";
+use utter_node::{Home, KEY_PRINCIPAL};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -34,32 +31,8 @@ pub enum Command {
     },
 }
 
-/// Where the node key lives.
-pub fn key_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("keys").join("node")
-}
-
-/// Writes `key` to `path` (0600) and its public half beside it.
-pub fn save(path: &Path, key: &Keypair) -> Result<()> {
-    let dir = path.parent().expect("keys/node has a parent");
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    key.save(path)?;
-    let public = format!("{} {PRINCIPAL}\n", key.public());
-    let pub_path = path.with_extension("pub");
-    std::fs::write(&pub_path, public)
-        .with_context(|| format!("cannot write {}", pub_path.display()))?;
-    Ok(())
-}
-
-/// Makes a new node key at `path`.
-pub fn generate(path: &Path) -> Result<Keypair> {
-    let key = Keypair::generate(PRINCIPAL)?;
-    save(path, &key)?;
-    Ok(key)
-}
-
-pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
-    let path = key_path(data_dir);
+pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
+    let path = home.key_path();
     match cmd {
         Command::Gen { json } => {
             if path.exists() {
@@ -68,7 +41,7 @@ pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
                     path.display()
                 );
             }
-            let key = generate(&path)?;
+            let key = Home::generate_key(&path)?;
             let pub_path = path.with_extension("pub");
             if json {
                 println!(
@@ -95,7 +68,7 @@ pub fn run(data_dir: &Path, cmd: Command) -> Result<ExitCode> {
                 println!(
                     "{}",
                     key.public()
-                        .allowed_signers_line(PRINCIPAL, &["git", "utter-tx"])
+                        .allowed_signers_line(KEY_PRINCIPAL, &["git", "utter-tx"])
                 );
             } else if json {
                 println!(

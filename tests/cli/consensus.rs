@@ -12,33 +12,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use utter_chunkstore::{OpenOptions, Store};
-use utter_consensus::executor::{Executor, Images, Verdict};
 use utter_consensus::{
     Action, Config, Event, Header, Kind, Machine, Message, NodeId, TxId, Validators, Vote,
 };
-use utter_images::Images as ImageStore;
+use utter_executor::{Executor, Verdict};
 use utter_ledger::cert::{Certificate, SignedVote};
 use utter_ledger::key::Keypair;
 use utter_ledger::tx::{Tx, VERSION};
 use utter_ledger::{BlockId, Ledger, MAIN};
-use utter_runtime::{Helper, ImageProcess};
+use utter_node::{Home, NodeImages};
+use utter_runtime::Helper;
 
 use super::*;
 
 const CHAIN: &str = "trio";
 const T0: i64 = 1_790_000_000;
-
-struct NodeImages(ImageStore);
-
-impl Images for NodeImages {
-    fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), String> {
-        let image = self.0.get(digest).map_err(|e| e.to_string())?;
-        let rootfs = self.0.rootfs(&image).map_err(|e| e.to_string())?;
-        let config = self.0.config(&image).map_err(|e| e.to_string())?;
-        Ok((rootfs, ImageProcess::from_config(&config)))
-    }
-}
 
 /// What travels between validators besides the machine's message.
 enum Payload {
@@ -66,7 +54,7 @@ struct Validator {
 }
 
 fn tx_id(line: &str) -> TxId {
-    TxId(*blake3::hash(line.as_bytes()).as_bytes())
+    TxId::of_line(line)
 }
 
 fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId, keys: &[String]) -> Header {
@@ -143,20 +131,18 @@ fn three_validators_commit_blocks_with_the_real_executor() {
         .iter()
         .enumerate()
         .map(|(i, data)| {
-            let store = Store::open(data.join("db"), &OpenOptions::default()).unwrap();
-            let ledger: &'static Ledger = Box::leak(Box::new(
-                Ledger::open(&data.join("ledger.git"), Arc::new(store.clone())).unwrap(),
-            ));
+            let home = Home::new(data).with_helper(env!("CARGO_BIN_EXE_utter"));
+            let opened = home.open().unwrap();
+            let images = home.node_images(&opened.store).unwrap();
+            let ledger: &'static Ledger = Box::leak(Box::new(opened.ledger));
             let genesis = ledger.genesis();
-            let mut helper_cmd = Command::new(env!("CARGO_BIN_EXE_utter"));
-            helper_cmd.arg("--data-dir").arg(data).arg("sandbox-helper");
             Validator {
                 data: data.clone(),
                 key: Keypair::load(&data.join("keys/node")).unwrap(),
                 ledger,
                 executor: Executor::new(ledger, &data.join("checkouts")).unwrap(),
-                images: NodeImages(ImageStore::open(data.join("images"), store).unwrap()),
-                helper: Helper::spawn(helper_cmd).unwrap(),
+                images,
+                helper: home.spawn_helper().unwrap(),
                 machine: Machine::new(
                     Config::new(i as NodeId, vec![0, 1, 2]),
                     utter_consensus::Persisted {

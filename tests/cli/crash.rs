@@ -117,3 +117,79 @@ fn assert_reads_back(data: &Path, id: &str, path: &Path, trial: usize) {
         "trial {trial}: {id} differs"
     );
 }
+
+/// Runs `cmd`, kills it with SIGKILL after `delay` (or lets it finish);
+/// whether it was killed before it finished.
+fn kill_after(cmd: &mut Command, delay: Duration) -> bool {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < delay {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let finished = child.try_wait().unwrap().is_some();
+    let _ = child.kill();
+    child.wait().unwrap();
+    !finished
+}
+
+/// After a kill during creation every command either opens the data dir or
+/// says it holds no data yet; never anything half made.
+fn opens_or_is_absent(data: &Path, args: &[&str], absent: &str, trial: &str) -> bool {
+    let out = run(utter(data).args(args));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains(absent),
+        "{trial}: `utter {}` after the kill: {err}",
+        args.join(" ")
+    );
+    out.status.success()
+}
+
+#[test]
+fn kill_9_while_a_data_dir_is_created_leaves_none_or_a_whole_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = file(tmp.path(), "input", &noise(6 << 20, 7));
+    let (mut killed_chunks, mut killed_init, mut complete) = (0, 0, 0);
+    // Delays spread over the whole creation, from before RocksDB exists to
+    // after the genesis block.
+    for trial in 0..24u64 {
+        let delay = Duration::from_millis(trial * trial * 3 / 2);
+        let data = tmp.path().join(format!("chunks-{trial}"));
+        if kill_after(utter(&data).args(["chunks", "put"]).arg(&input), delay) {
+            killed_chunks += 1;
+        }
+        let name = format!("chunks put killed at {delay:?}");
+        opens_or_is_absent(&data, &["chunks", "verify"], "no utter data in", &name);
+        opens_or_is_absent(&data, &["chunks", "stats"], "no utter data in", &name);
+        // A new put completes on whatever the kill left.
+        ok(utter(&data).args(["chunks", "put"]).arg(&input));
+        ok(utter(&data).args(["chunks", "verify"]));
+
+        let data = tmp.path().join(format!("init-{trial}"));
+        if kill_after(utter(&data).args(["init", "--chain", "c"]), delay * 3) {
+            killed_init += 1;
+        }
+        let name = format!("init killed at {:?}", delay * 3);
+        opens_or_is_absent(&data, &["chunks", "stats"], "no utter data in", &name);
+        if opens_or_is_absent(&data, &["log"], "no ledger in", &name) {
+            complete += 1;
+        } else {
+            // No chain yet: init again finishes the job with what is there.
+            ok(utter(&data).args(["init", "--chain", "c"]));
+        }
+        let verified = ok(utter(&data).args(["verify"]));
+        assert!(verified.contains("all valid"), "{name}: {verified}");
+    }
+    assert!(
+        killed_chunks >= 4 && killed_init >= 4,
+        "the kills should land during creation: chunks {killed_chunks}, init {killed_init}"
+    );
+    assert!(complete >= 1, "some inits finish before their kill");
+}

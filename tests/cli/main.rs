@@ -5,6 +5,7 @@
 
 mod chain;
 mod chunks;
+mod client;
 mod consensus;
 mod crash;
 mod governance;

@@ -72,16 +72,24 @@ impl Drop for Node {
 
 /// A raw HTTP/1.1 request to the node; (status, JSON body).
 fn http(url: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    raw(url, method, path, body.as_bytes())
+}
+
+/// Sends `body` as one request on a raw connection; (status, JSON). The
+/// node may answer before it has read the whole body.
+fn raw(url: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     let host = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(host).expect("connect to the node");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let _ = s.write_all(body);
+    let mut text = Vec::new();
+    let _ = s.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text);
     let status = text[9..12].parse().expect("status code");
     let body = text.split_once("\r\n\r\n").expect("headers end").1;
     (status, serde_json::from_str(body).expect("a JSON body"))
@@ -291,12 +299,17 @@ fn a_node_commits_what_it_admits_and_every_bad_input_gets_a_clear_result() {
     assert_eq!(v["txs"][1]["status"], "refused", "{v}");
     let (status, v) = http(&node.url, "POST", "/v1/txs", "");
     assert_eq!(status, 400, "{v}");
+    assert_eq!(v["code"], "bad_request", "{v}");
     assert!(
-        v["error"].as_str().unwrap().contains("no transactions"),
+        v["message"].as_str().unwrap().contains("no transactions"),
         "{v}"
     );
     let (status, v) = http(&node.url, "GET", &format!("/v1/txs/{}", "0".repeat(64)), "");
-    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("unknown_tx")),
+        "{v}"
+    );
     let (status, v) = http(&node.url, "GET", "/v1/status", "");
     assert_eq!((status, v["chain"].as_str()), (200, Some("space")), "{v}");
 
@@ -598,4 +611,186 @@ fn the_demo_runs_a_day_at_the_makerspace_and_replaces_only_its_own_data() {
     );
     assert!(err.contains("did not make"), "{err}");
     assert_eq!(std::fs::read(other.join("precious")).unwrap(), b"keep me");
+}
+
+#[test]
+fn every_bad_request_gets_a_code_and_a_message_and_stores_nothing() {
+    let (_tmp, _data, node, _admin) = space();
+    let code = |(status, v): (u16, Value)| {
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "every error has a message: {v}"
+        );
+        (status, v["code"].as_str().unwrap_or("").to_string())
+    };
+    let is = |got: (u16, String), want: (u16, &str)| assert_eq!((got.0, got.1.as_str()), want);
+    // Routes and methods.
+    is(
+        code(http(&node.url, "GET", "/v1/nope", "")),
+        (404, "not_found"),
+    );
+    is(
+        code(http(&node.url, "GET", "/v2/status", "")),
+        (404, "not_found"),
+    );
+    is(
+        code(http(&node.url, "DELETE", "/v1/status", "")),
+        (405, "method_not_allowed"),
+    );
+    is(
+        code(http(&node.url, "GET", "/v1/txs", "")),
+        (405, "method_not_allowed"),
+    );
+    // Malformed queries and paths.
+    is(
+        code(http(&node.url, "GET", "/v1/nonce", "")),
+        (400, "bad_request"),
+    );
+    is(
+        code(http(&node.url, "GET", "/v1/txs/not-an-id", "")),
+        (400, "bad_request"),
+    );
+    let id = "ab".repeat(32);
+    is(
+        code(http(
+            &node.url,
+            "GET",
+            &format!("/v1/txs/{id}?wait=soon"),
+            "",
+        )),
+        (400, "bad_request"),
+    );
+    is(
+        code(http(&node.url, "GET", "/v1/blocks?after=zz", "")),
+        (400, "bad_request"),
+    );
+    is(
+        code(http(
+            &node.url,
+            "GET",
+            &format!("/v1/blocks?after={}", "cd".repeat(20)),
+            "",
+        )),
+        (409, "not_on_main"),
+    );
+    is(
+        code(http(
+            &node.url,
+            "GET",
+            "/v1/state/membership/no/such/file",
+            "",
+        )),
+        (404, "no_file"),
+    );
+    // Bodies: not UTF-8, oversized, too many lines; malformed JSON lines
+    // are refused one by one.
+    is(
+        code(raw(&node.url, "POST", "/v1/txs", &[0xff, 0xfe, b'\n'])),
+        (400, "bad_request"),
+    );
+    let huge = vec![b'x'; (32 << 20) + 1];
+    is(
+        code(raw(&node.url, "POST", "/v1/txs", &huge)),
+        (413, "too_large"),
+    );
+    let many = "{}\n".repeat(10_001);
+    is(
+        code(raw(&node.url, "POST", "/v1/txs", many.as_bytes())),
+        (413, "too_large"),
+    );
+    let (status, v) = raw(
+        &node.url,
+        "POST",
+        "/v1/txs",
+        b"{\"sig\": \"x\", \"tx\": {\n[1,2\n",
+    );
+    assert_eq!(status, 200, "{v}");
+    for answer in v["txs"].as_array().unwrap() {
+        assert_eq!(answer["status"], "refused", "{v}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("malformed transaction"),
+            "{v}"
+        );
+    }
+    // Nothing of it was stored, and the node still serves.
+    let (status, v) = http(&node.url, "GET", "/v1/status", "");
+    assert_eq!((status, v["mempool"].as_u64()), (200, Some(0)), "{v}");
+}
+
+#[test]
+fn the_client_follows_main_and_reads_state_and_the_rules_bundle() {
+    use utter_client::Client;
+    use utter_client::api::TxState;
+    use utter_formats::tx::Request;
+
+    let (_tmp, data, node, admin) = space();
+    let client = Client::new(&node.url);
+    let status = client.status().unwrap();
+    assert_eq!(status.chain, "space");
+    // Following from the head: the head first.
+    let mut follow = client.follow(None).poll(Duration::from_secs(5));
+    let head = follow.next().unwrap().unwrap();
+    assert_eq!((head.id, head.height), (status.head, 0));
+    let key = utter_ledger::key::Keypair::load(&data.join("keys/node")).unwrap();
+    let sent = client
+        .sign_and_submit(
+            &key,
+            vec![Request::new(
+                "membership",
+                "add-member",
+                json!({"key": admin, "name": "Ada", "salt": SALT}),
+            )],
+        )
+        .unwrap();
+    assert!(matches!(sent[0].1, TxState::Pending { .. }), "{sent:?}");
+    // The next block comes to the follower by itself.
+    let next = follow.next().unwrap().unwrap();
+    assert_eq!(next.height, 1);
+    assert_eq!(next.parents, vec![head.id]);
+    assert_eq!(next.txs, 1);
+    let done = client
+        .wait_all(&[sent[0].1.id()], Duration::from_secs(60), |_| {})
+        .unwrap();
+    assert!(
+        matches!(&done[0], TxState::Committed { block, .. } if *block == next.id),
+        "{done:?}"
+    );
+    // State reads: a file, and a missing one.
+    let salt = client.state("membership", "salt", None).unwrap().unwrap();
+    assert_eq!(salt.block, next.id);
+    assert_eq!(String::from_utf8(salt.bytes).unwrap().trim(), SALT);
+    assert!(
+        client
+            .state("membership", "nothing", None)
+            .unwrap()
+            .is_none()
+    );
+    let at_genesis = client
+        .state("membership", "salt", Some(&head.id.to_string()))
+        .unwrap();
+    assert!(at_genesis.is_none(), "no salt before the first member");
+    // The rules bundle decides as the chain's own state does.
+    let bundle = client.rules().unwrap();
+    assert_eq!(bundle.block, next.id);
+    assert!(
+        bundle.files.contains_key("membership/salt"),
+        "{:?}",
+        bundle.files.keys()
+    );
+    assert!(bundle.files.keys().all(|k| !k.starts_with("doors/log")));
+    let dir = tempfile::tempdir().unwrap();
+    bundle.write_to(dir.path()).unwrap();
+    let mut rules = utter_doors::Rules::at(dir.path());
+    let decision = utter_doors::may_open(&mut rules, "front", &"ab".repeat(32), 1);
+    assert!(!decision.granted);
+    assert!(decision.reason.contains("no door"), "{}", decision.reason);
+    // A bundle that names a path outside its directory writes nothing.
+    let mut hostile = bundle.clone();
+    hostile.files.insert("../escape".into(), "x".into());
+    let target = dir.path().join("hostile");
+    assert!(hostile.write_to(&target).is_err());
+    assert!(!target.exists());
 }

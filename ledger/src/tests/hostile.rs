@@ -81,17 +81,20 @@ fn a_block_changed_after_signing_is_refused() {
     let f = Fixture::new();
     let good = f.block(&[f.genesis.id], Changes::new(), vec![]);
     let repo = f.ledger.repo();
-    let bytes = repo.find_object(good.id.0).unwrap().detach().data;
+    let bytes = repo.find_object(block::oid(good.id)).unwrap().detach().data;
     let text = String::from_utf8(bytes).unwrap();
     let tampered = text.replace("block 1", "block 1, says the attacker");
     assert_ne!(tampered, text);
     let id =
         gix::objs::Write::write_buf(&repo.objects, gix::objs::Kind::Commit, tampered.as_bytes())
             .unwrap();
-    f.force_main(BlockId(id));
+    f.force_main(block::block_id(&id));
     assert_eq!(
         first_bad(&f),
-        (BlockId(id), BlockError::Signature(SignatureError::Invalid))
+        (
+            block::block_id(&id),
+            BlockError::Signature(SignatureError::Invalid)
+        )
     );
 
     // A signature that is not an SSH signature at all.
@@ -102,11 +105,11 @@ fn a_block_changed_after_signing_is_refused() {
     let id =
         gix::objs::Write::write_buf(&repo.objects, gix::objs::Kind::Commit, garbled.as_bytes())
             .unwrap();
-    f.force_main(BlockId(id));
+    f.force_main(block::block_id(&id));
     assert_eq!(
         first_bad(&f),
         (
-            BlockId(id),
+            block::block_id(&id),
             BlockError::Signature(SignatureError::Malformed)
         )
     );
@@ -291,7 +294,7 @@ fn with_txs(f: &Fixture, txs: &[String], results: &[String]) -> BlockId {
 }
 
 fn accepted(line: &str) -> String {
-    TxResult::accepted(blake3::hash(line.as_bytes()).to_hex().to_string()).to_line()
+    TxResult::accepted(crate::TxId::of_line(line)).to_line()
 }
 
 #[test]

@@ -4,7 +4,6 @@
 mod blocks;
 mod certs;
 mod hostile;
-mod keys;
 
 use std::sync::Arc;
 

@@ -1,0 +1,510 @@
+//! The executor through a fake [`Host`]: a real ledger (git, RocksDB) and
+//! real checkouts, but the dapps are played in-process, so merges, nonces
+//! and the rollback of a failed test dapp are checked without containers.
+//!
+//! The fake `counter` dapp counts `add {"name"}` per name in
+//! `state/<name>` and rejects `refuse`; the fake test dapp `guard` fails
+//! when any count reaches [`LIMIT`].
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use utter_chunkstore::{OpenOptions, Store};
+use utter_ledger::key::Keypair;
+use utter_ledger::layout::{ChainConfig, DappConfig};
+use utter_ledger::tx::{SignedTx, Tx, VERSION};
+use utter_ledger::{BlockId, Changes, Ledger, MAIN, Status};
+use utter_runtime::dapp::{Entry, Invocation};
+use utter_runtime::{Change, ChangeKind, Finished, HelperError, ImageProcess, Outcome, Ran};
+
+use super::*;
+
+const CHAIN: &str = "fake";
+const T0: i64 = 1_790_000_000;
+const LIMIT: u64 = 3;
+const COUNTER_IMAGE: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const GUARD_IMAGE: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Plays `counter` and `guard` in-process; each run's results and changed
+/// files go to a scratch directory of its own, as the helper's would.
+struct FakeHost {
+    scratch: tempfile::TempDir,
+    runs: u64,
+    released: u64,
+    /// Invocations seen, as (dapp, entry).
+    seen: Vec<(String, Entry)>,
+}
+
+impl FakeHost {
+    fn new() -> Self {
+        Self {
+            scratch: tempfile::tempdir().unwrap(),
+            runs: 0,
+            released: 0,
+            seen: Vec::new(),
+        }
+    }
+
+    fn finished(code: i32, stderr: &str) -> Finished {
+        Finished {
+            outcome: Outcome::Exited(code),
+            stdout: Vec::new(),
+            stderr: stderr.as_bytes().to_vec(),
+            elapsed: Duration::from_millis(1),
+        }
+    }
+
+    fn counter(inv: &Invocation, upper: &Path) -> (Vec<String>, Vec<Change>) {
+        let mut results = Vec::new();
+        let mut changes = Vec::new();
+        let mut counts = BTreeMap::new();
+        for line in std::str::from_utf8(&inv.txs).unwrap().lines() {
+            let stx: SignedTx = serde_json::from_str(line).unwrap();
+            let result = match stx.tx.action.as_str() {
+                "add" => {
+                    let name = stx.tx.args["name"].as_str().unwrap().to_string();
+                    let n = counts.get(&name).copied().unwrap_or_else(|| {
+                        std::fs::read_to_string(inv.state.join(&name))
+                            .map_or(0, |s| s.trim().parse::<u64>().unwrap())
+                    }) + 1;
+                    counts.insert(name, n);
+                    json!({"status": "accepted", "output": n})
+                }
+                other => json!({"status": "rejected", "reason": format!("no {other}")}),
+            };
+            results.push(result.to_string());
+        }
+        for (name, n) in counts {
+            std::fs::write(upper.join(&name), format!("{n}\n")).unwrap();
+            changes.push(Change {
+                path: name,
+                kind: ChangeKind::File { executable: false },
+            });
+        }
+        (results, changes)
+    }
+
+    fn guard(inv: &Invocation) -> Finished {
+        let counter = inv.chain.as_ref().unwrap().join("counter");
+        for entry in std::fs::read_dir(&counter).into_iter().flatten() {
+            let entry = entry.unwrap();
+            let n: u64 = std::fs::read_to_string(entry.path())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            if n >= LIMIT {
+                return Self::finished(1, &format!("{} reached {n}", entry.file_name().display()));
+            }
+        }
+        Self::finished(0, "")
+    }
+}
+
+impl Host for FakeHost {
+    fn invoke(&mut self, inv: &Invocation) -> Result<Ran, HelperError> {
+        self.runs += 1;
+        let dir = self.scratch.path().join(self.runs.to_string());
+        let upper = dir.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let results = dir.join("results.jsonl");
+        let dapp = inv.command[0].as_str();
+        self.seen.push((dapp.to_string(), inv.context.entry));
+        let (finished, lines, changes) = match (dapp, inv.context.entry) {
+            ("counter", Entry::Apply) => {
+                let (lines, changes) = Self::counter(inv, &upper);
+                (Self::finished(0, ""), lines, changes)
+            }
+            ("guard", Entry::Test) => (Self::guard(inv), Vec::new(), Vec::new()),
+            (_, entry) => (
+                Self::finished(2, &format!("{dapp} has no {entry:?}")),
+                Vec::new(),
+                Vec::new(),
+            ),
+        };
+        let mut text = lines.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(&results, text).unwrap();
+        Ok(Ran {
+            id: self.runs,
+            finished,
+            results,
+            upper,
+            changes,
+        })
+    }
+
+    fn release(&mut self, ran: Ran) {
+        self.released += 1;
+        let _ = std::fs::remove_dir_all(ran.upper.parent().unwrap());
+    }
+}
+
+/// Each digest names a fake "rootfs" whose command is the dapp's name.
+struct FakeImages;
+
+impl Images for FakeImages {
+    fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), ImageError> {
+        let name = match digest {
+            COUNTER_IMAGE => "counter",
+            GUARD_IMAGE => "guard",
+            _ => return Err(ImageError::Missing(format!("no image {digest}").into())),
+        };
+        Ok((
+            PathBuf::from("/nonexistent-rootfs"),
+            ImageProcess {
+                command: vec![name.to_string()],
+                default_args: Vec::new(),
+                env: Vec::new(),
+                cwd: "/".into(),
+            },
+        ))
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    ledger: Ledger,
+    key: Keypair,
+    checkouts: PathBuf,
+    nonce: std::cell::Cell<u64>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path().join("db"),
+            &OpenOptions {
+                create: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let key = Keypair::generate("test").unwrap();
+        let mut config = ChainConfig::single(CHAIN, "node", &key.public());
+        config.test_dapps.push("guard".into());
+        let mut changes = Changes::new();
+        for (name, image) in [("counter", COUNTER_IMAGE), ("guard", GUARD_IMAGE)] {
+            let dapp = DappConfig {
+                image: image.into(),
+                owners: vec![key.public().to_openssh()],
+                permissions: Default::default(),
+            };
+            changes.set_dapp(name, &dapp).unwrap();
+        }
+        let (mut ledger, _) = Ledger::create(
+            &dir.path().join("ledger.git"),
+            Arc::new(store),
+            &config,
+            changes,
+            &key,
+            T0,
+        )
+        .unwrap();
+        ledger.set_durable(false);
+        Self {
+            checkouts: dir.path().join("checkouts"),
+            _dir: dir,
+            ledger,
+            key,
+            nonce: std::cell::Cell::new(0),
+        }
+    }
+
+    fn line(&self, action: &str, name: &str) -> String {
+        self.nonce.set(self.nonce.get() + 1);
+        self.line_with_nonce(action, name, self.nonce.get())
+    }
+
+    fn line_with_nonce(&self, action: &str, name: &str, nonce: u64) -> String {
+        Tx {
+            v: VERSION,
+            chain: CHAIN.into(),
+            dapp: "counter".into(),
+            action: action.into(),
+            args: json!({ "name": name }),
+            signer: self.key.public().to_openssh(),
+            nonce,
+            time: 1,
+        }
+        .sign(&self.key)
+        .unwrap()
+        .to_line()
+    }
+
+    /// Another executor (checkouts of its own) re-executes each block to
+    /// exactly its tree.
+    fn reexecutes(&self, host: &mut FakeHost, blocks: &[BlockId]) {
+        let mut other =
+            Executor::new(&self.ledger, &self.checkouts.with_extension("other")).unwrap();
+        for id in blocks {
+            let block = self.ledger.block(*id).unwrap();
+            assert_eq!(
+                other.reexecute(host, &mut FakeImages, &block).unwrap(),
+                Verdict::Valid,
+                "block {id}"
+            );
+        }
+    }
+
+    fn count(&self, block: BlockId, name: &str) -> Option<String> {
+        let block = self.ledger.block(block).unwrap();
+        self.ledger
+            .read_value(&block, &format!("dapps/counter/state/{name}"))
+            .unwrap()
+            .map(|b| String::from_utf8(b).unwrap().trim().to_string())
+    }
+}
+
+fn statuses(p: &Proposed) -> Vec<(Status, Option<String>)> {
+    p.results
+        .iter()
+        .map(|r| (r.status, r.reason.clone()))
+        .collect()
+}
+
+#[test]
+fn one_run_per_dapp_and_nonces_in_block_order() {
+    let f = Fixture::new();
+    let (mut host, mut images) = (FakeHost::new(), FakeImages);
+    let mut ex = Executor::new(&f.ledger, &f.checkouts).unwrap();
+    let main = f.ledger.resolve(MAIN).unwrap();
+    let a = f.line("add", "door");
+    let b = f.line("add", "door");
+    let again = f.line_with_nonce("add", "door", 2);
+    let refuse = f.line("refuse", "door");
+    let bad = a.replace("\"chain\":\"fake\"", "\"chain\":\"other\"");
+    let lines = vec![a.clone(), b, again, refuse, bad.clone()];
+    let p = ex
+        .propose(&mut host, &mut images, main, &lines, T0 + 1, &f.key)
+        .unwrap();
+    assert_eq!(p.refused.len(), 1, "another chain's line is left out");
+    assert_eq!(p.refused[0].line, bad);
+    let s = statuses(&p);
+    assert_eq!(s[0].0, Status::Accepted);
+    assert_eq!(s[1].0, Status::Accepted);
+    assert!(
+        s[2].1
+            .as_deref()
+            .unwrap()
+            .contains("nonce 2 was already used"),
+        "{s:?}"
+    );
+    assert_eq!(s[3], (Status::Rejected, Some("no refuse".into())));
+    assert_eq!(p.results[1].output, Some(json!(2)));
+    assert_eq!(f.count(p.block.id, "door").as_deref(), Some("2"));
+    // One apply of counter, one test of guard: not one run per transaction.
+    assert_eq!(
+        host.seen,
+        vec![
+            ("counter".into(), Entry::Apply),
+            ("guard".into(), Entry::Test)
+        ]
+    );
+    assert_eq!(host.released, host.runs, "every run's scratch is released");
+    f.ledger.advance(MAIN, main, p.block.id).unwrap();
+
+    // A later block: a nonce the line used is a replay, recorded as such.
+    let replay = f.line_with_nonce("add", "door", 1);
+    let next = f.line("add", "hall");
+    let q = ex
+        .propose(
+            &mut host,
+            &mut images,
+            p.block.id,
+            &[replay, next],
+            T0 + 2,
+            &f.key,
+        )
+        .unwrap();
+    assert!(
+        statuses(&q)[0]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("nonce 1 was already used")
+    );
+    assert_eq!(f.count(q.block.id, "door").as_deref(), Some("2"));
+    assert_eq!(f.count(q.block.id, "hall").as_deref(), Some("1"));
+    assert_eq!(
+        ex.next_nonce(q.block.id, &f.key.public().to_openssh())
+            .unwrap(),
+        f.nonce.get() + 1
+    );
+    // Any node re-executes both blocks to exactly their trees.
+    f.reexecutes(&mut host, &[p.block.id, q.block.id]);
+}
+
+#[test]
+fn a_failing_test_dapp_rolls_the_whole_block_back() {
+    let f = Fixture::new();
+    let (mut host, mut images) = (FakeHost::new(), FakeImages);
+    let mut ex = Executor::new(&f.ledger, &f.checkouts).unwrap();
+    let main = f.ledger.resolve(MAIN).unwrap();
+    let lines = vec![f.line("add", "tool"), f.line("add", "tool")];
+    let p = ex
+        .propose(&mut host, &mut images, main, &lines, T0 + 1, &f.key)
+        .unwrap();
+    assert_eq!(f.count(p.block.id, "tool").as_deref(), Some("2"));
+
+    // The third add would reach the limit: guard fails, so every accepted
+    // transaction of the block is rejected and the state is the parent's.
+    let lines = vec![f.line("add", "other"), f.line("add", "tool")];
+    let q = ex
+        .propose(&mut host, &mut images, p.block.id, &lines, T0 + 2, &f.key)
+        .unwrap();
+    for (status, reason) in statuses(&q) {
+        assert_eq!(status, Status::Rejected);
+        let reason = reason.unwrap();
+        assert!(
+            reason.contains("the block would break test dapp guard")
+                && reason.contains("tool reached 3"),
+            "{reason}"
+        );
+    }
+    assert_eq!(f.count(q.block.id, "tool").as_deref(), Some("2"));
+    assert_eq!(f.count(q.block.id, "other"), None);
+    let (parent, block) = (
+        f.ledger.block(p.block.id).unwrap(),
+        f.ledger.block(q.block.id).unwrap(),
+    );
+    assert_eq!(
+        f.ledger
+            .diff_trees(Some(parent.tree), block.tree)
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| path.starts_with("dapps/"))
+            .count(),
+        0,
+        "a rolled-back block changes no state"
+    );
+    // The checkout was rolled back too: the next block counts from 2, and
+    // the nonces the rejected block used stay used.
+    let next = f.line("add", "other");
+    let r = ex
+        .propose(&mut host, &mut images, q.block.id, &[next], T0 + 3, &f.key)
+        .unwrap();
+    assert_eq!(statuses(&r)[0].0, Status::Accepted);
+    assert_eq!(f.count(r.block.id, "other").as_deref(), Some("1"));
+    assert_eq!(f.count(r.block.id, "tool").as_deref(), Some("2"));
+    f.reexecutes(&mut host, &[p.block.id, q.block.id, r.block.id]);
+}
+
+#[test]
+fn a_merge_re_executes_the_other_branch_and_drops_nothing() {
+    let f = Fixture::new();
+    let (mut host, mut images) = (FakeHost::new(), FakeImages);
+    let mut ex = Executor::new(&f.ledger, &f.checkouts).unwrap();
+    let base = f.ledger.resolve(MAIN).unwrap();
+    let shared = f.line("add", "x");
+    let only_a = f.line("add", "a");
+    let only_b = f.line("add", "b");
+    // The same nonce as `only_b`, a different transaction, on branch a.
+    let clash = f.line_with_nonce("add", "y", f.nonce.get());
+    let a = ex
+        .propose(
+            &mut host,
+            &mut images,
+            base,
+            &[shared.clone(), only_a, clash],
+            T0 + 1,
+            &f.key,
+        )
+        .unwrap();
+    let b = ex
+        .propose(
+            &mut host,
+            &mut images,
+            base,
+            &[shared.clone(), only_b.clone()],
+            T0 + 1,
+            &f.key,
+        )
+        .unwrap();
+    let mut parents = vec![a.block.id, b.block.id];
+    parents.sort();
+    let merged = merge_lines(&f.ledger, &parents).unwrap();
+    assert!(
+        !merged.contains(&shared),
+        "the shared line is not applied twice"
+    );
+    let later_branch = if parents[0] == a.block.id { 1 } else { 2 };
+    assert_eq!(merged.len(), later_branch, "{merged:?}");
+    let m = ex
+        .propose_on(&mut host, &mut images, &parents, &[], T0 + 2, &f.key)
+        .unwrap();
+    assert_eq!(m.block.height, 2);
+    assert_eq!(f.count(m.block.id, "x").as_deref(), Some("1"));
+    assert_eq!(f.count(m.block.id, "a").as_deref(), Some("1"));
+    // The later branch's lines run on the first's state; the one whose
+    // nonce the first branch used for another transaction is recorded as
+    // rejected, never dropped.
+    let s = statuses(&m);
+    if parents[0] == a.block.id {
+        assert_eq!(m.results.len(), 1);
+        assert_eq!(s[0].0, Status::Rejected, "{s:?}");
+        assert!(s[0].1.as_deref().unwrap().contains("was already used"));
+        assert_eq!(f.count(m.block.id, "y").as_deref(), Some("1"));
+        assert_eq!(f.count(m.block.id, "b"), None);
+    } else {
+        assert_eq!(m.results.len(), 2);
+        assert_eq!(s[0].0, Status::Accepted, "only_a applies on b: {s:?}");
+        assert_eq!(s[1].0, Status::Rejected, "the clash: {s:?}");
+        assert_eq!(f.count(m.block.id, "b").as_deref(), Some("1"));
+        assert_eq!(f.count(m.block.id, "y"), None);
+    }
+    f.reexecutes(&mut host, &[a.block.id, b.block.id, m.block.id]);
+    // Merging a block with its own ancestor, or parents out of order, is
+    // refused with the reason.
+    let mut on_one_line = [base, a.block.id];
+    on_one_line.sort();
+    let err = ex
+        .propose_on(&mut host, &mut images, &on_one_line, &[], T0 + 3, &f.key)
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecError::Merge(MergeError::OneLine(..))),
+        "{err}"
+    );
+    let reversed = [parents[1], parents[0]];
+    let err = ex
+        .propose_on(&mut host, &mut images, &reversed, &[], T0 + 3, &f.key)
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecError::Merge(MergeError::Unsorted)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_image_rejects_its_dapps_transactions_with_the_reason() {
+    struct NoImages;
+    impl Images for NoImages {
+        fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), ImageError> {
+            Err(ImageError::Missing(format!("no image {digest}").into()))
+        }
+    }
+    let f = Fixture::new();
+    let mut host = FakeHost::new();
+    let mut ex = Executor::new(&f.ledger, &f.checkouts).unwrap();
+    let main = f.ledger.resolve(MAIN).unwrap();
+    let line = f.line("add", "x");
+    let p = ex
+        .propose(&mut host, &mut NoImages, main, &[line], T0 + 1, &f.key)
+        .unwrap();
+    let reason = statuses(&p)[0].1.clone().unwrap();
+    assert!(
+        reason.contains("dapp counter's image sha256:1111")
+            && reason.contains("is not available on this node")
+            && reason.contains("import it with `utter image import`"),
+        "{reason}"
+    );
+    assert_eq!(host.runs, 0, "nothing ran");
+}

@@ -1,0 +1,5 @@
+//! Keys and transactions against `ssh-keygen`, the oracle.
+
+#![allow(clippy::unwrap_used)]
+
+mod keys;

@@ -1,0 +1,63 @@
+//! `utter node run`: one node of a chain, until SIGTERM or ctrl-c.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use utter_client::DEFAULT_ADDR;
+use utter_node::{Home, Settings};
+
+/// `utter node …`
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node: the local API, the mempool and the block producer,
+    /// until SIGTERM or ctrl-c
+    ///
+    /// The API (JSON, errors as {"code","message"}): GET /v1/status; GET
+    /// /v1/nonce?signer=KEY; POST /v1/txs with signed transaction lines
+    /// (answered once they are on disk); GET /v1/txs/ID?wait=SECS; GET
+    /// /v1/state/DAPP/PATH?at=BLOCK; GET /v1/doors/rules; GET
+    /// /v1/blocks?after=ID&wait=SECS (main's blocks, oldest first). A node
+    /// killed outright restarts with every accepted transaction committed
+    /// or still waiting.
+    Run(RunArgs),
+}
+
+/// `utter node run`
+#[derive(Args)]
+pub struct RunArgs {
+    /// Address of the local API (port 0: any free port; the address is
+    /// written to <data-dir>/node.addr)
+    #[arg(long, default_value = DEFAULT_ADDR, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Cut a block this often when transactions wait (milliseconds)
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    block_ms: u64,
+    /// Cut a block as soon as this many transactions wait; also the most
+    /// one block takes
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    block_txs: usize,
+    /// The most transactions the mempool holds; more are refused
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    mempool_max: usize,
+    /// Print a line per block
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
+    let Command::Run(args) = cmd;
+    utter_node::run(
+        home,
+        Settings {
+            listen: args.listen,
+            block_every: Duration::from_millis(args.block_ms),
+            block_txs: args.block_txs,
+            mempool_max: args.mempool_max,
+            verbose: args.verbose,
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
