@@ -84,9 +84,17 @@ enum Command {
     /// The makerspace's credits: balances and a ledger-cli export
     #[command(subcommand)]
     Accounting(cmd::accounting::Command),
-    /// Run a node: the local API, the mempool and the block producer
+    /// Run a node: the local API, the mempool and the block producer,
+    /// and with --p2p the network
     #[command(subcommand)]
     Node(cmd::node::Command),
+    /// Make a new node from a peer: the whole ledger, its certificates,
+    /// images and chunks, verified (the peer's key pinned)
+    Clone(cmd::net::CloneArgs),
+    /// Pull once from peers (when no node runs on this data dir)
+    Sync(cmd::net::SyncArgs),
+    /// The peers this node knows, and the keys it lets in
+    Peers(cmd::net::PeersArgs),
     /// (internal) Run dapp containers for another utter process over
     /// stdin/stdout
     #[command(hide = true)]
@@ -116,6 +124,9 @@ fn main() -> ExitCode {
         Command::Demo(_) => unreachable!("handled above"),
         Command::Accounting(c) => cmd::accounting::run(&home, c),
         Command::Node(c) => cmd::node::run(&home, c),
+        Command::Clone(args) => cmd::net::clone(&home, args),
+        Command::Sync(args) => cmd::net::sync(&home, args),
+        Command::Peers(args) => cmd::net::peers(&home, args),
         Command::SandboxHelper => home
             .serve_helper()
             .map(|()| ExitCode::SUCCESS)

@@ -25,7 +25,9 @@ pub use id::{ChunkId, ManifestId, ParseIdError};
 pub use manifest::{DecodeError, Entry, MAX_CHUNK_LEN, Manifest};
 pub use params::{Chunking, ChunkingError};
 pub use reader::BlobReader;
-pub use store::{GcReport, OpenOptions, Put, PutOptions, Record, Stats, Store, VerifyReport};
+pub use store::{
+    GcReport, OpenOptions, Put, PutOptions, Record, Stats, Store, StoredChunk, VerifyReport,
+};
 
 #[cfg(test)]
 mod tests;

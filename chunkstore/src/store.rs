@@ -534,6 +534,75 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// A chunk in the form it is stored and travels in: its plain length
+    /// and its stored bytes (a zstd frame when that is shorter than the
+    /// plain bytes, else the plain bytes), decoded and re-hashed against
+    /// `id` before they are handed out.
+    pub fn chunk_stored(&self, id: &ChunkId) -> Result<StoredChunk, Error> {
+        let cf = self.inner.cf(CF_CHUNK_META);
+        let meta = self
+            .inner
+            .db
+            .get_pinned_cf(cf, id.as_bytes())
+            .map_err(Error::db("looking up a chunk"))?
+            .ok_or(Error::MissingChunk(*id))?;
+        let (plain, _) = parse_chunk_meta(&meta).ok_or_else(|| Error::CorruptChunk {
+            id: *id,
+            reason: "its length record is damaged".into(),
+        })?;
+        let stored = self
+            .inner
+            .db
+            .get_pinned_cf(self.inner.cf(CF_CHUNKS), id.as_bytes())
+            .map_err(Error::db("reading a chunk"))?
+            .ok_or(Error::MissingChunk(*id))?
+            .to_vec();
+        let chunk = StoredChunk {
+            id: *id,
+            len: plain,
+            stored,
+        };
+        let mut z = zstd::bulk::Decompressor::new().map_err(Error::Zstd)?;
+        chunk.decode(&mut z).map_err(|e| match e {
+            Error::HashMismatch { actual, .. } => Error::CorruptChunk {
+                id: *id,
+                reason: format!("its bytes hash to {actual}"),
+            },
+            e => e,
+        })?;
+        Ok(chunk)
+    }
+
+    /// Stores chunks that arrived from elsewhere in their stored form (see
+    /// [`Store::chunk_stored`]): each is decoded (a zstd frame may not
+    /// decode to more than its plain length) and hashed against its id
+    /// first, and nothing is stored if any fails. Returns how many were
+    /// new. As with [`Store::put_chunk`], pin their manifest first.
+    pub fn put_chunks_stored(&self, chunks: &[StoredChunk]) -> Result<u64, Error> {
+        let mut z = zstd::bulk::Decompressor::new().map_err(Error::Zstd)?;
+        let mut block = Vec::new();
+        let mut new = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let plain = c.decode(&mut z)?;
+            let stored = if plain.len() == c.stored.len() {
+                let offset = u32::try_from(block.len()).map_err(|_| Error::ChunkSize {
+                    id: c.id,
+                    len: block.len(),
+                })?;
+                block.extend_from_slice(&plain);
+                Stored::Raw { offset }
+            } else {
+                Stored::Zstd(c.stored.clone())
+            };
+            new.push(NewChunk {
+                id: c.id,
+                len: c.len,
+                stored,
+            });
+        }
+        Ok(self.inner.commit_chunks(&block, &new)?.0)
+    }
+
     /// Stores a manifest that arrived from elsewhere (its chunks may follow).
     /// Refuses anything but the canonical encoding.
     pub fn put_manifest(&self, encoded: &[u8]) -> Result<ManifestId, Error> {
@@ -864,6 +933,54 @@ fn compress(z: &mut zstd::bulk::Compressor<'static>, plain: &[u8]) -> Option<Vec
     match z.compress(plain) {
         Ok(c) if c.len() < plain.len() => Some(c),
         _ => None,
+    }
+}
+
+/// A chunk as stored and sent between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChunk {
+    /// Its id: BLAKE3 of the plain bytes.
+    pub id: ChunkId,
+    /// Its plain length.
+    pub len: u32,
+    /// A zstd frame shorter than `len`, or the `len` plain bytes.
+    pub stored: Vec<u8>,
+}
+
+impl StoredChunk {
+    /// The plain bytes, checked against the id.
+    pub(crate) fn decode(
+        &self,
+        z: &mut zstd::bulk::Decompressor<'static>,
+    ) -> Result<Vec<u8>, Error> {
+        let size_err = |len| Error::ChunkSize { id: self.id, len };
+        if self.len == 0 || self.len > MAX_CHUNK_LEN {
+            return Err(size_err(self.len as usize));
+        }
+        let plain = match self.stored.len().cmp(&(self.len as usize)) {
+            std::cmp::Ordering::Equal => self.stored.clone(),
+            std::cmp::Ordering::Greater => return Err(size_err(self.stored.len())),
+            std::cmp::Ordering::Less => {
+                let mut out = Vec::with_capacity(self.len as usize);
+                z.decompress_to_buffer(&self.stored, &mut out)
+                    .map_err(|e| Error::CorruptChunk {
+                        id: self.id,
+                        reason: format!("it does not decompress within its length: {e}"),
+                    })?;
+                if out.len() != self.len as usize {
+                    return Err(size_err(out.len()));
+                }
+                out
+            }
+        };
+        let actual = ChunkId::of(&plain);
+        if actual != self.id {
+            return Err(Error::HashMismatch {
+                claimed: self.id,
+                actual,
+            });
+        }
+        Ok(plain)
     }
 }
 

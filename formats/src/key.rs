@@ -97,6 +97,17 @@ impl Keypair {
         Signer(self.key.public_key().clone())
     }
 
+    /// The 32-byte ed25519 seed, for a TLS stack that signs with this key
+    /// (the node's QUIC identity). Handle it as the key itself.
+    pub fn ed25519_seed(&self) -> [u8; 32] {
+        self.key
+            .key_data()
+            .ed25519()
+            .expect("only ed25519 keys are loaded or made")
+            .private
+            .to_bytes()
+    }
+
     /// An armored SSH signature (`-----BEGIN SSH SIGNATURE-----`) over
     /// `msg` in `namespace`, byte-for-byte what `ssh-keygen -Y sign` makes.
     pub fn sign(&self, namespace: &str, msg: &[u8]) -> Result<String, KeyError> {
@@ -137,6 +148,22 @@ impl Signer {
     pub fn parse(text: &str) -> Option<Self> {
         let key = PublicKey::from_openssh(text.trim()).ok()?;
         (key.algorithm() == Algorithm::Ed25519).then_some(Self(key))
+    }
+
+    /// The key of these 32 ed25519 public-key bytes (as TLS raw public
+    /// keys carry it).
+    pub fn from_ed25519(bytes: [u8; 32]) -> Self {
+        let data = ssh_key::public::KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(bytes));
+        Self(PublicKey::new(data, ""))
+    }
+
+    /// The 32 ed25519 public-key bytes.
+    pub fn ed25519_bytes(&self) -> [u8; 32] {
+        self.0
+            .key_data()
+            .ed25519()
+            .expect("a signer is always ed25519")
+            .0
     }
 
     /// `ssh-ed25519 AAAA…`, without comment.

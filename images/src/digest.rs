@@ -17,6 +17,16 @@ impl Digest {
         Self(Sha256::digest(bytes).into())
     }
 
+    /// The digest with these bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 lowercase hex characters, without `sha256:`.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -12,6 +12,7 @@
 //! Layer tars are treated as hostile: [`tar`] caps every header, and
 //! [`unpack`] never writes outside its target.
 
+mod adopt;
 mod build;
 mod digest;
 mod error;
@@ -22,6 +23,7 @@ mod store;
 pub mod tar;
 pub mod unpack;
 
+pub use adopt::{AdoptError, ImageDocs};
 pub use build::{BuildError, BuildInput, BuildOptions, Built};
 pub use digest::{Digest, ParseDigestError};
 pub use error::Error;

@@ -410,15 +410,73 @@ impl Ledger {
         self.ref_target(NOTES_REF)
     }
 
-    /// The tree of the certificates' (notes) commit.
-    fn commit_tree(&self, commit: BlockId) -> Result<gix::ObjectId, LedgerError> {
+    /// The tree of a commit (a block, or a certificates commit).
+    pub(crate) fn commit_tree(&self, id: BlockId) -> Result<gix::ObjectId, LedgerError> {
         let commit = self
             .repo()
-            .find_commit(block::oid(commit))
-            .map_err(git("reading the certificates commit"))?;
+            .find_commit(block::oid(id))
+            .map_err(git(format!("reading commit {id}")))?;
         Ok(commit
             .tree_id()
-            .map_err(git("reading the certificates commit"))?
+            .map_err(git(format!("reading the tree of {id}")))?
             .detach())
+    }
+
+    /// The certificates a notes commit holds that the notes commit `base`
+    /// (none: an empty tree) does not hold as they are: (block, note
+    /// text), for a peer's notes to be checked and imported.
+    pub fn notes_added(
+        &self,
+        commit: BlockId,
+        base: Option<BlockId>,
+    ) -> Result<Vec<(BlockId, String)>, LedgerError> {
+        let tree = self.commit_tree(commit)?;
+        let base = base.map(|b| self.commit_tree(b)).transpose()?;
+        let mut out = Vec::new();
+        for (path, change) in self.diff_trees(base, tree)? {
+            if change == crate::FileChange::Removed {
+                continue;
+            }
+            let hex: String = path.chars().filter(|c| *c != '/').collect();
+            let Ok(block) = hex.parse::<BlockId>() else {
+                return Err(LedgerError::Malformed {
+                    id: commit,
+                    why: format!(
+                        "the certificates commit has a note at {path}, which names no block"
+                    ),
+                });
+            };
+            let bytes = self.read_value_in(tree, &path)?.unwrap_or_default();
+            let text = String::from_utf8(bytes).map_err(|_| LedgerError::Malformed {
+                id: commit,
+                why: format!("the note at {path} is not UTF-8"),
+            })?;
+            out.push((block, text));
+        }
+        Ok(out)
+    }
+
+    /// Whether commit `ancestor` is `descendant` or one of its ancestors,
+    /// by walking parents (certificates commits carry no heights).
+    pub fn commit_descends(
+        &self,
+        descendant: BlockId,
+        ancestor: BlockId,
+    ) -> Result<bool, LedgerError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![descendant];
+        while let Some(id) = stack.pop() {
+            if id == ancestor {
+                return Ok(true);
+            }
+            if !seen.insert(id) {
+                continue;
+            }
+            stack.extend(
+                self.commit_parents(id)?
+                    .map_err(|why| LedgerError::Malformed { id, why })?,
+            );
+        }
+        Ok(false)
     }
 }

@@ -25,6 +25,7 @@ pub mod layout;
 mod pack;
 pub mod pointer;
 mod repo;
+pub mod sync;
 mod verify;
 
 pub use utter_formats::{TxId, key, tx};

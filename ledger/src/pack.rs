@@ -39,7 +39,7 @@ fn pack_type(kind: Kind) -> u8 {
 }
 
 /// The pack entry header: type and size, 4 bits then 7 bits per byte.
-fn entry_header(kind: Kind, mut size: usize, out: &mut Vec<u8>) {
+pub(crate) fn entry_header(kind: Kind, mut size: usize, out: &mut Vec<u8>) {
     let mut byte = (pack_type(kind) << 4) | (size & 0x0f) as u8;
     size >>= 4;
     while size > 0 {

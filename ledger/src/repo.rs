@@ -295,7 +295,7 @@ const PACK_SLOTS: usize = 4096;
 
 /// Opens the repository isolated from the user's and system git
 /// configuration (a ledger's behaviour must not depend on `~/.gitconfig`).
-fn open_repo(path: &Path) -> Result<gix::Repository, LedgerError> {
+pub(crate) fn open_repo(path: &Path) -> Result<gix::Repository, LedgerError> {
     let options = gix::open::Options::isolated().object_store_slots(
         gix::odb::store::init::Slots::AsNeededByDiskState {
             multiplier: 2.0,
@@ -369,7 +369,7 @@ impl Ledger {
         Ok(ledger)
     }
 
-    fn with_repo(
+    pub(crate) fn with_repo(
         mut repo: gix::Repository,
         path: &Path,
         chunks: Arc<Store>,

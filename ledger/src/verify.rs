@@ -280,7 +280,10 @@ impl Ledger {
     }
 
     /// A commit's parents, or why it cannot be read as a commit.
-    fn commit_parents(&self, id: BlockId) -> Result<Result<Vec<BlockId>, String>, LedgerError> {
+    pub(crate) fn commit_parents(
+        &self,
+        id: BlockId,
+    ) -> Result<Result<Vec<BlockId>, String>, LedgerError> {
         let object = match self.repo().try_find_object(block::oid(id)) {
             Ok(Some(o)) => o,
             Ok(None) => return Ok(Err("the object is missing from the repository".into())),

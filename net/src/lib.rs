@@ -1,8 +1,33 @@
-//! The network: QUIC (quinn) transport keyed by node ed25519 keys, and the
-//! sync protocol (branch heads, missing git objects, missing chunks) as a
-//! sans-IO core with a thin driver.
+//! utter nodes talking: QUIC (quinn) with TLS 1.3 raw public keys — a
+//! node's TLS key is its OpenSSH ed25519 node key — and the protocols that
+//! bring one node's ledger, certificates, images and chunks to another.
 //!
-//! May use `utter-ledger` and `utter-chunkstore`; the only crate that knows
-//! about quinn.
+//! - [`wire`]: the frames, encoded and decoded without IO, every size
+//!   checked before anything is buffered.
+//! - [`sync`]: one sync pass as a state machine without IO.
+//! - [`peers`]: the peer table's rules (backoff, pinning) and where it is
+//!   kept.
+//! - [`tls`]: the TLS identity and the key checks of both ends.
+//! - [`endpoint`]: the QUIC endpoint and framed request streams with a
+//!   deadline on every read (the thin async driver).
+//! - [`serve`]: answering peers from a node's ledger and stores.
+//! - [`fetch`]: carrying out a sync pass against a peer.
 //!
-//! Not built yet: this crate is filled by the network issue.
+//! The only crate that knows quinn and rustls. Uses the ledger, the chunk
+//! store and the image store; knows nothing of consensus, the executor or
+//! the node's API. What a peer sends is trusted only as far as its
+//! signatures and hashes go: packs are indexed by gix-pack (every object
+//! hashed), blocks verified before any ref moves, chunks and manifests
+//! hashed on arrival, images checked against their digests.
+
+pub mod endpoint;
+pub mod fetch;
+pub mod peers;
+pub mod serve;
+pub mod sync;
+pub mod tls;
+pub mod wire;
+
+pub use endpoint::{ALPN_CHUNKS, ALPN_SYNC, Conn, Endpoint, NetError};
+pub use fetch::{Pass, PassError, Passed, Progress};
+pub use tls::{Gate, Identity};

@@ -182,6 +182,15 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
             ),
         ));
     }
+    if !shared.producing.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(lines
+            .iter()
+            .map(|line| TxState::Refused {
+                id: TxId::of_line(line),
+                error: "this node follows the chain and makes no blocks (its key is not the chain's only validator); submit to a validator's node".into(),
+            })
+            .collect());
+    }
     let checked = utter_executor::verify_all(&lines, &shared.chain);
     let _one_at_a_time = lock(&shared.admit);
     let mut out = Vec::with_capacity(lines.len());

@@ -182,9 +182,21 @@ impl Home {
         self.root.join("keys").join("node")
     }
 
+    /// The keys a `--private` node lets in besides the chain's (`utter
+    /// peers allow`), one OpenSSH public key per line.
+    pub fn allowed_peers(&self) -> PathBuf {
+        self.root.join("allowed_peers")
+    }
+
     /// Where a running node writes its API address (`http://…`).
     pub fn addr_file(&self) -> PathBuf {
         self.root.join("node.addr")
+    }
+
+    /// Where a running node with `--p2p` writes how to clone it:
+    /// `SHA256:FINGERPRINT@HOST:PORT`.
+    pub fn p2p_file(&self) -> PathBuf {
+        self.root.join("node.p2p")
     }
 
     /// The API address of the node running on this data directory, if one

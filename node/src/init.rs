@@ -122,7 +122,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// The node key `init` uses: `--key`'s (copied in), the data dir's, or a
 /// new one.
-fn node_key(home: &Home, given: Option<&Path>) -> Result<Keypair, InitError> {
+pub(crate) fn node_key(home: &Home, given: Option<&Path>) -> Result<Keypair, InitError> {
     let node_key = home.key_path();
     let load = |path: &Path| {
         Keypair::load(path).map_err(|source| InitError::Key {

@@ -22,6 +22,7 @@ mod api;
 mod home;
 mod images;
 pub mod init;
+pub mod p2p;
 pub mod pool;
 mod producer;
 pub mod query;

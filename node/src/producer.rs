@@ -13,6 +13,22 @@ use utter_ledger::{MAIN, Status};
 use crate::home::{Home, Opened};
 use crate::run::{Committed, NodeError, Shared, lock, seq_key};
 
+/// Whether this node makes blocks on main alone: its key is the only
+/// validator main's `chain.toml` names. (Chains of several validators
+/// need consensus over the network; other nodes follow.)
+pub(crate) fn can_produce(ledger: &utter_ledger::Ledger, key: &Keypair) -> bool {
+    let Ok(main) = ledger.resolve(MAIN).and_then(|m| ledger.block(m)) else {
+        return false;
+    };
+    let Ok(config) = ledger.chain_config(&main) else {
+        return false;
+    };
+    let me = key.public();
+    config.validators.len() == 1
+        && config.outgoing.is_empty()
+        && utter_ledger::key::Signer::parse(&config.validators[0].key).as_ref() == Some(&me)
+}
+
 /// When to cut a block.
 pub(crate) struct Settings {
     pub block_every: Duration,
@@ -55,7 +71,10 @@ fn produce(
                 if shared.stopping.load(Ordering::SeqCst) {
                     return Ok(());
                 }
-                let ready = pool.ready();
+                // Main can change hands (a sync, a chain set): ask again.
+                let producing = can_produce(ledger, key);
+                shared.producing.store(producing, Ordering::SeqCst);
+                let ready = if producing { pool.ready() } else { 0 };
                 let since = last_cut.elapsed();
                 if ready >= settings.block_txs || (ready > 0 && since >= settings.block_every) {
                     break pool.take(settings.block_txs);

@@ -50,6 +50,8 @@ pub struct Settings {
     pub mempool_max: usize,
     /// Print a line per block.
     pub verbose: bool,
+    /// Serve and sync over QUIC.
+    pub p2p: Option<crate::p2p::P2pSettings>,
 }
 
 /// Why a node could not run.
@@ -88,6 +90,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The network part.
+    #[error(transparent)]
+    P2p(#[from] Box<crate::p2p::P2pError>),
     /// The block producer panicked.
     #[error("the block producer panicked")]
     Panicked,
@@ -127,6 +132,9 @@ pub(crate) struct Shared {
     /// Ticks once per committed block.
     pub blocks: tokio::sync::watch::Sender<u64>,
     pub stopping: AtomicBool,
+    /// The producer makes blocks (the node key is the chain's only
+    /// validator); otherwise the node follows and admits nothing.
+    pub producing: AtomicBool,
     /// The producer stopped on an error: the API stops too.
     pub failed: tokio::sync::Notify,
 }
@@ -270,6 +278,7 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         }),
         blocks: blocks_tx,
         stopping: AtomicBool::new(false),
+        producing: AtomicBool::new(producer::can_produce(&opened.ledger, &key)),
         failed: tokio::sync::Notify::new(),
     });
 
@@ -303,6 +312,34 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         head.height,
         tip.short()
     );
+    let p2p = match &settings.p2p {
+        Some(p) => {
+            let started = crate::p2p::P2p::start(
+                home,
+                &opened.store,
+                &key,
+                shared.clone(),
+                p,
+                &runtime,
+                settings.verbose,
+            )
+            .map_err(Box::new)?;
+            let target = format!("{}@{}", key.public().fingerprint(), started.addr);
+            let path = home.p2p_file();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{target}\n"))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(io(&format!("write {}", path.display())))?;
+            eprintln!("p2p on UDP {} as {target}", started.addr);
+            Some(started)
+        }
+        None => None,
+    };
+    if !shared.producing.load(Ordering::SeqCst) {
+        eprintln!(
+            "this node follows the chain: its key is not the chain's only validator, so it makes no blocks"
+        );
+    }
     if reloaded.kept + reloaded.dropped > 0 {
         eprintln!(
             "mempool: {} transactions still waiting, {} committed before the restart",
@@ -333,6 +370,10 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
     shared.stopping.store(true, Ordering::SeqCst);
     shared.wake.notify_all();
     let produced = producer.join().map_err(|_| NodeError::Panicked)?;
+    if let Some(p2p) = p2p {
+        p2p.stop();
+        let _ = std::fs::remove_file(home.p2p_file());
+    }
     let _ = std::fs::remove_file(&addr_path);
     runtime.shutdown_timeout(Duration::from_secs(1));
     served.map_err(io("serve the API"))?;

@@ -23,8 +23,12 @@ pub enum Command {
     Show {
         /// Print a line for an OpenSSH allowed-signers file, for
         /// `git verify-commit` (gpg.ssh.allowedSignersFile) and `ssh-keygen -Y verify`
-        #[arg(long, conflicts_with = "json")]
+        #[arg(long, conflicts_with_all = ["json", "fingerprint"])]
         allowed_signers: bool,
+        /// Print the key's SHA256 fingerprint, as `ssh-keygen -l` does
+        /// (what `utter clone` pins)
+        #[arg(long, conflicts_with = "json")]
+        fingerprint: bool,
         /// Print JSON: public key and file path
         #[arg(long)]
         json: bool,
@@ -55,6 +59,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
         }
         Command::Show {
             allowed_signers,
+            fingerprint,
             json,
         } => {
             if !path.exists() {
@@ -64,7 +69,9 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
                 );
             }
             let key = Keypair::load(&path)?;
-            if allowed_signers {
+            if fingerprint {
+                println!("{}", key.public().fingerprint());
+            } else if allowed_signers {
                 println!(
                     "{}",
                     key.public()
@@ -73,7 +80,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
             } else if json {
                 println!(
                     "{}",
-                    json!({"public_key": key.public().to_string(), "private_key_file": path})
+                    json!({"public_key": key.public().to_string(), "fingerprint": key.public().fingerprint(), "private_key_file": path})
                 );
             } else {
                 println!("{}", key.public());

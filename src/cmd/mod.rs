@@ -14,6 +14,7 @@ pub mod init;
 pub mod key;
 pub mod log;
 pub mod members;
+pub mod net;
 pub mod node;
 pub mod run;
 pub mod state;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use utter_client::DEFAULT_ADDR;
+use utter_node::p2p::P2pSettings;
 use utter_node::{Home, Settings};
 
 /// `utter node …`
@@ -21,7 +22,8 @@ pub enum Command {
     /// /v1/state/DAPP/PATH?at=BLOCK; GET /v1/doors/rules; GET
     /// /v1/blocks?after=ID&wait=SECS (main's blocks, oldest first). A node
     /// killed outright restarts with every accepted transaction committed
-    /// or still waiting.
+    /// or still waiting. With --p2p it serves peers over QUIC (TLS 1.3, its
+    /// node key as the raw public key) and pulls from them every --sync-ms.
     Run(RunArgs),
 }
 
@@ -45,6 +47,21 @@ pub struct RunArgs {
     /// Print a line per block
     #[arg(long, short)]
     verbose: bool,
+    /// Serve the ledger to peers over QUIC on HOST:PORT (UDP; port 0: any
+    /// free port) and sync from them; how to clone this node is written to
+    /// <data-dir>/node.p2p
+    #[arg(long, value_name = "HOST:PORT")]
+    p2p: Option<SocketAddr>,
+    /// A peer to sync from (repeatable; remembered in the data dir)
+    #[arg(long = "peer", value_name = "HOST:PORT", requires = "p2p")]
+    peers: Vec<SocketAddr>,
+    /// Let in only keys the chain names (validators, devices) and those
+    /// `utter peers allow` added
+    #[arg(long, requires = "p2p")]
+    private: bool,
+    /// How often to pull from each peer (milliseconds)
+    #[arg(long, default_value_t = 2000, value_name = "MS", requires = "p2p")]
+    sync_ms: u64,
 }
 
 pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
@@ -57,6 +74,12 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
             block_txs: args.block_txs,
             mempool_max: args.mempool_max,
             verbose: args.verbose,
+            p2p: args.p2p.map(|listen| P2pSettings {
+                listen,
+                peers: args.peers.clone(),
+                private: args.private,
+                every: Duration::from_millis(args.sync_ms.max(100)),
+            }),
         },
     )?;
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,570 @@
+//! What another node needs to bring its ledger up to this one's, and what
+//! arrives from one: packs of the commits a peer lacks, written and indexed
+//! as git does, and the values and images new trees name.
+//!
+//! A pack holds, for each commit a peer lacks (parents first), the commit
+//! and every tree and blob of its tree that no parent has at the same path
+//! — the same walk git's pack-objects does against the peer's haves, here
+//! cut short by the state trees' structure: an unchanged subtree is one
+//! object id compare. Packs carry no deltas (each object zlib-compressed);
+//! received packs are indexed by gix-pack, which checks every object's
+//! hash, and kept (`.keep`) until the refs that name their objects move.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::objs::Kind;
+use utter_chunkstore::{ManifestId, Store};
+
+use crate::block::{self, BlockId};
+use crate::cert::NOTES_REF;
+use crate::layout::{DAPP_TOML, DAPPS, DappConfig, STATE};
+use crate::pointer::{MAX_POINTER_LEN, Pointer};
+use crate::repo::{GENESIS_REF, Ledger, LedgerError, MAIN, git};
+
+/// Refs under which a sync keeps commits it fetched but has not yet
+/// verified (so an interrupted sync does not fetch them again).
+pub const FETCHED_PREFIX: &str = "refs/utter/fetched/";
+
+/// What a pack for a peer holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackPlan {
+    /// The commits, parents first.
+    pub commits: Vec<BlockId>,
+    /// Every object, commits and their new trees and blobs, each once.
+    pub objects: Vec<ObjectId>,
+    /// More commits wait beyond this pack's size.
+    pub more: bool,
+    /// The objects' uncompressed bytes.
+    pub bytes: u64,
+}
+
+/// A pack that arrived and was indexed.
+#[derive(Debug, Clone)]
+pub struct Indexed {
+    /// The pack file.
+    pub pack: PathBuf,
+    /// Its index.
+    pub index: PathBuf,
+    /// The `.keep` that guards it until refs name its objects.
+    pub keep: Option<PathBuf>,
+    /// Objects it holds.
+    pub objects: u32,
+}
+
+/// What new trees name that lives outside git.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    /// Chunkstore manifests of large state values (pointer blobs).
+    pub manifests: BTreeSet<ManifestId>,
+    /// Image digests `dapp.toml` files name (`sha256:…`).
+    pub images: BTreeSet<String>,
+}
+
+fn io<'a>(doing: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LedgerError + 'a {
+    move |source| LedgerError::Io {
+        doing,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Ledger {
+    /// Makes a bare repository at `path` for a ledger that will arrive from
+    /// a peer: chain `chain` with genesis block `genesis` (both as the peer
+    /// claims them; [`Ledger::verify`] checks the blocks once they are
+    /// here). [`Ledger::finish_clone`] records the genesis.
+    pub fn init_for_clone(
+        path: &Path,
+        chunks: Arc<Store>,
+        chain: &str,
+        genesis: BlockId,
+    ) -> Result<Self, LedgerError> {
+        if path.exists() {
+            return Err(LedgerError::Exists(path.to_path_buf()));
+        }
+        gix::init_bare(path).map_err(git(format!("creating {}", path.display())))?;
+        std::fs::write(path.join("HEAD"), format!("ref: refs/heads/{MAIN}\n"))
+            .map_err(io("writing", &path.join("HEAD")))?;
+        Self::reopen_for_clone(path, chunks, chain, genesis)
+    }
+
+    /// Opens a repository [`Ledger::init_for_clone`] made.
+    pub fn reopen_for_clone(
+        path: &Path,
+        chunks: Arc<Store>,
+        chain: &str,
+        genesis: BlockId,
+    ) -> Result<Self, LedgerError> {
+        let repo = crate::repo::open_repo(path)?;
+        Ok(Self::with_repo(
+            repo,
+            path,
+            chunks,
+            chain.to_string(),
+            Some(genesis),
+        ))
+    }
+
+    /// Records the genesis of a cloned ledger (once its blocks verified).
+    pub fn finish_clone(&self) -> Result<(), LedgerError> {
+        match self.ref_target(GENESIS_REF)? {
+            Some(g) if g == self.genesis() => Ok(()),
+            Some(g) => Err(LedgerError::Draft(format!(
+                "this ledger's genesis is {g}, not {}",
+                self.genesis()
+            ))),
+            None => self.set_ref(GENESIS_REF, self.genesis(), None),
+        }
+    }
+
+    /// The refs a node shares with peers: its branches and its certificate
+    /// notes.
+    pub fn shared_refs(&self) -> Result<Vec<(String, BlockId)>, LedgerError> {
+        let mut refs: Vec<(String, BlockId)> = self
+            .branches()?
+            .into_iter()
+            .map(|(name, id)| (format!("refs/heads/{name}"), id))
+            .collect();
+        if let Some(notes) = self.ref_target(NOTES_REF)? {
+            refs.push((NOTES_REF.to_string(), notes));
+        }
+        Ok(refs)
+    }
+
+    /// Where any ref points (`refs/heads/…`, the notes, fetched refs).
+    pub fn ref_id(&self, name: &str) -> Result<Option<BlockId>, LedgerError> {
+        self.ref_target(name)
+    }
+
+    /// Moves (or creates, with `expected` `None`) a ref a sync keeps:
+    /// `refs/notes/utter-certificates` or one under [`FETCHED_PREFIX`].
+    /// Branches move only through [`Ledger::advance`] and
+    /// [`Ledger::create_branch`].
+    pub fn set_sync_ref(
+        &self,
+        name: &str,
+        id: BlockId,
+        expected: Option<BlockId>,
+    ) -> Result<(), LedgerError> {
+        if name != NOTES_REF && !name.starts_with(FETCHED_PREFIX) {
+            return Err(LedgerError::Draft(format!(
+                "{name} is not a ref a sync moves"
+            )));
+        }
+        self.set_ref(name, id, expected)
+    }
+
+    /// The refs under [`FETCHED_PREFIX`].
+    pub fn fetched(&self) -> Result<Vec<(String, BlockId)>, LedgerError> {
+        let platform = self.repo().references().map_err(git("listing refs"))?;
+        let mut out = Vec::new();
+        let refs = platform
+            .prefixed(FETCHED_PREFIX.trim_end_matches('/'))
+            .map_err(git("listing fetched refs"))?;
+        for reference in refs {
+            let mut reference = reference.map_err(|e| LedgerError::Git {
+                doing: "listing fetched refs".into(),
+                source: gix::Error::from_error(e),
+            })?;
+            let name = reference.name().as_bstr().to_str_lossy().into_owned();
+            let id = reference
+                .peel_to_id()
+                .map_err(git(format!("reading {name}")))?;
+            out.push((name, block::block_id(&id)));
+        }
+        Ok(out)
+    }
+
+    /// Removes the refs under [`FETCHED_PREFIX`] (their commits are now
+    /// named by branches, or were refused).
+    pub fn clear_fetched(&self) -> Result<(), LedgerError> {
+        for (name, _) in self.fetched()? {
+            let path = self.path().join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &path)(e)),
+            }
+        }
+        let _ = std::fs::remove_dir(self.path().join(FETCHED_PREFIX.trim_end_matches('/')));
+        Ok(())
+    }
+
+    /// Whether the object is here.
+    pub fn has(&self, id: BlockId) -> bool {
+        self.repo().has_object(block::oid(id))
+    }
+
+    /// The blocks a peer with `haves` lacks of `wants` (ancestors of wants,
+    /// not of any have this ledger knows), parents first, and their
+    /// objects, cut after about `max_bytes` (at least one commit).
+    pub fn plan_blocks(
+        &self,
+        wants: &[BlockId],
+        haves: &[BlockId],
+        max_bytes: u64,
+    ) -> Result<PackPlan, LedgerError> {
+        let wants: Vec<BlockId> = wants.iter().copied().filter(|id| self.has(*id)).collect();
+        let haves: Vec<BlockId> = haves
+            .iter()
+            .copied()
+            .filter(|id| self.has(*id) && self.block(*id).is_ok())
+            .collect();
+        let commits = self.only_in(&wants, &haves)?;
+        let parents =
+            |id: BlockId| -> Result<Vec<BlockId>, LedgerError> { Ok(self.node(id)?.parents) };
+        self.plan(&commits, parents, max_bytes)
+    }
+
+    /// The certificate notes commits a peer with notes `haves` lacks of
+    /// `want` (notes commits carry no heights: the walk follows parents
+    /// until it meets a have).
+    pub fn plan_notes(&self, want: BlockId, haves: &[BlockId]) -> Result<PackPlan, LedgerError> {
+        if !self.has(want) {
+            return Ok(PackPlan::default());
+        }
+        let stop: HashSet<BlockId> = haves.iter().copied().collect();
+        let mut commits = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![want];
+        while let Some(id) = stack.pop() {
+            if stop.contains(&id) || !seen.insert(id) {
+                continue;
+            }
+            commits.push(id);
+            stack.extend(self.notes_parents(id)?);
+        }
+        // Parents first: the walk met children first.
+        commits.reverse();
+        self.plan(&commits, |id| self.notes_parents(id), u64::MAX)
+    }
+
+    fn notes_parents(&self, id: BlockId) -> Result<Vec<BlockId>, LedgerError> {
+        self.commit_parents(id)?
+            .map_err(|why| LedgerError::Malformed { id, why })
+    }
+
+    fn plan(
+        &self,
+        commits: &[BlockId],
+        parents: impl Fn(BlockId) -> Result<Vec<BlockId>, LedgerError>,
+        max_bytes: u64,
+    ) -> Result<PackPlan, LedgerError> {
+        let mut plan = PackPlan::default();
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        for (i, id) in commits.iter().enumerate() {
+            if i > 0 && plan.bytes >= max_bytes {
+                plan.more = true;
+                break;
+            }
+            let oid = block::oid(*id);
+            seen.insert(oid);
+            plan.objects.push(oid);
+            plan.bytes += self.object_len(oid)?;
+            let parent_trees = parents(*id)?
+                .into_iter()
+                .filter(|p| self.has(*p))
+                .map(|p| self.commit_tree(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let tree = self.commit_tree(*id)?;
+            self.new_objects(tree, true, &parent_trees, &mut seen, &mut |oid, _, len| {
+                plan.objects.push(oid);
+                plan.bytes += len;
+            })?;
+            plan.commits.push(*id);
+        }
+        Ok(plan)
+    }
+
+    fn object_len(&self, oid: ObjectId) -> Result<u64, LedgerError> {
+        let header = self
+            .repo()
+            .find_header(oid)
+            .map_err(git(format!("reading object {oid}")))?;
+        Ok(header.size())
+    }
+
+    /// Visits `id` and, for a tree, what under it no parent tree has at
+    /// the same path (`parents` are the objects at this path in the
+    /// parents), each object once (`seen`); `visit(oid, path, len)`.
+    fn new_objects(
+        &self,
+        id: ObjectId,
+        is_tree: bool,
+        parents: &[ObjectId],
+        seen: &mut HashSet<ObjectId>,
+        visit: &mut dyn FnMut(ObjectId, &str, u64),
+    ) -> Result<(), LedgerError> {
+        self.new_objects_at(id, is_tree, parents, "", seen, visit)
+    }
+
+    fn new_objects_at(
+        &self,
+        id: ObjectId,
+        is_tree: bool,
+        parents: &[ObjectId],
+        path: &str,
+        seen: &mut HashSet<ObjectId>,
+        visit: &mut dyn FnMut(ObjectId, &str, u64),
+    ) -> Result<(), LedgerError> {
+        if parents.contains(&id) || !seen.insert(id) {
+            return Ok(());
+        }
+        if !is_tree {
+            visit(id, path, self.object_len(id)?);
+            return Ok(());
+        }
+        let tree = self
+            .repo()
+            .find_tree(id)
+            .map_err(git(format!("reading tree {id}")))?;
+        visit(id, path, tree.data.len() as u64);
+        let decoded = tree.decode().map_err(git(format!("decoding tree {id}")))?;
+        let mut parent_entries: Vec<HashMap<Vec<u8>, ObjectId>> = Vec::new();
+        for p in parents {
+            if let Ok(t) = self.repo().find_tree(*p)
+                && let Ok(d) = t.decode()
+            {
+                parent_entries.push(
+                    d.entries
+                        .iter()
+                        .map(|e| (e.filename.to_vec(), e.oid.to_owned()))
+                        .collect(),
+                );
+            }
+        }
+        for entry in &decoded.entries {
+            let name = entry.filename.to_vec();
+            let at: Vec<ObjectId> = parent_entries
+                .iter()
+                .filter_map(|m| m.get(&name).copied())
+                .collect();
+            let child = if path.is_empty() {
+                entry.filename.to_str_lossy().into_owned()
+            } else {
+                format!("{path}/{}", entry.filename.to_str_lossy())
+            };
+            self.new_objects_at(
+                entry.oid.to_owned(),
+                entry.mode.is_tree(),
+                &at,
+                &child,
+                seen,
+                visit,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes `objects` as a pack (version 2, no deltas) to `out`; returns
+    /// its length.
+    pub fn write_pack(
+        &self,
+        objects: &[ObjectId],
+        out: &mut dyn Write,
+    ) -> Result<u64, LedgerError> {
+        let count = u32::try_from(objects.len())
+            .map_err(|_| LedgerError::Draft("too many objects for one pack".into()))?;
+        let mut hashing = HashingWriter {
+            inner: out,
+            hasher: gix::hash::hasher(gix::hash::Kind::Sha1),
+            len: 0,
+        };
+        let wire = |e: std::io::Error| LedgerError::Io {
+            doing: "sending a pack from",
+            path: self.path().to_path_buf(),
+            source: e,
+        };
+        let mut head = Vec::with_capacity(12);
+        head.extend_from_slice(b"PACK");
+        head.extend_from_slice(&2u32.to_be_bytes());
+        head.extend_from_slice(&count.to_be_bytes());
+        hashing.write_all(&head).map_err(wire)?;
+        let mut entry = Vec::new();
+        for id in objects {
+            let object = self
+                .repo()
+                .find_object(*id)
+                .map_err(|source| LedgerError::Git {
+                    doing: format!("reading object {id} for a pack"),
+                    source,
+                })?;
+            entry.clear();
+            crate::pack::entry_header(object.kind, object.data.len(), &mut entry);
+            let mut z = gix::zlib::stream::deflate::Write::new(
+                &mut entry,
+                gix::zlib::Compression::BEST_SPEED,
+            );
+            z.write_all(&object.data)
+                .and_then(|()| z.flush())
+                .map_err(wire)?;
+            drop(z);
+            hashing.write_all(&entry).map_err(wire)?;
+        }
+        let trailer = hashing.hasher.try_finalize().map_err(|e| LedgerError::Io {
+            doing: "hashing a pack of",
+            path: self.path().to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let len = hashing.len + trailer.as_bytes().len() as u64;
+        hashing.inner.write_all(trailer.as_bytes()).map_err(wire)?;
+        Ok(len)
+    }
+
+    /// Indexes a pack a peer sent (the file at `pack`): gix-pack reads it
+    /// whole, hashes every object and checks the trailer, and writes the
+    /// pack and its index with a `.keep` into the repository. A pack that
+    /// does not read is refused with nothing kept.
+    pub fn index_pack(&self, pack: &Path) -> Result<Indexed, LedgerError> {
+        let pack_dir = self.path().join("objects").join("pack");
+        std::fs::create_dir_all(&pack_dir).map_err(io("creating", &pack_dir))?;
+        let file = std::fs::File::open(pack).map_err(io("opening", pack))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let outcome = gix_pack::Bundle::write_to_directory(
+            &mut reader,
+            Some(&pack_dir),
+            &mut gix::progress::Discard,
+            &AtomicBool::new(false),
+            None::<gix::objs::find::Never>,
+            gix::hash::Kind::Sha1,
+            gix_pack::bundle::write::Options::default(),
+        )
+        .map_err(|source| LedgerError::Git {
+            doing: "indexing a pack a peer sent".into(),
+            source: gix::Error::from_error(source),
+        })?;
+        let (Some(data), Some(index)) = (outcome.data_path, outcome.index_path) else {
+            return Err(LedgerError::Draft(
+                "the indexed pack was not written".into(),
+            ));
+        };
+        self.sync_all()?;
+        Ok(Indexed {
+            pack: data,
+            index,
+            keep: outcome.keep_path,
+            objects: outcome.index.num_objects,
+        })
+    }
+
+    /// Makes objects of packs indexed since the repository was opened
+    /// visible (gix refreshes its pack list on a miss).
+    pub fn refresh(&self, any_new: BlockId) -> bool {
+        self.repo().has_object(block::oid(any_new))
+    }
+
+    /// Drops a pack that was refused: its objects are named by no ref.
+    pub fn drop_pack(&self, pack: &Indexed) {
+        for path in [Some(&pack.pack), Some(&pack.index), pack.keep.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Lets a pack's objects be collected like any others once refs name
+    /// them.
+    pub fn release_pack(&self, pack: &Indexed) {
+        if let Some(keep) = &pack.keep {
+            let _ = std::fs::remove_file(keep);
+        }
+    }
+
+    /// What the trees of `commits` name outside git that their parents'
+    /// trees did not: pointer blobs' manifests and the images of changed
+    /// `dapp.toml` files.
+    pub fn new_content(&self, commits: &[BlockId]) -> Result<Content, LedgerError> {
+        let mut content = Content::default();
+        let mut seen = HashSet::new();
+        let mut blobs: Vec<(ObjectId, String)> = Vec::new();
+        for id in commits {
+            let parent_trees = self
+                .commit_parents(*id)?
+                .map_err(|why| LedgerError::Malformed { id: *id, why })?
+                .into_iter()
+                .filter(|p| self.has(*p))
+                .map(|p| self.commit_tree(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let tree = self.commit_tree(*id)?;
+            self.new_objects(
+                tree,
+                true,
+                &parent_trees,
+                &mut seen,
+                &mut |oid, path, len| {
+                    let is_state = path.starts_with(&format!("{DAPPS}/"))
+                        && path.contains(&format!("/{STATE}/"));
+                    let is_dapp_toml = path.starts_with(&format!("{DAPPS}/"))
+                        && path.ends_with(&format!("/{DAPP_TOML}"))
+                        && path.matches('/').count() == 2;
+                    if (is_state && len <= MAX_POINTER_LEN as u64) || is_dapp_toml {
+                        blobs.push((oid, path.to_string()));
+                    }
+                },
+            )?;
+        }
+        for (oid, path) in blobs {
+            let Ok(object) = self.repo().find_object(oid) else {
+                continue;
+            };
+            if object.kind != Kind::Blob {
+                continue;
+            }
+            if path.ends_with(DAPP_TOML) {
+                let dapp = path.split('/').nth(1).unwrap_or_default();
+                if let Ok(config) = DappConfig::parse(dapp, &object.data) {
+                    content.images.insert(config.image);
+                }
+            } else if let Some(pointer) = Pointer::decode(&object.data) {
+                content.manifests.insert(pointer.manifest);
+            }
+        }
+        Ok(content)
+    }
+
+    /// The image every dapp at `block` names.
+    pub fn images_at(&self, block: BlockId) -> Result<Vec<String>, LedgerError> {
+        let block = self.block(block)?;
+        let mut out = Vec::new();
+        for entry in self.list(&block, DAPPS)?.unwrap_or_default() {
+            if !entry.is_dir {
+                continue;
+            }
+            let path = format!("{DAPPS}/{}/{DAPP_TOML}", entry.name);
+            if let Some(bytes) = self.read_value(&block, &path)?
+                && let Ok(config) = DappConfig::parse(&entry.name, &bytes)
+            {
+                out.push(config.image);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: gix::hash::Hasher,
+    len: u64,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,752 @@
+//! The driver of a sync pass ([`crate::sync::Session`]) against one peer:
+//! it asks over the sync protocol, spools and indexes packs, fetches the
+//! values and images new trees name over the content protocol (chunks on
+//! parallel streams, each hashed on arrival), verifies, and moves refs.
+//!
+//! It runs on the thread that owns the ledger (a `Ledger` is not shared
+//! between threads), with the network futures on a runtime of its own.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use utter_chunkstore::{ChunkId, Manifest, ManifestId, Store, StoredChunk};
+use utter_formats::BlockId;
+use utter_images::{Digest, ImageDocs, Images, Layer};
+use utter_ledger::cert::Certificate;
+use utter_ledger::sync::{FETCHED_PREFIX, Indexed};
+use utter_ledger::{Ledger, LedgerError};
+
+use crate::endpoint::{ALPN_CHUNKS, ALPN_SYNC, Answer, Conn, Endpoint, NetError};
+use crate::sync::{
+    Action, Event, Fault, HEADS_PREFIX, Local, NOTES_REF, RefUpdate, Relation, Session, Summary,
+};
+use crate::wire::{Hash, MAX_IDS, Message, What};
+
+/// The pack batch a pass asks for.
+pub const BATCH_BYTES: u64 = 32 << 20;
+/// The most bytes of one pack accepted from a peer.
+pub const MAX_PACK: u64 = 256 << 20;
+/// Parallel chunk streams.
+pub const CHUNK_STREAMS: usize = 4;
+/// Chunks asked for per stream request.
+const CHUNKS_PER_ASK: usize = 256;
+
+/// How far a pass got, for a progress bar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Git objects received.
+    pub objects: u64,
+    /// Chunks received.
+    pub chunks: u64,
+    /// Chunks needed.
+    pub chunks_total: u64,
+    /// Bytes received (packs and chunks as sent).
+    pub bytes: u64,
+}
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The session's verdict (whose fault it says).
+    #[error(transparent)]
+    Fault(#[from] Fault),
+    /// The network.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// This node's ledger.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl PassError {
+    /// Whether what the peer sent cannot be trusted (it lied, rather than
+    /// stalled or went away): the packs of the pass are dropped.
+    pub fn untrustworthy(&self) -> bool {
+        match self {
+            PassError::Fault(f) => matches!(
+                f,
+                Fault::Invalid { .. } | Fault::Protocol(_) | Fault::OtherChain { .. }
+            ),
+            PassError::Net(n) => matches!(n, NetError::Wire { .. } | NetError::TooMuch { .. }),
+            PassError::Ledger(_) => false,
+        }
+    }
+
+    /// Whether the peer is to blame.
+    pub fn peer_is_at_fault(&self) -> bool {
+        match self {
+            PassError::Fault(f) => f.peer_is_at_fault(),
+            PassError::Net(n) => n.peer_is_at_fault(),
+            PassError::Ledger(_) => false,
+        }
+    }
+}
+
+/// What a pass brought.
+#[derive(Debug, Clone)]
+pub struct Passed {
+    /// The session's summary.
+    pub summary: Summary,
+    /// The peer's key.
+    pub peer: utter_formats::Signer,
+    /// Objects, chunks and bytes received.
+    pub progress: Progress,
+    /// Images main names that the peer could not provide.
+    pub missing_images: Vec<String>,
+}
+
+/// One pass against the peer at `addr`.
+pub struct Pass<'a> {
+    /// The endpoint to connect from.
+    pub endpoint: &'a Endpoint,
+    /// The peer.
+    pub addr: SocketAddr,
+    /// Its key's fingerprint, when pinned.
+    pub pin: Option<String>,
+    /// This node's ledger.
+    pub ledger: &'a Ledger,
+    /// Its chunk store.
+    pub store: &'a Store,
+    /// Its image store.
+    pub images: &'a Images,
+    /// Where a pack is spooled while it arrives.
+    pub spool: PathBuf,
+    /// How much one pack may carry (the server keeps it between 1 and 64
+    /// MiB); [`BATCH_BYTES`] is the default.
+    pub batch_bytes: u64,
+    /// Hears progress.
+    pub progress: &'a mut dyn FnMut(Progress),
+}
+
+/// The local view of a ledger, as a session starts from it.
+pub fn local_view(ledger: &Ledger, cloning: bool) -> Result<Local, LedgerError> {
+    let fetched: Vec<BlockId> = ledger.fetched()?.into_iter().map(|(_, id)| id).collect();
+    if cloning {
+        return Ok(Local {
+            fetched,
+            ..Local::default()
+        });
+    }
+    Ok(Local {
+        chain: Some(ledger.chain().to_string()),
+        genesis: Some(ledger.genesis()),
+        refs: ledger.shared_refs()?.into_iter().collect(),
+        fetched,
+    })
+}
+
+/// A short tag for branches kept from a peer: the first 8 hex digits of
+/// the BLAKE3 of its key.
+pub fn peer_tag(key: &utter_formats::Signer) -> String {
+    hex::encode(&blake3::hash(&key.ed25519_bytes()).as_bytes()[..4])
+}
+
+impl Pass<'_> {
+    /// Runs the pass. A clone (`cloning`) starts from no refs and takes the
+    /// peer's chain.
+    pub async fn run(mut self, cloning: bool) -> Result<Passed, PassError> {
+        let sync = self
+            .endpoint
+            .connect(self.addr, ALPN_SYNC, self.pin.clone())
+            .await?;
+        let peer = sync.peer().clone();
+        let local = local_view(self.ledger, cloning)?;
+        let mut session = Session::new(local, &peer_tag(&peer), self.batch_bytes);
+        let mut progress = Progress::default();
+        let mut packs: Vec<Indexed> = Vec::new();
+        let mut answer: Option<Answer> = None;
+        let mut content: Option<Conn> = None;
+        let mut missing_images = Vec::new();
+        let result = loop {
+            let Some(action) = session.poll() else {
+                break Err(PassError::Fault(Fault::Driver(
+                    "the session stopped without an end".into(),
+                )));
+            };
+            let event = match action {
+                Action::Ask(request) => {
+                    let mut a = match sync.ask(&request).await {
+                        Ok(a) => a,
+                        Err(e) => break Err(e.into()),
+                    };
+                    match a.frame().await {
+                        Ok(Some(frame)) => {
+                            answer = Some(a);
+                            Event::Answer(frame)
+                        }
+                        Ok(None) => Event::Failed(Fault::Protocol(
+                            "the peer ended the stream without answering".into(),
+                        )),
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                Action::Lookup(ids) => {
+                    Event::Missing(ids.into_iter().filter(|id| !self.ledger.has(*id)).collect())
+                }
+                Action::ReceivePack { commits, objects } => {
+                    let Some(a) = answer.as_mut() else {
+                        break Err(Fault::Driver("a pack without its answer".into()).into());
+                    };
+                    match self.receive_pack(a, &commits, objects, &mut progress).await {
+                        Ok((indexed, tips)) => {
+                            packs.push(indexed);
+                            Event::Stored { tips }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                Action::FetchContent { commits, main } => {
+                    if content.is_none() {
+                        match self
+                            .endpoint
+                            .connect(self.addr, ALPN_CHUNKS, Some(peer.fingerprint()))
+                            .await
+                        {
+                            Ok(c) => content = Some(c),
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
+                    let conn = content.as_ref().expect("connected above");
+                    match self
+                        .fetch_content(conn, &commits, main, &mut progress)
+                        .await
+                    {
+                        Ok(missing) => {
+                            missing_images = missing;
+                            Event::Fetched
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                Action::Check(heads) => match self.check(&heads) {
+                    Ok(relations) => Event::Checked(relations),
+                    Err(e) => break Err(e.into()),
+                },
+                Action::Update(updates) => match self.update(&updates) {
+                    Ok(()) => {
+                        for p in &packs {
+                            self.ledger.release_pack(p);
+                        }
+                        let _ = self.ledger.clear_fetched();
+                        Event::Updated
+                    }
+                    Err(e) => break Err(e.into()),
+                },
+                Action::Done(summary) => {
+                    break Ok(Passed {
+                        summary,
+                        peer: peer.clone(),
+                        progress,
+                        missing_images: std::mem::take(&mut missing_images),
+                    });
+                }
+                Action::Fail(fault) => break Err(fault.into()),
+            };
+            session.handle(event);
+        };
+        if let Err(e) = &result {
+            if e.untrustworthy() {
+                // What it sent is not to be kept.
+                for p in &packs {
+                    self.ledger.drop_pack(p);
+                }
+                let _ = self.ledger.clear_fetched();
+            }
+            let why = e.to_string();
+            sync.close(&why);
+            if let Some(c) = &content {
+                c.close(&why);
+            }
+        }
+        result
+    }
+
+    async fn receive_pack(
+        &mut self,
+        answer: &mut Answer,
+        commits: &[BlockId],
+        objects: u32,
+        progress: &mut Progress,
+    ) -> Result<(Indexed, Vec<BlockId>), PassError> {
+        let spool = self.spool.clone();
+        let mut file = std::fs::File::create(&spool).map_err(|e| {
+            PassError::Fault(Fault::Driver(format!(
+                "cannot spool a pack to {}: {e}",
+                spool.display()
+            )))
+        })?;
+        let received = answer.rest_into(&mut file, MAX_PACK).await;
+        drop(file);
+        let received = match received {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&spool);
+                return Err(e.into());
+            }
+        };
+        let indexed = self.ledger.index_pack(&spool);
+        let _ = std::fs::remove_file(&spool);
+        let indexed = indexed
+            .map_err(|e| Fault::Protocol(format!("the pack does not read as a git pack: {e}")))?;
+        let bad = |why: String| {
+            self.ledger.drop_pack(&indexed);
+            PassError::Fault(Fault::Protocol(why))
+        };
+        if indexed.objects != objects {
+            return Err(bad(format!(
+                "the pack holds {} objects, its header said {objects}",
+                indexed.objects
+            )));
+        }
+        if let Some(first) = commits.first() {
+            self.ledger.refresh(*first);
+        }
+        if let Some(missing) = commits.iter().find(|c| !self.ledger.has(**c)) {
+            return Err(bad(format!("the pack lacks commit {missing} it announced")));
+        }
+        // Tips of the batch, kept as fetched refs: an interrupted pass
+        // does not fetch them again.
+        let mut parents = HashSet::new();
+        for c in commits {
+            if let Ok(b) = self.ledger.block(*c) {
+                parents.extend(b.parents);
+            }
+        }
+        let tips: Vec<BlockId> = commits
+            .iter()
+            .copied()
+            .filter(|c| !parents.contains(c))
+            .collect();
+        for tip in &tips {
+            let name = format!("{FETCHED_PREFIX}{tip}");
+            if self.ledger.ref_id(&name)?.is_none() {
+                self.ledger.set_sync_ref(&name, *tip, None)?;
+            }
+        }
+        progress.objects += u64::from(objects);
+        progress.bytes += received;
+        (self.progress)(*progress);
+        Ok((indexed, tips))
+    }
+
+    /// Fetches what the trees of `commits` name outside git, and every
+    /// image `main` names. Returns the images the peer could not provide.
+    async fn fetch_content(
+        &mut self,
+        conn: &Conn,
+        commits: &[BlockId],
+        main: Option<BlockId>,
+        progress: &mut Progress,
+    ) -> Result<Vec<String>, PassError> {
+        let content = self.ledger.new_content(commits)?;
+        let mut images: BTreeSet<String> = content.images.clone();
+        if let Some(main) = main
+            && self.ledger.has(main)
+        {
+            images.extend(self.ledger.images_at(main)?);
+        }
+        let images: Vec<Digest> = images
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .filter(|d: &Digest| self.images.get(&d.to_string()).is_err())
+            .collect();
+        // Image documents first: they say which layer blobs to fetch.
+        let mut docs: Vec<(Digest, ImageDocs)> = Vec::new();
+        let mut unavailable = Vec::new();
+        for digest in images {
+            match self.ask_image(conn, &digest).await? {
+                Some(d) => docs.push((digest, d)),
+                None => unavailable.push(digest.to_string()),
+            }
+        }
+        let mut wanted: BTreeSet<ManifestId> = content.manifests.clone();
+        for (_, d) in &docs {
+            wanted.extend(d.blobs());
+        }
+        let wanted: Vec<ManifestId> = wanted
+            .into_iter()
+            .filter(|m| !self.store.has_manifest(m).unwrap_or(false))
+            .collect();
+        let manifests = self.ask_manifests(conn, &wanted).await?;
+        // Pinned while the chunks are in flight (gc leaves them alone).
+        for (id, _) in &manifests {
+            self.store.pin(id).map_err(store_err)?;
+        }
+        let fetched = self.fetch_chunks(conn, &manifests, progress).await;
+        let stored = fetched.and_then(|()| {
+            for (_, manifest) in &manifests {
+                self.store
+                    .put_manifest(&manifest.encode())
+                    .map_err(store_err)?;
+            }
+            Ok(())
+        });
+        let adopted = stored.and_then(|()| {
+            let source = format!("sync:{}", conn.peer().fingerprint());
+            for (digest, d) in &docs {
+                self.images.adopt(digest, d, &source).map_err(|e| {
+                    PassError::Fault(Fault::Protocol(format!("image {digest}: {e}")))
+                })?;
+            }
+            Ok(())
+        });
+        // Layers are now pinned by their image; values by this one pin.
+        let layer_blobs: HashSet<ManifestId> = docs.iter().flat_map(|(_, d)| d.blobs()).collect();
+        for (id, _) in &manifests {
+            if layer_blobs.contains(id) && !content.manifests.contains(id) {
+                let _ = self.store.unpin(id);
+            }
+        }
+        adopted.map(|()| unavailable)
+    }
+
+    async fn ask_image(
+        &mut self,
+        conn: &Conn,
+        digest: &Digest,
+    ) -> Result<Option<ImageDocs>, PassError> {
+        let mut a = conn.ask(&Message::Image(*digest.as_bytes())).await?;
+        let frame = a.frame().await?;
+        match frame {
+            Some(Message::ImageIs {
+                manifest,
+                config,
+                layers,
+            }) => {
+                let docs = ImageDocs {
+                    manifest,
+                    config,
+                    layers: layers
+                        .iter()
+                        .map(|l| Layer {
+                            diff_id: Digest::from_bytes(l.diff_id),
+                            size: l.size,
+                            blob: ManifestId(l.blob),
+                        })
+                        .collect(),
+                };
+                docs.check(digest)
+                    .map_err(|e| Fault::Protocol(e.to_string()))?;
+                Ok(Some(docs))
+            }
+            Some(Message::Missing {
+                what: What::Image, ..
+            }) => Ok(None),
+            other => Err(Fault::Protocol(format!("{other:?} where image {digest} belongs")).into()),
+        }
+    }
+
+    async fn ask_manifests(
+        &mut self,
+        conn: &Conn,
+        ids: &[ManifestId],
+    ) -> Result<Vec<(ManifestId, Manifest)>, PassError> {
+        let mut out = Vec::new();
+        for batch in ids.chunks(MAX_IDS) {
+            let hashes: Vec<Hash> = batch.iter().map(|m| m.0).collect();
+            let mut a = conn.ask(&Message::Manifests(hashes)).await?;
+            for want in batch {
+                match a.frame().await? {
+                    Some(Message::Manifest { id, encoded }) if id == want.0 => {
+                        if ManifestId::of(&encoded) != *want {
+                            return Err(Fault::Protocol(format!(
+                                "manifest {want} arrived with other bytes"
+                            ))
+                            .into());
+                        }
+                        let manifest = Manifest::decode(&encoded).map_err(|e| {
+                            Fault::Protocol(format!("manifest {want} does not decode: {e}"))
+                        })?;
+                        out.push((*want, manifest));
+                    }
+                    Some(Message::Missing {
+                        what: What::Manifest,
+                        id,
+                    }) if id == want.0 => {
+                        return Err(Fault::Driver(format!(
+                            "the peer does not have manifest {want} that its blocks name"
+                        ))
+                        .into());
+                    }
+                    other => {
+                        return Err(Fault::Protocol(format!(
+                            "{other:?} where manifest {want} belongs"
+                        ))
+                        .into());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches every chunk the manifests name that is not here, over
+    /// parallel streams; each is hashed before it is stored.
+    async fn fetch_chunks(
+        &mut self,
+        conn: &Conn,
+        manifests: &[(ManifestId, Manifest)],
+        progress: &mut Progress,
+    ) -> Result<(), PassError> {
+        let mut ids: Vec<ChunkId> = manifests
+            .iter()
+            .flat_map(|(_, m)| m.entries().iter().map(|e| e.id))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let missing = self.store.missing(&ids).map_err(store_err)?;
+        progress.chunks_total += missing.len() as u64;
+        (self.progress)(*progress);
+        let asks: Vec<Vec<ChunkId>> = missing.chunks(CHUNKS_PER_ASK).map(|c| c.to_vec()).collect();
+        let mut next = 0;
+        let mut running = futures_lite_join::Running::new();
+        loop {
+            while running.len() < CHUNK_STREAMS && next < asks.len() {
+                let ask = asks[next].clone();
+                next += 1;
+                let conn = conn.clone();
+                running.push(async move { receive_chunks(conn, ask).await });
+            }
+            let Some(done) = running.next().await else {
+                break;
+            };
+            let chunks = done?;
+            let bytes: u64 = chunks.iter().map(|c| c.stored.len() as u64).sum();
+            let n = chunks.len() as u64;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.put_chunks_stored(&chunks))
+                .await
+                .map_err(|e| PassError::Fault(Fault::Driver(e.to_string())))?
+                .map_err(|e| match e {
+                    e @ (utter_chunkstore::Error::HashMismatch { .. }
+                    | utter_chunkstore::Error::ChunkSize { .. }
+                    | utter_chunkstore::Error::CorruptChunk { .. }) => PassError::Fault(
+                        Fault::Protocol(format!("a chunk that is not its id: {e}")),
+                    ),
+                    e => store_err(e),
+                })?;
+            progress.chunks += n;
+            progress.bytes += bytes;
+            (self.progress)(*progress);
+        }
+        Ok(())
+    }
+
+    /// How each head relates to this node's, once everything under it is
+    /// verified (certificates included).
+    fn check(&self, heads: &[(String, BlockId)]) -> Result<Vec<(String, Relation)>, LedgerError> {
+        let blocks: Vec<BlockId> = heads
+            .iter()
+            .filter(|(n, _)| n.starts_with(HEADS_PREFIX))
+            .map(|(_, id)| *id)
+            .collect();
+        let report = self.ledger.verify(Some(&blocks), false, |_, _| {})?;
+        let verdicts: BTreeMap<BlockId, Result<(), String>> = report
+            .blocks
+            .iter()
+            .map(|r| (r.id, r.verdict.clone().map_err(|e| e.to_string())))
+            .collect();
+        let first_bad = report.first_bad().map(|r| {
+            format!(
+                "block {} {}",
+                r.id,
+                r.verdict
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
+        });
+        let mut out = Vec::with_capacity(heads.len());
+        for (name, id) in heads {
+            let ours = self.ledger.ref_id(name)?;
+            let relation = if name == NOTES_REF {
+                self.notes_relation(*id, ours)?
+            } else {
+                match verdicts.get(id) {
+                    Some(Err(_)) => Relation::Invalid(
+                        first_bad
+                            .clone()
+                            .unwrap_or_else(|| "it does not verify".into()),
+                    ),
+                    None => Relation::Invalid("it is not here".into()),
+                    Some(Ok(())) => match ours {
+                        None => Relation::New,
+                        Some(o) if o == *id => Relation::Same,
+                        Some(o) if self.ledger.is_ancestor(o, *id)? => Relation::Ahead,
+                        Some(o) if self.ledger.is_ancestor(*id, o)? => Relation::Behind,
+                        Some(_) => Relation::Diverged,
+                    },
+                }
+            };
+            out.push((name.clone(), relation));
+        }
+        Ok(out)
+    }
+
+    /// The peer's notes: every certificate they add must hold for a block
+    /// here.
+    fn notes_relation(
+        &self,
+        theirs: BlockId,
+        ours: Option<BlockId>,
+    ) -> Result<Relation, LedgerError> {
+        if ours == Some(theirs) {
+            return Ok(Relation::Same);
+        }
+        for (block, text) in self.ledger.notes_added(theirs, ours)? {
+            let cert = match Certificate::parse(&text) {
+                Ok(c) if c.block == block => c,
+                Ok(_) => {
+                    return Ok(Relation::Invalid(format!(
+                        "the note of {block} certifies another block"
+                    )));
+                }
+                Err(e) => return Ok(Relation::Invalid(format!("the note of {block}: {e}"))),
+            };
+            let Ok(b) = self.ledger.block(block) else {
+                return Ok(Relation::Invalid(format!(
+                    "a certificate for block {block}, which is not here"
+                )));
+            };
+            if let Err(e) = self.ledger.check_certificate(&b, &cert)? {
+                return Ok(Relation::Invalid(format!(
+                    "the certificate of {block}: {e}"
+                )));
+            }
+        }
+        Ok(match ours {
+            None => Relation::New,
+            Some(o) if self.ledger.commit_descends(theirs, o)? => Relation::Ahead,
+            Some(o) if self.ledger.commit_descends(o, theirs)? => Relation::Behind,
+            Some(_) => Relation::Diverged,
+        })
+    }
+
+    fn update(&self, updates: &[RefUpdate]) -> Result<(), LedgerError> {
+        for u in updates {
+            match u {
+                RefUpdate::Create { name, to } if name == NOTES_REF => {
+                    self.ledger.set_sync_ref(name, *to, None)?;
+                }
+                RefUpdate::Forward { name, from, to } if name == NOTES_REF => {
+                    self.ledger.set_sync_ref(name, *to, Some(*from))?;
+                }
+                RefUpdate::MergeNotes { theirs } => {
+                    let ours = self.ledger.ref_id(NOTES_REF)?;
+                    for (block, text) in self.ledger.notes_added(*theirs, ours)? {
+                        if self.ledger.certificate(block)?.is_none()
+                            && let Ok(cert) = Certificate::parse(&text)
+                        {
+                            self.ledger.write_certificate(&cert)?;
+                        }
+                    }
+                }
+                RefUpdate::Create { name, to } => {
+                    self.ledger
+                        .create_branch(name.trim_start_matches(HEADS_PREFIX), *to)?;
+                }
+                RefUpdate::Forward { name, from, to } => {
+                    self.ledger
+                        .advance(name.trim_start_matches(HEADS_PREFIX), *from, *to)?;
+                }
+                RefUpdate::Keep { as_name, to, .. } => {
+                    let branch = as_name.trim_start_matches(HEADS_PREFIX);
+                    match self.ledger.branch(branch)? {
+                        None => self.ledger.create_branch(branch, *to)?,
+                        Some(old) if self.ledger.is_ancestor(old, *to)? => {
+                            self.ledger.advance(branch, old, *to)?;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn store_err(e: utter_chunkstore::Error) -> PassError {
+    PassError::Fault(Fault::Driver(format!("this node's chunk store: {e}")))
+}
+
+/// Asks for `ids` on one stream; every answer must be the chunk asked for,
+/// in order (checked against its id when stored).
+async fn receive_chunks(conn: Conn, ids: Vec<ChunkId>) -> Result<Vec<StoredChunk>, PassError> {
+    let hashes: Vec<Hash> = ids.iter().map(|c| c.0).collect();
+    let mut a = conn.ask(&Message::Chunks(hashes)).await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for want in &ids {
+        match a.frame().await? {
+            Some(Message::Chunk { id, len, stored }) if id == want.0 => {
+                out.push(StoredChunk {
+                    id: *want,
+                    len,
+                    stored,
+                });
+            }
+            Some(Message::Missing {
+                what: What::Chunk,
+                id,
+            }) if id == want.0 => {
+                return Err(Fault::Driver(format!(
+                    "the peer lacks chunk {want} of a manifest it sent"
+                ))
+                .into());
+            }
+            other => {
+                return Err(
+                    Fault::Protocol(format!("{other:?} where chunk {want} belongs")).into(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A small set of futures run together, finished ones first.
+mod futures_lite_join {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    type Boxed<T> = Pin<Box<dyn Future<Output = T>>>;
+
+    /// Futures running together on this task.
+    pub struct Running<T> {
+        futures: Vec<Boxed<T>>,
+    }
+
+    impl<T> Running<T> {
+        pub fn new() -> Self {
+            Self {
+                futures: Vec::new(),
+            }
+        }
+
+        pub fn len(&self) -> usize {
+            self.futures.len()
+        }
+
+        pub fn push(&mut self, f: impl Future<Output = T> + 'static) {
+            self.futures.push(Box::pin(f));
+        }
+
+        /// The next to finish; `None` when none runs.
+        pub async fn next(&mut self) -> Option<T> {
+            if self.futures.is_empty() {
+                return None;
+            }
+            std::future::poll_fn(|cx| {
+                for i in 0..self.futures.len() {
+                    if let std::task::Poll::Ready(v) = self.futures[i].as_mut().poll(cx) {
+                        drop(self.futures.swap_remove(i));
+                        return std::task::Poll::Ready(Some(v));
+                    }
+                }
+                std::task::Poll::Pending
+            })
+            .await
+        }
+    }
+}

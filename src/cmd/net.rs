@@ -1,0 +1,242 @@
+//! `utter clone`, `utter sync` and `utter peers`: a new node from a peer,
+//! one sync pass, and the peers this node knows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use utter_ledger::key::Signer;
+use utter_net::Progress;
+use utter_node::Home;
+use utter_node::p2p::{self, Target};
+
+use crate::ui::{self, human};
+
+/// `utter clone`
+#[derive(Args)]
+pub struct CloneArgs {
+    /// The peer: SHA256:FINGERPRINT@HOST:PORT (its node.p2p file says it;
+    /// the fingerprint is its key's, as `ssh-keygen -l` prints it)
+    target: Target,
+    /// Use this OpenSSH ed25519 key as the new node's key (e.g. a
+    /// validator's that genesis names) [default: keys/node, made if
+    /// missing]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Print JSON: chain, main, key, what arrived
+    #[arg(long)]
+    json: bool,
+}
+
+/// `utter sync`
+#[derive(Args)]
+pub struct SyncArgs {
+    /// Peers to pull from [default: the peers this node knows]
+    #[arg(value_name = "HOST:PORT")]
+    peers: Vec<SocketAddr>,
+    /// Print JSON: one object per peer
+    #[arg(long)]
+    json: bool,
+}
+
+/// `utter peers …`
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PeersArgs {
+    #[command(subcommand)]
+    command: Option<PeersCommand>,
+    /// Print JSON: one object per peer
+    #[arg(long)]
+    json: bool,
+}
+
+/// `utter peers allow`
+#[derive(Subcommand)]
+pub enum PeersCommand {
+    /// Let this key in when the node runs with --private (besides the keys
+    /// the chain names)
+    Allow {
+        /// An OpenSSH ed25519 public key (`ssh-ed25519 AAAA…`)
+        key: String,
+    },
+}
+
+/// A progress bar over what a pass received.
+struct Bar(ui::Progress);
+
+impl Bar {
+    fn new(quiet: bool) -> Self {
+        Self(ui::Progress::items("syncing (objects + chunks)", 0, quiet))
+    }
+
+    fn show(&mut self, p: Progress) {
+        self.0.set_total(p.objects + p.chunks_total.max(p.chunks));
+        self.0.set(p.objects + p.chunks);
+    }
+}
+
+pub fn clone(home: &Home, args: CloneArgs) -> Result<ExitCode> {
+    let mut bar = Bar::new(args.json);
+    let cloned = p2p::clone(home, &args.target, args.key.as_deref(), &mut |p| {
+        bar.show(p)
+    })
+    .with_context(|| format!("cannot clone {}", args.target.addr))?;
+    bar.0.finish();
+    let got = cloned.passed.progress;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "chain": cloned.chain,
+                "main": cloned.main.to_string(),
+                "key": cloned.key.to_openssh(),
+                "peer": cloned.passed.peer.to_openssh(),
+                "objects": got.objects,
+                "chunks": got.chunks,
+                "bytes": got.bytes,
+                "missing_images": cloned.passed.missing_images,
+            })
+        );
+    } else {
+        println!(
+            "cloned chain {} from {} into {}",
+            cloned.chain,
+            args.target.addr,
+            home.root().display()
+        );
+        println!("main      {}", cloned.main);
+        println!("node key  {}", cloned.key);
+        println!(
+            "received  {} objects, {} chunks, {}",
+            got.objects,
+            got.chunks,
+            human(got.bytes)
+        );
+        for image in &cloned.passed.missing_images {
+            println!(
+                "warning: the peer has no image {image}; blocks using it cannot be re-executed here"
+            );
+        }
+        println!(
+            "next: `utter verify --reexecute`, `utter node run --p2p 0.0.0.0:7448 --peer {}`",
+            args.target.addr
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn sync(home: &Home, args: SyncArgs) -> Result<ExitCode> {
+    let mut bar = Bar::new(args.json);
+    let synced = p2p::sync_once(home, &args.peers, &mut |p| bar.show(p)).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("in use by another process") {
+            anyhow::anyhow!(
+                "{text}\na node runs on this data dir and syncs by itself (`utter peers` shows its peers)"
+            )
+        } else {
+            e.into()
+        }
+    })?;
+    bar.0.finish();
+    let mut failed = 0;
+    for (addr, result) in &synced.peers {
+        match result {
+            Ok(passed) => {
+                let moved: Vec<String> = passed
+                    .summary
+                    .updates
+                    .iter()
+                    .map(|u| format!("{u:?}"))
+                    .collect();
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"peer": addr.to_string(), "ok": true, "key": passed.peer.to_openssh(),
+                               "commits": passed.summary.commits, "objects": passed.progress.objects,
+                               "chunks": passed.progress.chunks, "bytes": passed.progress.bytes,
+                               "updates": moved, "missing_images": passed.missing_images})
+                    );
+                } else {
+                    println!(
+                        "{addr}: {} commits, {} chunks, {}; {}",
+                        passed.summary.commits,
+                        passed.progress.chunks,
+                        human(passed.progress.bytes),
+                        if moved.is_empty() {
+                            "nothing new".to_string()
+                        } else {
+                            format!("{} ref(s) moved", moved.len())
+                        }
+                    );
+                }
+            }
+            Err(why) => {
+                failed += 1;
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"peer": addr.to_string(), "ok": false, "error": why})
+                    );
+                } else {
+                    eprintln!("{addr}: {why}");
+                }
+            }
+        }
+    }
+    Ok(if failed == synced.peers.len() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn peers(home: &Home, args: PeersArgs) -> Result<ExitCode> {
+    if let Some(PeersCommand::Allow { key }) = args.command {
+        let Some(signer) = Signer::parse(&key) else {
+            bail!("{key:?} is not an OpenSSH ed25519 public key (ssh-ed25519 AAAA…)");
+        };
+        let added = utter_net::peers::allow(&home.allowed_peers(), &signer)?;
+        println!(
+            "{} {} ({})",
+            if added { "allowed" } else { "already allowed:" },
+            signer.fingerprint(),
+            home.allowed_peers().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = home.store(utter_node::Need::Ledger, false, true, None)?;
+    let book = utter_net::peers::load(&store)?;
+    if args.json {
+        for p in book.peers() {
+            println!("{}", serde_json::to_string(p)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if book.peers().next().is_none() {
+        println!("no peers yet: `utter node run --p2p ADDR --peer HOST:PORT`, or clone from one");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<22} {:<20} {:<22} {:<14} STATE",
+        "ADDRESS", "KEY", "LAST SEEN", "MAIN"
+    );
+    for p in book.peers() {
+        let fp = p.fingerprint.as_deref().unwrap_or("?");
+        println!(
+            "{:<22} {:<20} {:<22} {:<14} {}",
+            p.addr.to_string(),
+            &fp[..fp.len().min(19)],
+            p.last_seen
+                .map_or("never".into(), |t| ui::utc(i64::try_from(t).unwrap_or(0))),
+            p.main.map_or("-".into(), |m| m.short()),
+            match &p.last_error {
+                Some(e) if p.failures > 0 => format!("failing ({}): {e}", p.failures),
+                _ => "ok".into(),
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
