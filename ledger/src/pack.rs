@@ -4,7 +4,6 @@
 //! moves them into one pack (no deltas: each object zlib-compressed, as git
 //! stores base objects) with its index, which `git` and `gix` both read.
 
-use std::io::Write as _;
 use std::sync::atomic::AtomicBool;
 
 use gix::ObjectId;
@@ -38,8 +37,58 @@ fn pack_type(kind: Kind) -> u8 {
     }
 }
 
+/// Writes pack entries with one compressor for all of them: a new zlib
+/// state per object costs more than compressing a small object (its
+/// tables are allocated and cleared), and blocks are mostly small objects.
+pub(crate) struct EntryWriter {
+    compress: gix::zlib::stream::deflate::Compress,
+    buf: Box<[u8]>,
+}
+
+impl EntryWriter {
+    pub(crate) fn new() -> Self {
+        Self {
+            compress: gix::zlib::stream::deflate::Compress::new(gix::zlib::Compression::BEST_SPEED),
+            buf: vec![0; 32 << 10].into_boxed_slice(),
+        }
+    }
+
+    /// Appends one entry, `kind` and `data` (header, then the zlib stream
+    /// of the data) to `out`.
+    pub(crate) fn entry(
+        &mut self,
+        kind: Kind,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), std::io::Error> {
+        use gix::zlib::Status;
+        use gix::zlib::stream::deflate::FlushCompress;
+        entry_header(kind, data.len(), out);
+        self.compress.reset();
+        let mut input = data;
+        loop {
+            let (was_in, was_out) = (self.compress.total_in(), self.compress.total_out());
+            let status = self
+                .compress
+                .compress(input, &mut self.buf, FlushCompress::Finish)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let consumed = (self.compress.total_in() - was_in) as usize;
+            let produced = (self.compress.total_out() - was_out) as usize;
+            out.extend_from_slice(&self.buf[..produced]);
+            input = &input[consumed..];
+            match status {
+                Status::StreamEnd => return Ok(()),
+                _ if consumed == 0 && produced == 0 => {
+                    return Err(std::io::Error::other("zlib made no progress"));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// The pack entry header: type and size, 4 bits then 7 bits per byte.
-pub(crate) fn entry_header(kind: Kind, mut size: usize, out: &mut Vec<u8>) {
+fn entry_header(kind: Kind, mut size: usize, out: &mut Vec<u8>) {
     let mut byte = (pack_type(kind) << 4) | (size & 0x0f) as u8;
     size >>= 4;
     while size > 0 {
@@ -94,6 +143,7 @@ impl Ledger {
         pack.extend_from_slice(&2u32.to_be_bytes());
         pack.extend_from_slice(&count.to_be_bytes());
         let objects = self.path().join("objects");
+        let mut entries = EntryWriter::new();
         for id in &ids {
             let object = self
                 .repo()
@@ -102,13 +152,8 @@ impl Ledger {
                     doing: format!("reading loose object {id} to pack it"),
                     source,
                 })?;
-            entry_header(object.kind, object.data.len(), &mut pack);
-            let mut z = gix::zlib::stream::deflate::Write::new(
-                &mut pack,
-                gix::zlib::Compression::BEST_SPEED,
-            );
-            z.write_all(&object.data)
-                .and_then(|()| z.flush())
+            entries
+                .entry(object.kind, &object.data, &mut pack)
                 .map_err(io_err("compressing an object for a pack in", &objects))?;
         }
         let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);

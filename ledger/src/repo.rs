@@ -763,17 +763,12 @@ impl Ledger {
         if !self.durable {
             return Ok(());
         }
-        let objects = self.path.join("objects");
-        let dir = std::fs::File::open(&objects).map_err(|source| LedgerError::Io {
-            doing: "opening",
-            path: objects.clone(),
-            source,
-        })?;
-        rustix::fs::syncfs(&dir).map_err(|e| LedgerError::Io {
-            doing: "syncing",
-            path: objects,
-            source: e.into(),
-        })
+        sync_objects(&self.path.join("objects"))
+    }
+
+    /// Whether writes are synced to disk (see [`Ledger::set_durable`]).
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 
     // ---- branches ---------------------------------------------------------
@@ -1039,6 +1034,21 @@ impl Ledger {
     pub fn result_lines(&self, block: &Block) -> Result<Vec<String>, LedgerError> {
         self.block_lines(block, RESULTS)
     }
+}
+
+/// Syncs the filesystem that holds `objects` (one syncfs for every file
+/// written there).
+pub(crate) fn sync_objects(objects: &Path) -> Result<(), LedgerError> {
+    let dir = std::fs::File::open(objects).map_err(|source| LedgerError::Io {
+        doing: "opening",
+        path: objects.to_path_buf(),
+        source,
+    })?;
+    rustix::fs::syncfs(&dir).map_err(|e| LedgerError::Io {
+        doing: "syncing",
+        path: objects.to_path_buf(),
+        source: e.into(),
+    })
 }
 
 /// Values longer than [`INLINE_MAX`], or whose bytes read as a pointer, go

@@ -57,6 +57,62 @@ pub struct Indexed {
     pub objects: u32,
 }
 
+/// The largest object a peer's pack may hold, decompressed: state values
+/// above [`crate::INLINE_MAX`] live in the chunk store behind pointers, so
+/// only a tree or a block's transactions come near it. A pack entry that
+/// declares more (a zlib bomb: a few MiB that inflate to many GiB) is
+/// refused before anything is allocated for it.
+pub const MAX_OBJECT: usize = 64 << 20;
+
+/// Indexes packs into one repository; see [`Ledger::pack_indexer`].
+#[derive(Debug, Clone)]
+pub struct PackIndexer {
+    objects: PathBuf,
+    durable: bool,
+}
+
+impl PackIndexer {
+    /// Indexes a pack a peer sends, as it arrives from `pack`: gix-pack
+    /// reads it whole, hashes every object and checks the trailer, and
+    /// writes the pack and its index with a `.keep` into the repository.
+    /// A pack that does not read, or holds an object over [`MAX_OBJECT`],
+    /// is refused with nothing kept.
+    pub fn index(&self, pack: &mut dyn std::io::BufRead) -> Result<Indexed, LedgerError> {
+        let pack_dir = self.objects.join("pack");
+        std::fs::create_dir_all(&pack_dir).map_err(io("creating", &pack_dir))?;
+        let outcome = gix_pack::Bundle::write_to_directory(
+            pack,
+            Some(&pack_dir),
+            &mut gix::progress::Discard,
+            &AtomicBool::new(false),
+            None::<gix::objs::find::Never>,
+            gix::hash::Kind::Sha1,
+            gix_pack::bundle::write::Options {
+                alloc_limit_bytes: Some(MAX_OBJECT),
+                ..Default::default()
+            },
+        )
+        .map_err(|source| LedgerError::Git {
+            doing: "indexing a pack a peer sent".into(),
+            source: gix::Error::from_error(source),
+        })?;
+        let (Some(data), Some(index)) = (outcome.data_path, outcome.index_path) else {
+            return Err(LedgerError::Draft(
+                "the indexed pack was not written".into(),
+            ));
+        };
+        if self.durable {
+            crate::repo::sync_objects(&self.objects)?;
+        }
+        Ok(Indexed {
+            pack: data,
+            index,
+            keep: outcome.keep_path,
+            objects: outcome.index.num_objects,
+        })
+    }
+}
+
 /// What new trees name that lives outside git.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Content {
@@ -292,16 +348,18 @@ impl Ledger {
 
     /// Visits `id` and, for a tree, what under it no parent tree has at
     /// the same path (`parents` are the objects at this path in the
-    /// parents), each object once (`seen`); `visit(oid, path, len)`.
+    /// parents), each object once (`seen`); `visit(oid, path, len)`, the
+    /// path `/`-separated from the root tree.
     fn new_objects(
         &self,
         id: ObjectId,
         is_tree: bool,
         parents: &[ObjectId],
         seen: &mut HashSet<ObjectId>,
-        visit: &mut dyn FnMut(ObjectId, &str, u64),
+        visit: &mut dyn FnMut(ObjectId, &[u8], u64),
     ) -> Result<(), LedgerError> {
-        self.new_objects_at(id, is_tree, parents, "", seen, visit)
+        let mut path = Vec::new();
+        self.new_objects_at(id, is_tree, parents, &mut path, seen, visit)
     }
 
     fn new_objects_at(
@@ -309,9 +367,9 @@ impl Ledger {
         id: ObjectId,
         is_tree: bool,
         parents: &[ObjectId],
-        path: &str,
+        path: &mut Vec<u8>,
         seen: &mut HashSet<ObjectId>,
-        visit: &mut dyn FnMut(ObjectId, &str, u64),
+        visit: &mut dyn FnMut(ObjectId, &[u8], u64),
     ) -> Result<(), LedgerError> {
         if parents.contains(&id) || !seen.insert(id) {
             return Ok(());
@@ -326,38 +384,43 @@ impl Ledger {
             .map_err(git(format!("reading tree {id}")))?;
         visit(id, path, tree.data.len() as u64);
         let decoded = tree.decode().map_err(git(format!("decoding tree {id}")))?;
-        let mut parent_entries: Vec<HashMap<Vec<u8>, ObjectId>> = Vec::new();
-        for p in parents {
-            if let Ok(t) = self.repo().find_tree(*p)
-                && let Ok(d) = t.decode()
-            {
+        // The parents' trees at this path, their entries borrowed by name.
+        let parent_trees: Vec<gix::Tree<'_>> = parents
+            .iter()
+            .filter_map(|p| self.repo().find_tree(*p).ok())
+            .collect();
+        let mut parent_entries: Vec<HashMap<&[u8], ObjectId>> =
+            Vec::with_capacity(parent_trees.len());
+        for t in &parent_trees {
+            if let Ok(d) = gix::objs::TreeRef::from_bytes(&t.data, gix::hash::Kind::Sha1) {
                 parent_entries.push(
                     d.entries
                         .iter()
-                        .map(|e| (e.filename.to_vec(), e.oid.to_owned()))
+                        .map(|e| (e.filename.as_bytes(), e.oid.to_owned()))
                         .collect(),
                 );
             }
         }
+        let mut at = Vec::with_capacity(parent_entries.len());
         for entry in &decoded.entries {
-            let name = entry.filename.to_vec();
-            let at: Vec<ObjectId> = parent_entries
-                .iter()
-                .filter_map(|m| m.get(&name).copied())
-                .collect();
-            let child = if path.is_empty() {
-                entry.filename.to_str_lossy().into_owned()
-            } else {
-                format!("{path}/{}", entry.filename.to_str_lossy())
-            };
-            self.new_objects_at(
+            let name: &[u8] = entry.filename.as_bytes();
+            at.clear();
+            at.extend(parent_entries.iter().filter_map(|m| m.get(name).copied()));
+            let len = path.len();
+            if len > 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            let walked = self.new_objects_at(
                 entry.oid.to_owned(),
                 entry.mode.is_tree(),
                 &at,
-                &child,
+                path,
                 seen,
                 visit,
-            )?;
+            );
+            path.truncate(len);
+            walked?;
         }
         Ok(())
     }
@@ -387,6 +450,7 @@ impl Ledger {
         head.extend_from_slice(&count.to_be_bytes());
         hashing.write_all(&head).map_err(wire)?;
         let mut entry = Vec::new();
+        let mut entries = crate::pack::EntryWriter::new();
         for id in objects {
             let object = self
                 .repo()
@@ -396,15 +460,9 @@ impl Ledger {
                     source,
                 })?;
             entry.clear();
-            crate::pack::entry_header(object.kind, object.data.len(), &mut entry);
-            let mut z = gix::zlib::stream::deflate::Write::new(
-                &mut entry,
-                gix::zlib::Compression::BEST_SPEED,
-            );
-            z.write_all(&object.data)
-                .and_then(|()| z.flush())
+            entries
+                .entry(object.kind, &object.data, &mut entry)
                 .map_err(wire)?;
-            drop(z);
             hashing.write_all(&entry).map_err(wire)?;
         }
         let trailer = hashing.hasher.try_finalize().map_err(|e| LedgerError::Io {
@@ -417,40 +475,21 @@ impl Ledger {
         Ok(len)
     }
 
-    /// Indexes a pack a peer sent (the file at `pack`): gix-pack reads it
-    /// whole, hashes every object and checks the trailer, and writes the
-    /// pack and its index with a `.keep` into the repository. A pack that
-    /// does not read is refused with nothing kept.
+    /// Indexes a pack a peer sent (the file at `pack`); see
+    /// [`PackIndexer::index`].
     pub fn index_pack(&self, pack: &Path) -> Result<Indexed, LedgerError> {
-        let pack_dir = self.path().join("objects").join("pack");
-        std::fs::create_dir_all(&pack_dir).map_err(io("creating", &pack_dir))?;
         let file = std::fs::File::open(pack).map_err(io("opening", pack))?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let outcome = gix_pack::Bundle::write_to_directory(
-            &mut reader,
-            Some(&pack_dir),
-            &mut gix::progress::Discard,
-            &AtomicBool::new(false),
-            None::<gix::objs::find::Never>,
-            gix::hash::Kind::Sha1,
-            gix_pack::bundle::write::Options::default(),
-        )
-        .map_err(|source| LedgerError::Git {
-            doing: "indexing a pack a peer sent".into(),
-            source: gix::Error::from_error(source),
-        })?;
-        let (Some(data), Some(index)) = (outcome.data_path, outcome.index_path) else {
-            return Err(LedgerError::Draft(
-                "the indexed pack was not written".into(),
-            ));
-        };
-        self.sync_all()?;
-        Ok(Indexed {
-            pack: data,
-            index,
-            keep: outcome.keep_path,
-            objects: outcome.index.num_objects,
-        })
+        self.pack_indexer().index(&mut reader)
+    }
+
+    /// What indexes packs into this repository, apart from it: it can
+    /// index on another thread while the pack is still arriving.
+    pub fn pack_indexer(&self) -> PackIndexer {
+        PackIndexer {
+            objects: self.path().join("objects"),
+            durable: self.is_durable(),
+        }
     }
 
     /// Makes objects of packs indexed since the repository was opened
@@ -483,7 +522,7 @@ impl Ledger {
     pub fn new_content(&self, commits: &[BlockId]) -> Result<Content, LedgerError> {
         let mut content = Content::default();
         let mut seen = HashSet::new();
-        let mut blobs: Vec<(ObjectId, String)> = Vec::new();
+        let mut blobs: Vec<(ObjectId, Option<String>)> = Vec::new();
         for id in commits {
             let parent_trees = self
                 .commit_parents(*id)?
@@ -499,27 +538,36 @@ impl Ledger {
                 &parent_trees,
                 &mut seen,
                 &mut |oid, path, len| {
-                    let is_state = path.starts_with(&format!("{DAPPS}/"))
-                        && path.contains(&format!("/{STATE}/"));
-                    let is_dapp_toml = path.starts_with(&format!("{DAPPS}/"))
-                        && path.ends_with(&format!("/{DAPP_TOML}"))
-                        && path.matches('/').count() == 2;
+                    // dapps/NAME/dapp.toml, or a small blob under
+                    // dapps/NAME/state/.
+                    let mut parts = path.split(|b| *b == b'/');
+                    if parts.next() != Some(DAPPS.as_bytes()) {
+                        return;
+                    }
+                    let Some(dapp) = parts.next() else {
+                        return;
+                    };
+                    let third = parts.next();
+                    let is_dapp_toml =
+                        third == Some(DAPP_TOML.as_bytes()) && parts.next().is_none();
+                    let is_state = third == Some(STATE.as_bytes()) && parts.next().is_some();
                     if (is_state && len <= MAX_POINTER_LEN as u64) || is_dapp_toml {
-                        blobs.push((oid, path.to_string()));
+                        // The dapp's name for its dapp.toml; None for a value.
+                        let config_of = is_dapp_toml.then(|| dapp.to_str_lossy().into_owned());
+                        blobs.push((oid, config_of));
                     }
                 },
             )?;
         }
-        for (oid, path) in blobs {
+        for (oid, config_of) in blobs {
             let Ok(object) = self.repo().find_object(oid) else {
                 continue;
             };
             if object.kind != Kind::Blob {
                 continue;
             }
-            if path.ends_with(DAPP_TOML) {
-                let dapp = path.split('/').nth(1).unwrap_or_default();
-                if let Ok(config) = DappConfig::parse(dapp, &object.data) {
+            if let Some(dapp) = config_of {
+                if let Ok(config) = DappConfig::parse(&dapp, &object.data) {
                     content.images.insert(config.image);
                 }
             } else if let Some(pointer) = Pointer::decode(&object.data) {
