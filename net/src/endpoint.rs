@@ -310,6 +310,12 @@ impl Conn {
         self.addr
     }
 
+    /// Bytes received on this connection so far, as UDP payload: what
+    /// the peer's packets carried, QUIC framing and TLS included.
+    pub fn wire_bytes(&self) -> u64 {
+        self.conn.stats().udp_rx.bytes
+    }
+
     /// Closes the connection, telling the peer why.
     pub fn close(&self, why: &str) {
         self.conn.close(1u32.into(), why.as_bytes());
@@ -386,8 +392,9 @@ async fn read_frame(
         {
             return Ok(Some(m));
         }
-        let mut buf = vec![0u8; decoder.wanted().min(1 << 20)];
-        match tokio::time::timeout(timeout, recv.read(&mut buf)).await {
+        // Chunks as quinn holds them: no buffer to fill, one copy in.
+        let wanted = decoder.wanted().min(1 << 20);
+        match tokio::time::timeout(timeout, recv.read_chunk(wanted, true)).await {
             Err(_) => {
                 return Err(NetError::Timeout {
                     addr,
@@ -406,7 +413,7 @@ async fn read_frame(
                     .map_err(|source| NetError::Wire { addr, source })?;
                 return Ok(None);
             }
-            Ok(Ok(Some(n))) => decoder.feed(&buf[..n]),
+            Ok(Ok(Some(chunk))) => decoder.feed(&chunk.bytes),
         }
     }
 }
@@ -426,6 +433,27 @@ impl Answer {
         read_frame(&mut self.recv, &mut self.decoder, self.addr, self.timeout).await
     }
 
+    /// The next piece of the raw bytes after the last frame, as quinn
+    /// holds it (no copy); `None` at the end of the stream.
+    pub async fn piece(&mut self) -> Result<Option<bytes::Bytes>, NetError> {
+        let first = self.decoder.take_rest();
+        if !first.is_empty() {
+            return Ok(Some(first.into()));
+        }
+        let addr = self.addr;
+        match tokio::time::timeout(self.timeout, self.recv.read_chunk(1 << 20, true)).await {
+            Err(_) => Err(NetError::Timeout {
+                addr,
+                after: self.timeout,
+            }),
+            Ok(Err(e)) => Err(NetError::Connection {
+                addr,
+                why: describe_read_error(&e),
+            }),
+            Ok(Ok(chunk)) => Ok(chunk.map(|c| c.bytes)),
+        }
+    }
+
     /// The raw bytes after the last frame, to the end of the stream, into
     /// `out`; refuses more than `limit`. Returns how many.
     pub async fn rest_into(
@@ -434,41 +462,18 @@ impl Answer {
         limit: u64,
     ) -> Result<u64, NetError> {
         let addr = self.addr;
-        let io = |e: std::io::Error| NetError::Connection {
-            addr,
-            why: format!("cannot keep what arrived: {e}"),
-        };
-        let first = self.decoder.take_rest();
-        let mut total = first.len() as u64;
-        out.write_all(&first).map_err(io)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
+        let mut total = 0u64;
+        while let Some(piece) = self.piece().await? {
+            total += piece.len() as u64;
             if total > limit {
                 return Err(NetError::TooMuch { addr, limit });
             }
-            match tokio::time::timeout(self.timeout, self.recv.read(&mut buf)).await {
-                Err(_) => {
-                    return Err(NetError::Timeout {
-                        addr,
-                        after: self.timeout,
-                    });
-                }
-                Ok(Err(e)) => {
-                    return Err(NetError::Connection {
-                        addr,
-                        why: describe_read_error(&e),
-                    });
-                }
-                Ok(Ok(None)) => return Ok(total),
-                Ok(Ok(Some(n))) => {
-                    total += n as u64;
-                    if total > limit {
-                        return Err(NetError::TooMuch { addr, limit });
-                    }
-                    out.write_all(&buf[..n]).map_err(io)?;
-                }
-            }
+            out.write_all(&piece).map_err(|e| NetError::Connection {
+                addr,
+                why: format!("cannot keep what arrived: {e}"),
+            })?;
         }
+        Ok(total)
     }
 
     /// Stops reading: the peer's further sends on this stream fail.
@@ -487,7 +492,29 @@ pub struct Reply {
 impl Reply {
     /// Sends a frame.
     pub async fn frame(&mut self, m: &Message) -> Result<(), NetError> {
-        self.bytes(&m.encode()).await
+        // Handed to quinn as is, not copied into its buffer.
+        self.send
+            .write_chunk(m.encode().into())
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: format!("cannot answer: {e}"),
+            })
+    }
+
+    /// Sends a frame it owns: a chunk's bytes go to quinn uncopied.
+    pub async fn send(&mut self, m: Message) -> Result<(), NetError> {
+        let Message::Chunk { id, len, stored } = m else {
+            return self.frame(&m).await;
+        };
+        let header = Message::chunk_header(&id, len, stored.len());
+        self.send
+            .write_all_chunks(&mut [header.into(), stored.into()])
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: format!("cannot answer: {e}"),
+            })
     }
 
     /// Sends raw bytes (a pack after its `Pack` frame).
@@ -499,6 +526,23 @@ impl Reply {
                 addr: self.addr,
                 why: format!("cannot answer: {e}"),
             })
+    }
+
+    /// Sends raw bytes it owns, handed to quinn uncopied.
+    pub async fn owned_bytes(&mut self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.send
+            .write_chunk(bytes.into())
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: format!("cannot answer: {e}"),
+            })
+    }
+
+    /// Breaks the answer off: the asker sees a reset stream, never an
+    /// answer that merely ends early.
+    pub fn abort(mut self) {
+        let _ = self.send.reset(0u32.into());
     }
 
     /// Ends the answer.

@@ -1,5 +1,5 @@
 //! The driver of a sync pass ([`crate::sync::Session`]) against one peer:
-//! it asks over the sync protocol, spools and indexes packs, fetches the
+//! it asks over the sync protocol, indexes packs as they arrive, fetches the
 //! values and images new trees name over the content protocol (chunks on
 //! parallel streams, each hashed on arrival), verifies, and moves refs.
 //!
@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use utter_chunkstore::{ChunkId, Manifest, ManifestId, Store, StoredChunk};
 use utter_formats::BlockId;
@@ -29,8 +28,40 @@ pub const BATCH_BYTES: u64 = 32 << 20;
 pub const MAX_PACK: u64 = 256 << 20;
 /// Parallel chunk streams.
 pub const CHUNK_STREAMS: usize = 4;
-/// Chunks asked for per stream request.
+/// Chunks asked for per stream request, at most.
 const CHUNKS_PER_ASK: usize = 256;
+/// Plain bytes asked for per stream request, at most (a larger chunk is
+/// asked for alone): with [`CHUNK_STREAMS`] and [`STORING`] this bounds
+/// what a pass holds in memory.
+const BYTES_PER_ASK: u64 = 8 << 20;
+/// Batches of chunks written to the store while the next arrive.
+const STORING: usize = 2;
+
+/// A batch being written: the task, its chunks and their bytes.
+type StoringBatch = (
+    tokio::task::JoinHandle<Result<u64, utter_chunkstore::Error>>,
+    u64,
+    u64,
+);
+
+/// The chunks to ask for, cut into requests of at most [`CHUNKS_PER_ASK`]
+/// chunks and [`BYTES_PER_ASK`] bytes.
+fn asks(chunks: impl Iterator<Item = (ChunkId, u32)>) -> Vec<Vec<(ChunkId, u32)>> {
+    let mut out: Vec<Vec<(ChunkId, u32)>> = Vec::new();
+    let mut bytes = 0u64;
+    for (id, len) in chunks {
+        let full = out.last().is_none_or(|ask| {
+            ask.len() >= CHUNKS_PER_ASK || bytes + u64::from(len) > BYTES_PER_ASK
+        });
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += u64::from(len);
+        out.last_mut().expect("pushed above").push((id, len));
+    }
+    out
+}
 
 /// How far a pass got, for a progress bar.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,6 +125,9 @@ pub struct Passed {
     pub progress: Progress,
     /// Images main names that the peer could not provide.
     pub missing_images: Vec<String>,
+    /// Bytes that arrived on the pass's connections (UDP payload, QUIC
+    /// and TLS included): what the pass cost on the wire.
+    pub wire_bytes: u64,
 }
 
 /// One pass against the peer at `addr`.
@@ -110,8 +144,6 @@ pub struct Pass<'a> {
     pub store: &'a Store,
     /// Its image store.
     pub images: &'a Images,
-    /// Where a pack is spooled while it arrives.
-    pub spool: PathBuf,
     /// How much one pack may carry (the server keeps it between 1 and 64
     /// MiB); [`BATCH_BYTES`] is the default.
     pub batch_bytes: u64,
@@ -239,6 +271,8 @@ impl Pass<'_> {
                         peer: peer.clone(),
                         progress,
                         missing_images: std::mem::take(&mut missing_images),
+                        wire_bytes: sync.wire_bytes()
+                            + content.as_ref().map_or(0, Conn::wire_bytes),
                     });
                 }
                 Action::Fail(fault) => break Err(fault.into()),
@@ -269,26 +303,56 @@ impl Pass<'_> {
         objects: u32,
         progress: &mut Progress,
     ) -> Result<(Indexed, Vec<BlockId>), PassError> {
-        let spool = self.spool.clone();
-        let mut file = std::fs::File::create(&spool).map_err(|e| {
-            PassError::Fault(Fault::Driver(format!(
-                "cannot spool a pack to {}: {e}",
-                spool.display()
-            )))
-        })?;
-        let received = answer.rest_into(&mut file, MAX_PACK).await;
-        drop(file);
-        let received = match received {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&spool);
-                return Err(e.into());
+        // Indexed while it arrives: gix-pack reads the pieces on a blocking
+        // thread as quinn hands them over (a bounded queue: a slow index
+        // slows the peer, memory stays flat).
+        let indexer = self.ledger.pack_indexer();
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(PACK_PIECES_QUEUED);
+        let indexing = tokio::task::spawn_blocking(move || {
+            let mut reader = std::io::BufReader::with_capacity(
+                1 << 20,
+                PieceReader {
+                    rx,
+                    piece: bytes::Bytes::new(),
+                },
+            );
+            indexer.index(&mut reader)
+        });
+        let mut received = 0u64;
+        let streamed: Result<(), NetError> = async {
+            while let Some(piece) = answer.piece().await? {
+                received += piece.len() as u64;
+                if received > MAX_PACK {
+                    return Err(NetError::TooMuch {
+                        addr: self.addr,
+                        limit: MAX_PACK,
+                    });
+                }
+                if tx.send(piece).await.is_err() {
+                    // The index gave up; it says why below.
+                    answer.stop();
+                    break;
+                }
             }
-        };
-        let indexed = self.ledger.index_pack(&spool);
-        let _ = std::fs::remove_file(&spool);
-        let indexed = indexed
-            .map_err(|e| Fault::Protocol(format!("the pack does not read as a git pack: {e}")))?;
+            Ok(())
+        }
+        .await;
+        drop(tx);
+        let indexed = indexing.await.map_err(|e| {
+            PassError::Fault(Fault::Driver(format!("indexing the pack failed: {e}")))
+        })?;
+        if let Err(e) = streamed {
+            if let Ok(indexed) = &indexed {
+                self.ledger.drop_pack(indexed);
+            }
+            return Err(e.into());
+        }
+        let indexed = indexed.map_err(|e| {
+            Fault::Protocol(format!(
+                "the pack does not read as a git pack: {}",
+                with_causes(&e)
+            ))
+        })?;
         let bad = |why: String| {
             self.ledger.drop_pack(&indexed);
             PassError::Fault(Fault::Protocol(why))
@@ -489,24 +553,38 @@ impl Pass<'_> {
         manifests: &[(ManifestId, Manifest)],
         progress: &mut Progress,
     ) -> Result<(), PassError> {
-        let mut ids: Vec<ChunkId> = manifests
+        let mut wanted: Vec<(ChunkId, u32)> = manifests
             .iter()
-            .flat_map(|(_, m)| m.entries().iter().map(|e| e.id))
+            .flat_map(|(_, m)| m.entries().iter().map(|e| (e.id, e.len)))
             .collect();
-        ids.sort();
-        ids.dedup();
+        wanted.sort();
+        wanted.dedup_by_key(|(id, _)| *id);
+        let ids: Vec<ChunkId> = wanted.iter().map(|(id, _)| *id).collect();
         let missing = self.store.missing(&ids).map_err(store_err)?;
         progress.chunks_total += missing.len() as u64;
         (self.progress)(*progress);
-        let asks: Vec<Vec<ChunkId>> = missing.chunks(CHUNKS_PER_ASK).map(|c| c.to_vec()).collect();
+        let lens: BTreeMap<ChunkId, u32> = wanted.into_iter().collect();
+        let asks = asks(
+            missing
+                .iter()
+                .map(|id| (*id, lens.get(id).copied().unwrap_or(u32::MAX))),
+        );
         let mut next = 0;
         let mut running = futures_lite_join::Running::new();
+        // Batches being written while the next ones arrive.
+        let mut storing = std::collections::VecDeque::new();
         loop {
             while running.len() < CHUNK_STREAMS && next < asks.len() {
                 let ask = asks[next].clone();
                 next += 1;
                 let conn = conn.clone();
                 running.push(async move { receive_chunks(conn, ask).await });
+            }
+            while storing.len() >= STORING || (next == asks.len() && running.len() == 0) {
+                let Some(batch) = storing.pop_front() else {
+                    break;
+                };
+                self.stored(batch, progress).await?;
             }
             let Some(done) = running.next().await else {
                 break;
@@ -515,21 +593,34 @@ impl Pass<'_> {
             let bytes: u64 = chunks.iter().map(|c| c.stored.len() as u64).sum();
             let n = chunks.len() as u64;
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.put_chunks_stored(&chunks))
-                .await
-                .map_err(|e| PassError::Fault(Fault::Driver(e.to_string())))?
-                .map_err(|e| match e {
-                    e @ (utter_chunkstore::Error::HashMismatch { .. }
-                    | utter_chunkstore::Error::ChunkSize { .. }
-                    | utter_chunkstore::Error::CorruptChunk { .. }) => PassError::Fault(
-                        Fault::Protocol(format!("a chunk that is not its id: {e}")),
-                    ),
-                    e => store_err(e),
-                })?;
-            progress.chunks += n;
-            progress.bytes += bytes;
-            (self.progress)(*progress);
+            let task = tokio::task::spawn_blocking(move || store.put_chunks_stored(chunks));
+            storing.push_back((task, n, bytes));
         }
+        while let Some(batch) = storing.pop_front() {
+            self.stored(batch, progress).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a batch of chunks to be written; counts it.
+    async fn stored(
+        &mut self,
+        (task, n, bytes): StoringBatch,
+        progress: &mut Progress,
+    ) -> Result<(), PassError> {
+        task.await
+            .map_err(|e| PassError::Fault(Fault::Driver(e.to_string())))?
+            .map_err(|e| match e {
+                e @ (utter_chunkstore::Error::HashMismatch { .. }
+                | utter_chunkstore::Error::ChunkSize { .. }
+                | utter_chunkstore::Error::CorruptChunk { .. }) => {
+                    PassError::Fault(Fault::Protocol(format!("a chunk that is not its id: {e}")))
+                }
+                e => store_err(e),
+            })?;
+        progress.chunks += n;
+        progress.bytes += bytes;
+        (self.progress)(*progress);
         Ok(())
     }
 
@@ -673,13 +764,64 @@ fn store_err(e: utter_chunkstore::Error) -> PassError {
 
 /// Asks for `ids` on one stream; every answer must be the chunk asked for,
 /// in order (checked against its id when stored).
-async fn receive_chunks(conn: Conn, ids: Vec<ChunkId>) -> Result<Vec<StoredChunk>, PassError> {
-    let hashes: Vec<Hash> = ids.iter().map(|c| c.0).collect();
+/// An error and what caused it, one line: what a peer's bad pack did wrong
+/// is in gix's error under the ledger's.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    for cause in std::iter::successors(e.source(), |c| c.source()) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+/// Pieces of a pack queued between the stream and the index.
+const PACK_PIECES_QUEUED: usize = 16;
+
+/// Reads the pieces of a pack as they are queued; the end of the queue is
+/// the end of the pack.
+struct PieceReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    piece: bytes::Bytes,
+}
+
+impl std::io::Read for PieceReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.piece.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(piece) => self.piece = piece,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.piece.len());
+        out[..n].copy_from_slice(&self.piece[..n]);
+        bytes::Buf::advance(&mut self.piece, n);
+        Ok(n)
+    }
+}
+
+async fn receive_chunks(
+    conn: Conn,
+    ask: Vec<(ChunkId, u32)>,
+) -> Result<Vec<StoredChunk>, PassError> {
+    let hashes: Vec<Hash> = ask.iter().map(|(c, _)| c.0).collect();
     let mut a = conn.ask(&Message::Chunks(hashes)).await?;
-    let mut out = Vec::with_capacity(ids.len());
-    for want in &ids {
+    let mut out = Vec::with_capacity(ask.len());
+    for (want, want_len) in &ask {
         match a.frame().await? {
             Some(Message::Chunk { id, len, stored }) if id == want.0 => {
+                // What a manifest says of its chunks is checked: a peer
+                // cannot make this pass hold more than it asked for.
+                if len != *want_len || stored.len() > len as usize {
+                    return Err(Fault::Protocol(format!(
+                        "chunk {want} came as {} bytes of {len}, its manifest says {want_len}",
+                        stored.len()
+                    ))
+                    .into());
+                }
                 out.push(StoredChunk {
                     id: *want,
                     len,

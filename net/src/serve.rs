@@ -91,77 +91,129 @@ async fn answer_sync(
     mut reply: Reply,
     ledger: Arc<Mutex<Ledger>>,
 ) -> Result<(), NetError> {
-    let work = move || -> Result<(Message, Vec<u8>), String> {
+    // The frame goes first; a pack's bytes follow while they are written,
+    // so the asker indexes one part as the next is compressed.
+    let (frame_tx, frame_rx) = tokio::sync::oneshot::channel::<Message>();
+    let (pieces_tx, mut pieces) = tokio::sync::mpsc::channel::<Vec<u8>>(PIECES_IN_FLIGHT);
+    let work = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let ledger = ledger.lock().unwrap_or_else(PoisonError::into_inner);
-        let internal = |e: LedgerError| e.to_string();
-        match request {
-            Message::Heads => Ok((
-                Message::HeadsAre {
+        let mut frame = Some(frame_tx);
+        let mut answer = |m: Message| {
+            if let Some(tx) = frame.take() {
+                let _ = tx.send(m);
+            }
+        };
+        let planned = match request {
+            Message::Heads => ledger.shared_refs().map(|refs| {
+                answer(Message::HeadsAre {
                     chain: ledger.chain().to_string(),
                     genesis: ledger.genesis(),
-                    refs: ledger.shared_refs().map_err(internal)?,
-                },
-                Vec::new(),
-            )),
+                    refs,
+                });
+                None
+            }),
             Message::Blocks {
                 wants,
                 haves,
                 max_bytes,
             } => {
                 let max = max_bytes.clamp(PACK_BATCH.0, PACK_BATCH.1);
-                let plan = ledger.plan_blocks(&wants, &haves, max).map_err(internal)?;
-                pack(&ledger, plan)
+                ledger.plan_blocks(&wants, &haves, max).map(Some)
             }
-            Message::Notes { want, haves } => {
-                let plan = ledger.plan_notes(want, &haves).map_err(internal)?;
-                pack(&ledger, plan)
-            }
-            _ => Ok((
-                error(
+            Message::Notes { want, haves } => ledger.plan_notes(want, &haves).map(Some),
+            _ => {
+                answer(error(
                     code::BAD_REQUEST,
                     "this is the sync protocol: ask heads, blocks or notes",
-                ),
-                Vec::new(),
-            )),
-        }
-    };
-    let answer = tokio::task::spawn_blocking(work).await;
-    let (frame, bytes) = match answer {
-        Ok(Ok(a)) => a,
-        Ok(Err(why)) => (error(code::INTERNAL, why), Vec::new()),
-        Err(_) => (error(code::INTERNAL, "the request failed"), Vec::new()),
-    };
-    reply.frame(&frame).await?;
-    if !bytes.is_empty() {
-        reply.bytes(&bytes).await?;
-    }
-    reply.finish();
-    Ok(())
-}
-
-fn pack(ledger: &Ledger, plan: utter_ledger::sync::PackPlan) -> Result<(Message, Vec<u8>), String> {
-    if plan.commits.is_empty() {
-        return Ok((
-            error(
+                ));
+                Ok(None)
+            }
+        };
+        let plan = match planned {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                answer(error(code::INTERNAL, e.to_string()));
+                return Ok(());
+            }
+        };
+        if plan.commits.is_empty() {
+            answer(error(
                 code::BAD_REQUEST,
                 "nothing to send: every block asked for is unknown here or already had",
-            ),
-            Vec::new(),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(plan.bytes as usize / 2);
-    ledger
-        .write_pack(&plan.objects, &mut bytes)
-        .map_err(|e| e.to_string())?;
-    let objects = u32::try_from(plan.objects.len()).map_err(|_| "too many objects".to_string())?;
-    Ok((
-        Message::Pack {
+            ));
+            return Ok(());
+        }
+        let Ok(objects) = u32::try_from(plan.objects.len()) else {
+            answer(error(code::INTERNAL, "too many objects for one pack"));
+            return Ok(());
+        };
+        answer(Message::Pack {
             commits: plan.commits,
             objects,
             more: plan.more,
-        },
-        bytes,
-    ))
+        });
+        let mut out = Pieces {
+            tx: pieces_tx,
+            buf: Vec::with_capacity(PIECE),
+        };
+        ledger
+            .write_pack(&plan.objects, &mut out)
+            .and_then(|_| out.send().map_err(|e| LedgerError::Draft(e.to_string())))
+            .map_err(|e| e.to_string())
+    });
+    let frame = frame_rx
+        .await
+        .unwrap_or_else(|_| error(code::INTERNAL, "the request failed"));
+    reply.frame(&frame).await?;
+    while let Some(piece) = pieces.recv().await {
+        // On error the writer stops: its next piece has nowhere to go.
+        reply.owned_bytes(piece).await?;
+    }
+    match work.await {
+        Ok(Ok(())) => reply.finish(),
+        // Half a pack must not look like a whole one.
+        _ => reply.abort(),
+    }
+    Ok(())
+}
+
+/// Bytes of a pack per piece handed to the sending side.
+const PIECE: usize = 1 << 20;
+/// Pieces written but not yet sent, at most: what bounds the server's
+/// memory while a slow asker reads.
+const PIECES_IN_FLIGHT: usize = 4;
+
+/// Cuts what is written into pieces for the sending side.
+struct Pieces {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl Pieces {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE));
+        self.tx
+            .blocking_send(piece)
+            .map_err(|_| std::io::Error::other("the asker went away"))
+    }
+}
+
+impl std::io::Write for Pieces {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= PIECE {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn serve_chunks(conn: Conn, source: Source) {
@@ -184,28 +236,36 @@ async fn answer_content(
 ) -> Result<(), NetError> {
     match request {
         Message::Chunks(ids) => {
-            for step in ids.chunks(CHUNK_STEP) {
-                let step = step.to_vec();
+            // Each step is read while the one before it is sent.
+            let read = |step: Vec<[u8; 32]>| {
                 let store = source.store.clone();
-                let frames = tokio::task::spawn_blocking(move || {
-                    step.iter()
-                        .map(|h| match store.chunk_stored(&ChunkId(*h)) {
+                tokio::task::spawn_blocking(move || {
+                    let ids: Vec<ChunkId> = step.iter().map(|h| ChunkId(*h)).collect();
+                    store
+                        .chunks_stored(&ids)
+                        .into_iter()
+                        .zip(step)
+                        .map(|(read, h)| match read {
                             Ok(c) => Message::Chunk {
-                                id: *h,
+                                id: h,
                                 len: c.len,
                                 stored: c.stored,
                             },
                             Err(_) => Message::Missing {
                                 what: What::Chunk,
-                                id: *h,
+                                id: h,
                             },
                         })
                         .collect::<Vec<_>>()
                 })
-                .await
-                .unwrap_or_default();
-                for f in &frames {
-                    reply.frame(f).await?;
+            };
+            let mut steps = ids.chunks(CHUNK_STEP).map(<[[u8; 32]]>::to_vec);
+            let mut pending = steps.next().map(read);
+            while let Some(task) = pending.take() {
+                let frames = task.await.unwrap_or_default();
+                pending = steps.next().map(read);
+                for f in frames {
+                    reply.send(f).await?;
                 }
             }
         }

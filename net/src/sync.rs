@@ -54,7 +54,8 @@ pub enum Relation {
 }
 
 /// A ref move the pass ends with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RefUpdate {
     /// Create `name` at `to`.
     Create {
@@ -87,6 +88,25 @@ pub enum RefUpdate {
         /// The peer's notes head.
         theirs: BlockId,
     },
+}
+
+impl std::fmt::Display for RefUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefUpdate::Create { name, to } => write!(f, "{name} created at {}", to.short()),
+            RefUpdate::Forward { name, from, to } => {
+                write!(f, "{name} {}..{}", from.short(), to.short())
+            }
+            RefUpdate::Keep { name, as_name, to } => write!(
+                f,
+                "the peer's {name} does not descend from ours: kept as {as_name} at {}",
+                to.short()
+            ),
+            RefUpdate::MergeNotes { theirs } => {
+                write!(f, "certificates merged from the peer's {}", theirs.short())
+            }
+        }
+    }
 }
 
 /// Why a pass failed, and whose fault it is.

@@ -314,9 +314,29 @@ impl Message {
         )
     }
 
+    /// The front of a `Chunk` frame: everything before its `stored`
+    /// bytes, so a server sends those as they are, uncopied.
+    /// `chunk_header(..) ++ stored` is `Message::Chunk{..}.encode()`.
+    pub fn chunk_header(id: &Hash, len: u32, stored_len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(45);
+        out.extend_from_slice(&(1 + 32 + 4 + 4 + stored_len as u32).to_be_bytes());
+        out.push(CHUNK);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&(stored_len as u32).to_be_bytes());
+        out
+    }
+
     /// The frame's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::new();
+        // The length and kind go in front once the body is written: the
+        // body (a chunk's bytes, most of all) is copied once.
+        let capacity = match self {
+            Message::Chunk { stored, .. } => 5 + 32 + 4 + 4 + stored.len(),
+            _ => 64,
+        };
+        let mut body = Vec::with_capacity(capacity);
+        body.extend_from_slice(&[0; 5]);
         let kind = match self {
             Message::Heads => HEADS,
             Message::Blocks {
@@ -411,11 +431,10 @@ impl Message {
                 ERROR
             }
         };
-        let mut out = Vec::with_capacity(body.len() + 5);
-        out.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
-        out.push(kind);
-        out.extend_from_slice(&body);
-        out
+        let len = body.len() as u32 - 4;
+        body[..4].copy_from_slice(&len.to_be_bytes());
+        body[4] = kind;
+        body
     }
 
     /// Decodes one frame's kind and body (as [`Decoder`] cut them out).
@@ -693,5 +712,25 @@ impl Decoder {
     /// Bytes buffered past the last frame (a pack that followed it).
     pub fn take_rest(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_header_is_the_front_of_its_frame() {
+        for stored in [vec![], vec![7u8; 1], vec![3u8; 70_000]] {
+            let id = [9u8; 32];
+            let mut framed = Message::chunk_header(&id, 70_000, stored.len());
+            framed.extend_from_slice(&stored);
+            let m = Message::Chunk {
+                id,
+                len: 70_000,
+                stored,
+            };
+            assert_eq!(framed, m.encode());
+        }
     }
 }

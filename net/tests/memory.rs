@@ -65,9 +65,12 @@ fn a_2_gib_pack_stream_is_refused_with_bounded_memory() {
                     tokio::spawn(async move {
                         reply.frame(&frame).await.unwrap();
                         if endless {
-                            let block = vec![7u8; 1 << 20];
+                            let (header, entry) = endless_pack();
+                            if reply.bytes(&header).await.is_err() {
+                                return;
+                            }
                             for _ in 0..2048 {
-                                if reply.bytes(&block).await.is_err() {
+                                if reply.bytes(&entry).await.is_err() {
                                     return;
                                 }
                             }

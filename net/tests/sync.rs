@@ -31,8 +31,10 @@ enum Lie {
     TruncatedPack,
     /// The heads answer announces a 64 MiB frame.
     HugeFrame,
-    /// A pack goes on for 2 GiB.
+    /// A well-formed pack goes on for 2 GiB.
     EndlessPack,
+    /// Its pack is one blob that inflates to 1 GiB.
+    Bomb,
     /// A pack header, then nothing.
     Stall,
     /// It advertises this block as its main.
@@ -77,12 +79,18 @@ fn hostile(rt: &tokio::runtime::Runtime, node: &Node, lie: Lie) -> SocketAddr {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
                             }
                             (Lie::EndlessPack, Some(_)) => {
-                                let zeros = vec![0u8; 1 << 20];
+                                let (header, entry) = endless_pack();
+                                if reply.bytes(&header).await.is_err() {
+                                    return;
+                                }
                                 for _ in 0..2048 {
-                                    if reply.bytes(&zeros).await.is_err() {
+                                    if reply.bytes(&entry).await.is_err() {
                                         return;
                                     }
                                 }
+                            }
+                            (Lie::Bomb, Some(_)) => {
+                                let _ = reply.bytes(&bomb_pack(1 << 30)).await;
                             }
                             (Lie::TruncatedPack, Some(pack)) => {
                                 let _ = reply.bytes(&pack[..pack.len() / 2]).await;
@@ -464,6 +472,20 @@ fn a_truncated_pack_is_refused_and_nothing_is_kept() {
 }
 
 #[test]
+fn a_pack_object_that_inflates_past_the_limit_is_refused_before_it_is_allocated() {
+    let rt = runtime();
+    let a = Node::chain();
+    a.grow(1);
+    let addr = hostile(&rt, &a, Lie::Bomb);
+    let b = Node::empty(&a);
+    let err = fault(pass(&b, addr, None, true).unwrap_err());
+    assert!(matches!(err, Fault::Protocol(_)), "{err}");
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert!(b.packs().is_empty(), "{:?}", b.packs());
+    assert_eq!(b.main(), None);
+}
+
+#[test]
 fn an_oversized_frame_is_refused_from_its_length_alone() {
     let rt = runtime();
     let a = Node::chain();
@@ -568,9 +590,49 @@ fn a_pack_that_goes_on_for_2_gib_is_refused_at_the_limit() {
         matches!(&err, PassError::Net(NetError::TooMuch { .. })),
         "{err}"
     );
-    assert!(
-        !b.dir.path().join("incoming.pack").exists(),
-        "the spool is gone"
-    );
     assert!(b.packs().is_empty());
+}
+
+#[test]
+fn certificates_written_on_both_sides_are_merged_not_forced() {
+    let rt = runtime();
+    let a = Node::chain();
+    let t1 = a.grow(1);
+    let t2 = a.grow(1);
+    let (addr, fp) = serve(&rt, &a);
+    let b = Node::empty(&a);
+    pass(&b, addr, Some(fp.clone()), true).unwrap();
+    let certify = |node: &Node, id: BlockId| {
+        let block = node.ledger.block(id).unwrap();
+        let vote = SignedVote::sign(&a.key, CHAIN, block.id, block.height).unwrap();
+        node.ledger
+            .write_certificate(&Certificate {
+                chain: CHAIN.into(),
+                block: block.id,
+                height: block.height,
+                votes: vec![vote],
+            })
+            .unwrap();
+    };
+    // Each side certifies another block: their notes commits diverge.
+    certify(&a, t1);
+    certify(&b, t2);
+    let ours = b.ledger.ref_id(NOTES_REF).unwrap();
+    let passed = pass(&b, addr, Some(fp), false).unwrap();
+    assert!(
+        passed
+            .summary
+            .updates
+            .iter()
+            .any(|u| matches!(u, utter_net::sync::RefUpdate::MergeNotes { .. })),
+        "{:?}",
+        passed.summary.updates
+    );
+    assert!(b.ledger.certificate(t1).unwrap().is_some(), "theirs came");
+    assert!(b.ledger.certificate(t2).unwrap().is_some(), "ours stayed");
+    let now = b.ledger.ref_id(NOTES_REF).unwrap().unwrap();
+    assert!(
+        b.ledger.commit_descends(now, ours.unwrap()).unwrap(),
+        "ours was not forced over"
+    );
 }

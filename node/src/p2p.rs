@@ -268,7 +268,6 @@ fn sync_loop(
                 &ledger,
                 store,
                 &images,
-                home,
                 &mut |_| {},
             );
             let mut book = lock(book);
@@ -358,13 +357,8 @@ pub fn pass(
     ledger: &Ledger,
     store: &Store,
     images: &Images,
-    home: &Home,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Passed, P2pError> {
-    let spool = home
-        .ledger_dir()
-        .join("objects")
-        .join(format!("incoming-{}.pack", std::process::id()));
     let pass = Pass {
         endpoint,
         addr: *addr,
@@ -372,7 +366,6 @@ pub fn pass(
         ledger,
         store,
         images,
-        spool,
         batch_bytes: utter_net::fetch::BATCH_BYTES,
         progress,
     };
@@ -429,7 +422,6 @@ pub fn sync_once(
             &opened.ledger,
             &opened.store,
             &images,
-            home,
             progress,
         );
         match result {
@@ -528,7 +520,6 @@ pub fn clone(
     } else {
         Ledger::init_for_clone(&making, chunks, &chain, genesis)?
     };
-    let spool = making.join("objects").join("incoming-clone.pack");
     let pass = Pass {
         endpoint: &endpoint,
         addr: target.addr,
@@ -536,7 +527,6 @@ pub fn clone(
         ledger: &ledger,
         store: &store,
         images: &images,
-        spool,
         batch_bytes: utter_net::fetch::BATCH_BYTES,
         progress,
     };

@@ -259,7 +259,6 @@ pub fn pass_with(
         ledger: &node.ledger,
         store: &node.store,
         images: &node.images,
-        spool: node.dir.path().join("incoming.pack"),
         batch_bytes: 1 << 20,
         progress: &mut progress,
     };
@@ -268,4 +267,75 @@ pub fn pass_with(
         node.ledger.finish_clone().unwrap();
     }
     out
+}
+
+/// A pack that never ends, well formed as far as it goes: a header that
+/// claims 4,096 objects (4 GiB), then the same 1 MiB blob entry (a stored
+/// zlib stream) for as long as it is sent. Returns the header and the
+/// entry.
+pub fn endless_pack() -> (Vec<u8>, Vec<u8>) {
+    let mut header = b"PACK".to_vec();
+    header.extend_from_slice(&2u32.to_be_bytes());
+    header.extend_from_slice(&4096u32.to_be_bytes());
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    // Entry header: type 3 (blob), then the size, 4 bits and 7 per byte.
+    let mut entry = Vec::new();
+    let mut size = data.len();
+    let mut byte = (3 << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        entry.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    entry.push(byte);
+    // zlib: header, stored deflate blocks, Adler-32 of the data.
+    entry.extend_from_slice(&[0x78, 0x01]);
+    let blocks: Vec<&[u8]> = data.chunks(65_535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        entry.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        entry.extend_from_slice(&len.to_le_bytes());
+        entry.extend_from_slice(&(!len).to_le_bytes());
+        entry.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &x in &data {
+        a = (a + u32::from(x)) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    entry.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    (header, entry)
+}
+
+/// A zlib bomb: a well-formed pack of one blob that declares `declared`
+/// bytes and inflates to them (zeros: a MiB of pack per GiB of blob).
+pub fn bomb_pack(declared: usize) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut pack = b"PACK".to_vec();
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&1u32.to_be_bytes());
+    let mut size = declared;
+    let mut byte = (3 << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        pack.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    pack.push(byte);
+    let mut z = flate2::write::ZlibEncoder::new(pack, flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = declared;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        z.write_all(&zeros[..n]).unwrap();
+        left -= n;
+    }
+    let mut pack = z.finish().unwrap();
+    let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
+    hasher.update(&pack);
+    let trailer = hasher.try_finalize().unwrap();
+    pack.extend_from_slice(trailer.as_bytes());
+    pack
 }
