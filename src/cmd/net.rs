@@ -7,13 +7,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
+use utter_ledger::BlockId;
 use utter_ledger::key::Signer;
-use utter_net::Progress;
+use utter_net::sync::RefUpdate;
+use utter_net::{Passed, Progress};
 use utter_node::Home;
 use utter_node::p2p::{self, Target};
 
-use crate::ui::{self, human};
+use crate::ui::{self, human, plural};
 
 /// `utter clone`
 #[derive(Args)]
@@ -64,6 +66,60 @@ pub enum PeersCommand {
     },
 }
 
+/// What `utter clone --json` prints.
+#[derive(Serialize)]
+struct CloneReport<'a> {
+    chain: &'a str,
+    main: BlockId,
+    key: String,
+    peer: String,
+    objects: u64,
+    chunks: u64,
+    /// Payload bytes: packs and chunks as sent.
+    bytes: u64,
+    /// Bytes on the wire (QUIC's UDP payload).
+    wire_bytes: u64,
+    missing_images: &'a [String],
+}
+
+/// One line of `utter sync --json`: a peer's pass.
+#[derive(Serialize)]
+struct SyncReport<'a> {
+    peer: SocketAddr,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    passed: Option<PassReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct PassReport<'a> {
+    key: String,
+    commits: usize,
+    objects: u64,
+    chunks: u64,
+    bytes: u64,
+    wire_bytes: u64,
+    updates: &'a [RefUpdate],
+    missing_images: &'a [String],
+}
+
+impl<'a> PassReport<'a> {
+    fn of(passed: &'a Passed) -> Self {
+        Self {
+            key: passed.peer.to_openssh(),
+            commits: passed.summary.commits,
+            objects: passed.progress.objects,
+            chunks: passed.progress.chunks,
+            bytes: passed.progress.bytes,
+            wire_bytes: passed.wire_bytes,
+            updates: &passed.summary.updates,
+            missing_images: &passed.missing_images,
+        }
+    }
+}
+
 /// A progress bar over what a pass received.
 struct Bar(ui::Progress);
 
@@ -87,19 +143,18 @@ pub fn clone(home: &Home, args: CloneArgs) -> Result<ExitCode> {
     bar.0.finish();
     let got = cloned.passed.progress;
     if args.json {
-        println!(
-            "{}",
-            json!({
-                "chain": cloned.chain,
-                "main": cloned.main.to_string(),
-                "key": cloned.key.to_openssh(),
-                "peer": cloned.passed.peer.to_openssh(),
-                "objects": got.objects,
-                "chunks": got.chunks,
-                "bytes": got.bytes,
-                "missing_images": cloned.passed.missing_images,
-            })
-        );
+        let report = CloneReport {
+            chain: &cloned.chain,
+            main: cloned.main,
+            key: cloned.key.to_openssh(),
+            peer: cloned.passed.peer.to_openssh(),
+            objects: got.objects,
+            chunks: got.chunks,
+            bytes: got.bytes,
+            wire_bytes: cloned.passed.wire_bytes,
+            missing_images: &cloned.passed.missing_images,
+        };
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "cloned chain {} from {} into {}",
@@ -110,9 +165,9 @@ pub fn clone(home: &Home, args: CloneArgs) -> Result<ExitCode> {
         println!("main      {}", cloned.main);
         println!("node key  {}", cloned.key);
         println!(
-            "received  {} objects, {} chunks, {}",
-            got.objects,
-            got.chunks,
+            "received  {}, {}, {}",
+            plural(got.objects as usize, "object", "objects"),
+            plural(got.chunks as usize, "chunk", "chunks"),
             human(got.bytes)
         );
         for image in &cloned.passed.missing_images {
@@ -145,41 +200,43 @@ pub fn sync(home: &Home, args: SyncArgs) -> Result<ExitCode> {
     for (addr, result) in &synced.peers {
         match result {
             Ok(passed) => {
-                let moved: Vec<String> = passed
-                    .summary
-                    .updates
-                    .iter()
-                    .map(|u| format!("{u:?}"))
-                    .collect();
                 if args.json {
-                    println!(
-                        "{}",
-                        json!({"peer": addr.to_string(), "ok": true, "key": passed.peer.to_openssh(),
-                               "commits": passed.summary.commits, "objects": passed.progress.objects,
-                               "chunks": passed.progress.chunks, "bytes": passed.progress.bytes,
-                               "updates": moved, "missing_images": passed.missing_images})
-                    );
+                    let report = SyncReport {
+                        peer: *addr,
+                        ok: true,
+                        error: None,
+                        passed: Some(PassReport::of(passed)),
+                    };
+                    println!("{}", serde_json::to_string(&report)?);
                 } else {
+                    let updates = &passed.summary.updates;
                     println!(
-                        "{addr}: {} commits, {} chunks, {}; {}",
-                        passed.summary.commits,
-                        passed.progress.chunks,
+                        "{addr}: {}, {}, {} ({} on the wire); {}",
+                        plural(passed.summary.commits as usize, "commit", "commits"),
+                        plural(passed.progress.chunks as usize, "chunk", "chunks"),
                         human(passed.progress.bytes),
-                        if moved.is_empty() {
+                        human(passed.wire_bytes),
+                        if updates.is_empty() {
                             "nothing new".to_string()
                         } else {
-                            format!("{} ref(s) moved", moved.len())
+                            format!("{} moved", plural(updates.len(), "ref", "refs"))
                         }
                     );
+                    for u in updates {
+                        println!("  {u}");
+                    }
                 }
             }
             Err(why) => {
                 failed += 1;
                 if args.json {
-                    println!(
-                        "{}",
-                        json!({"peer": addr.to_string(), "ok": false, "error": why})
-                    );
+                    let report = SyncReport {
+                        peer: *addr,
+                        ok: false,
+                        error: Some(why),
+                        passed: None,
+                    };
+                    println!("{}", serde_json::to_string(&report)?);
                 } else {
                     eprintln!("{addr}: {why}");
                 }

@@ -12,6 +12,7 @@ mod governance;
 mod image;
 mod key;
 mod ledger;
+mod net;
 mod node;
 mod rootless;
 mod run;
