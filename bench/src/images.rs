@@ -32,9 +32,9 @@ pub struct Options {
     pub mirror: String,
 }
 
-const EXTRA_PACKAGES: &str = "curl,jq,less,nano";
+pub(crate) const EXTRA_PACKAGES: &str = "curl,jq,less,nano";
 
-fn rootfs(opts: &Options, name: &str, include: Option<&str>) -> Result<PathBuf> {
+pub(crate) fn rootfs(opts: &Options, name: &str, include: Option<&str>) -> Result<PathBuf> {
     let dir = opts.cache.join(name);
     if dir.join("etc/os-release").exists() {
         return Ok(dir);
@@ -63,7 +63,7 @@ fn rootfs(opts: &Options, name: &str, include: Option<&str>) -> Result<PathBuf> 
 
 /// Packs `tree` with umoci into `layout:tag` as one gzip layer; returns the
 /// path of that layer's uncompressed tar.
-fn umoci_image(work: &Path, tree: &Path, tag: &str) -> Result<PathBuf> {
+pub(crate) fn umoci_image(work: &Path, tree: &Path, tag: &str) -> Result<PathBuf> {
     let layout = work.join("layout");
     if !layout.exists() {
         timed(

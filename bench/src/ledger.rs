@@ -16,8 +16,8 @@ use utter_ledger::{BlockId, Change, Changes, Draft, Ledger, TxId, TxResult};
 
 use crate::{best, settle, timed};
 
-const CHAIN: &str = "bench";
-const T0: i64 = 1_790_000_000;
+pub(crate) const CHAIN: &str = "bench";
+pub(crate) const T0: i64 = 1_790_000_000;
 
 /// Options of `utter-bench ledger`.
 pub struct Options {
@@ -29,7 +29,7 @@ pub struct Options {
     pub runs: usize,
 }
 
-fn signed_txs(key: &Keypair, first_nonce: u64, n: usize) -> Result<Vec<SignedTx>> {
+pub(crate) fn signed_txs(key: &Keypair, first_nonce: u64, n: usize) -> Result<Vec<SignedTx>> {
     (0..n as u64)
         .map(|i| {
             let nonce = first_nonce + i;
@@ -50,7 +50,7 @@ fn signed_txs(key: &Keypair, first_nonce: u64, n: usize) -> Result<Vec<SignedTx>
 }
 
 /// Transactions as a node holds them after admission: the line and its id.
-fn lines_and_ids(blocks: Vec<Vec<SignedTx>>) -> Vec<Vec<(String, TxId)>> {
+pub(crate) fn lines_and_ids(blocks: Vec<Vec<SignedTx>>) -> Vec<Vec<(String, TxId)>> {
     blocks
         .into_iter()
         .map(|txs| {
@@ -65,32 +65,53 @@ fn lines_and_ids(blocks: Vec<Vec<SignedTx>>) -> Vec<Vec<(String, TxId)>> {
         .collect()
 }
 
-fn new_ledger(dir: &Path, key: &Keypair) -> Result<Ledger> {
-    let chunks = Arc::new(Store::open(
+pub(crate) fn open_store(dir: &Path) -> Result<Store> {
+    Ok(Store::open(
         dir.join("db"),
         &OpenOptions {
             create: true,
             ..OpenOptions::default()
         },
-    )?);
+    )?)
+}
+
+fn new_ledger(dir: &Path, key: &Keypair) -> Result<Ledger> {
+    new_chain(
+        dir,
+        key,
+        open_store(dir)?,
+        &format!("sha256:{}", "0".repeat(64)),
+    )
+}
+
+/// A chain in `dir/ledger.git` whose one validator is `key`, with the
+/// dapp `accounting` running `image`.
+pub(crate) fn new_chain(dir: &Path, key: &Keypair, store: Store, image: &str) -> Result<Ledger> {
     let config = ChainConfig::single(CHAIN, "node", &key.public());
     let mut dapps = Changes::new();
     dapps.set_dapp(
         "accounting",
         &DappConfig {
-            image: format!("sha256:{}", "0".repeat(64)),
+            image: image.to_string(),
             owners: vec![key.public().to_openssh()],
             permissions: Default::default(),
         },
     )?;
-    let (ledger, _) = Ledger::create(&dir.join("ledger.git"), chunks, &config, dapps, key, T0)?;
+    let (ledger, _) = Ledger::create(
+        &dir.join("ledger.git"),
+        Arc::new(store),
+        &config,
+        dapps,
+        key,
+        T0,
+    )?;
     Ok(ledger)
 }
 
 /// Writes `blocks` blocks of `txs` each on main; each block also changes
 /// ten account files. Returns the seconds spent writing (signing the blocks,
 /// storing and syncing them, moving main), excluding signing transactions.
-fn write_chain(
+pub(crate) fn write_chain(
     ledger: &Ledger,
     key: &Keypair,
     blocks: usize,

@@ -7,12 +7,16 @@
 //! `git verify-commit`. `utter-bench images` times image import, the dedup
 //! of an image update and unpack against raw ingest, casync and umoci.
 //! `utter-bench runtime` times container runs against `runc run` and a
-//! counter-dapp block against an empty container run.
+//! counter-dapp block against an empty container run. `utter-bench net`
+//! times sync between two nodes over QUIC against a raw QUIC stream and
+//! `git clone`, and counts an image update's bytes on the wire against
+//! casync.
 
 mod consensus;
 mod executor;
 mod images;
 mod ledger;
+mod net;
 mod node;
 mod runtime;
 
@@ -122,6 +126,40 @@ enum Bench {
         #[arg(long)]
         work: Option<PathBuf>,
     },
+    /// Sync over QUIC: chunk throughput against a raw QUIC stream, a
+    /// 10,000-block clone against `git clone` from `git daemon`, an image
+    /// update's bytes on the wire against casync
+    Net {
+        /// MiB of new chunks to sync
+        #[arg(long, default_value_t = 1024)]
+        chunk_mib: u64,
+        /// Blocks of the chain to sync
+        #[arg(long, default_value_t = 10_000)]
+        blocks: usize,
+        /// Time each measurement this many times and keep the fastest
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Where the debootstrap trees are kept between runs
+        #[arg(long, default_value_os_t = default_cache())]
+        cache: PathBuf,
+        /// Debian suite for the images
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Debian mirror
+        #[arg(long, default_value = "http://deb.debian.org/debian")]
+        mirror: String,
+        /// Run only these parts (the images part needs debootstrap and the mirror)
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "chunks,ledger,images"
+        )]
+        only: Vec<net::Part>,
+    },
     /// Block writing (tx/s) and `utter verify` against `git verify-commit`
     Ledger {
         /// Blocks to write in the writing benchmark
@@ -184,6 +222,25 @@ fn main() -> Result<()> {
         Bench::Executor { blocks, txs, work } => {
             executor::run(executor::Options { blocks, txs, work })
         }
+        Bench::Net {
+            chunk_mib,
+            blocks,
+            runs,
+            work,
+            cache,
+            suite,
+            mirror,
+            only,
+        } => net::run(net::Options {
+            chunk_mib,
+            blocks,
+            runs,
+            work,
+            cache,
+            suite,
+            mirror,
+            only,
+        }),
         Bench::Ledger {
             write_blocks,
             txs_per_block,
