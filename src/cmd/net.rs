@@ -212,7 +212,7 @@ pub fn sync(home: &Home, args: SyncArgs) -> Result<ExitCode> {
                     let updates = &passed.summary.updates;
                     println!(
                         "{addr}: {}, {}, {} ({} on the wire); {}",
-                        plural(passed.summary.commits as usize, "commit", "commits"),
+                        plural(passed.summary.commits, "commit", "commits"),
                         plural(passed.progress.chunks as usize, "chunk", "chunks"),
                         human(passed.progress.bytes),
                         human(passed.wire_bytes),
