@@ -548,7 +548,8 @@ impl Store {
         ids.iter().map(|id| self.read_stored(id, &mut z)).collect()
     }
 
-    fn read_stored(&self, id: &ChunkId, z: &mut Unzstd) -> Result<StoredChunk, Error> {
+    /// A chunk's plain length, from its length record.
+    fn plain_len(&self, id: &ChunkId) -> Result<u32, Error> {
         let cf = self.inner.cf(CF_CHUNK_META);
         let meta = self
             .inner
@@ -560,6 +561,11 @@ impl Store {
             id: *id,
             reason: "its length record is damaged".into(),
         })?;
+        Ok(plain)
+    }
+
+    fn read_stored(&self, id: &ChunkId, z: &mut Unzstd) -> Result<StoredChunk, Error> {
+        let plain = self.plain_len(id)?;
         let stored = self
             .inner
             .db
@@ -643,17 +649,7 @@ impl Store {
 
     /// Reads one chunk, decompressed and re-hashed.
     pub fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>, Error> {
-        let cf = self.inner.cf(CF_CHUNK_META);
-        let meta = self
-            .inner
-            .db
-            .get_pinned_cf(cf, id.as_bytes())
-            .map_err(Error::db("looking up a chunk"))?
-            .ok_or(Error::MissingChunk(*id))?;
-        let (plain, _) = parse_chunk_meta(&meta).ok_or_else(|| Error::CorruptChunk {
-            id: *id,
-            reason: "its length record is damaged".into(),
-        })?;
+        let plain = self.plain_len(id)?;
         self.inner.read_chunk(
             &mut zstd::bulk::Decompressor::new().map_err(Error::Zstd)?,
             id,

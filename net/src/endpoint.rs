@@ -2,6 +2,7 @@
 //! them, TLS 1.3 with raw public keys ([`crate::tls`]), one ALPN per
 //! protocol, and framed request streams with a deadline on every read.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,16 +183,7 @@ impl Endpoint {
             .inner
             .connect_with(config, addr, SERVER_NAME)
             .map_err(|e| fail(e.to_string()))?;
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-            Err(_) => {
-                return Err(NetError::Timeout {
-                    addr,
-                    after: CONNECT_TIMEOUT,
-                });
-            }
-            Ok(Err(e)) => return Err(fail(describe_connection_error(&e))),
-            Ok(Ok(c)) => c,
-        };
+        let conn = handshake(connecting, addr).await?;
         let peer = crate::tls::peer_key(&conn)
             .ok_or_else(|| fail("the peer proved no ed25519 key".into()))?;
         Ok(Conn {
@@ -230,16 +222,7 @@ impl Incoming {
     pub async fn connected(self) -> Result<(Conn, Vec<u8>), NetError> {
         let addr = self.0.remote_address();
         let fail = |why: String| NetError::Connection { addr, why };
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, self.0).await {
-            Err(_) => {
-                return Err(NetError::Timeout {
-                    addr,
-                    after: CONNECT_TIMEOUT,
-                });
-            }
-            Ok(Err(e)) => return Err(fail(describe_connection_error(&e))),
-            Ok(Ok(c)) => c,
-        };
+        let conn = handshake(self.0, addr).await?;
         let alpn = conn
             .handshake_data()
             .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -268,6 +251,24 @@ fn describe_read_error(e: &quinn::ReadError) -> String {
 
 fn is_crypto(code: quinn::TransportErrorCode) -> bool {
     (0x100..0x200).contains(&u64::from(code))
+}
+
+/// Waits for a handshake, at most [`CONNECT_TIMEOUT`].
+async fn handshake(
+    connecting: impl IntoFuture<Output = Result<quinn::Connection, quinn::ConnectionError>>,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, NetError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Err(_) => Err(NetError::Timeout {
+            addr,
+            after: CONNECT_TIMEOUT,
+        }),
+        Ok(Err(e)) => Err(NetError::Connection {
+            addr,
+            why: describe_connection_error(&e),
+        }),
+        Ok(Ok(c)) => Ok(c),
+    }
 }
 
 fn describe_connection_error(e: &quinn::ConnectionError) -> String {

@@ -179,6 +179,30 @@ fn bad_key() -> rustls::Error {
     rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
 }
 
+/// The key a peer presented: one ed25519 raw public key and nothing else.
+fn presented_key(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+) -> Result<Signer, rustls::Error> {
+    let key = key_of_spki(end_entity).ok_or_else(bad_key)?;
+    if !intermediates.is_empty() {
+        return Err(bad_key());
+    }
+    Ok(key)
+}
+
+/// A well-formed key this end does not accept (gate or pin).
+fn not_accepted() -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+}
+
+/// TLS 1.2 is never offered, so never verified.
+fn no_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
 fn verify_signature(
     message: &[u8],
     cert: &CertificateDer<'_>,
@@ -217,14 +241,9 @@ impl ClientCertVerifier for PeerKeys {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let key = key_of_spki(end_entity).ok_or_else(bad_key)?;
-        if !intermediates.is_empty() {
-            return Err(bad_key());
-        }
+        let key = presented_key(end_entity, intermediates)?;
         if !(self.gate)(&key) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ));
+            return Err(not_accepted());
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -235,9 +254,7 @@ impl ClientCertVerifier for PeerKeys {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(
@@ -284,16 +301,11 @@ impl ServerCertVerifier for ServerKey {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let key = key_of_spki(end_entity).ok_or_else(bad_key)?;
-        if !intermediates.is_empty() {
-            return Err(bad_key());
-        }
+        let key = presented_key(end_entity, intermediates)?;
         if let Some(pin) = &self.pin
             && key.fingerprint() != *pin
         {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ));
+            return Err(not_accepted());
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -304,9 +316,7 @@ impl ServerCertVerifier for ServerKey {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        no_tls12()
     }
 
     fn verify_tls13_signature(

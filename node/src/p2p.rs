@@ -347,6 +347,20 @@ fn main_moved(ledger: &Ledger, shared: &Shared, before: BlockId, after: BlockId)
     shared.blocks.send_modify(|n| *n += 1);
 }
 
+/// A runtime of its own and a client endpoint on it, for passes made
+/// outside a running node (`utter sync`, `utter clone`).
+fn client(key: &Keypair, ipv6: bool) -> Result<(tokio::runtime::Runtime, Endpoint), P2pError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| P2pError::Runtime(e.to_string()))?;
+    let endpoint = {
+        let _guard = runtime.enter();
+        Endpoint::client(Identity::new(key)?, ipv6)?
+    };
+    Ok((runtime, endpoint))
+}
+
 /// One pass against the peer at `addr`, on `runtime`.
 #[allow(clippy::too_many_arguments)]
 pub fn pass(
@@ -403,14 +417,7 @@ pub fn sync_once(
     if targets.is_empty() {
         return Err(P2pError::NoPeer);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| P2pError::Runtime(e.to_string()))?;
-    let endpoint = {
-        let _guard = runtime.enter();
-        Endpoint::client(Identity::new(&key)?, false)?
-    };
+    let (runtime, endpoint) = client(&key, false)?;
     let mut out = Vec::new();
     for addr in targets {
         let pin = book.get(&addr).and_then(|p| p.fingerprint.clone());
@@ -503,14 +510,7 @@ pub fn clone(
     let key = crate::init::node_key(home, key)?;
     let store = home.store(Need::Ledger, true, false, None)?;
     let images = home.images(&store)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| P2pError::Runtime(e.to_string()))?;
-    let endpoint = {
-        let _guard = runtime.enter();
-        Endpoint::client(Identity::new(&key)?, target.addr.is_ipv6())?
-    };
+    let (runtime, endpoint) = client(&key, target.addr.is_ipv6())?;
     // The chain and genesis the peer claims; its blocks prove them.
     let (chain, genesis) = runtime.block_on(claims(&endpoint, target))?;
     let making = home.root().join(".ledger.git.creating");

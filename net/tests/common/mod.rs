@@ -269,6 +269,20 @@ pub fn pass_with(
     out
 }
 
+/// A pack entry's header for a blob of `size` bytes: type 3, then the
+/// size, 4 bits and 7 per byte (git's format, written here by hand so the
+/// tests do not lean on the code they test).
+fn blob_entry_header(mut size: usize, out: &mut Vec<u8>) {
+    let mut byte = (3 << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        out.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    out.push(byte);
+}
+
 /// A pack that never ends, well formed as far as it goes: a header that
 /// claims 4,096 objects (4 GiB), then the same 1 MiB blob entry (a stored
 /// zlib stream) for as long as it is sent. Returns the header and the
@@ -278,17 +292,8 @@ pub fn endless_pack() -> (Vec<u8>, Vec<u8>) {
     header.extend_from_slice(&2u32.to_be_bytes());
     header.extend_from_slice(&4096u32.to_be_bytes());
     let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
-    // Entry header: type 3 (blob), then the size, 4 bits and 7 per byte.
     let mut entry = Vec::new();
-    let mut size = data.len();
-    let mut byte = (3 << 4) | (size & 0x0f) as u8;
-    size >>= 4;
-    while size > 0 {
-        entry.push(byte | 0x80);
-        byte = (size & 0x7f) as u8;
-        size >>= 7;
-    }
-    entry.push(byte);
+    blob_entry_header(data.len(), &mut entry);
     // zlib: header, stored deflate blocks, Adler-32 of the data.
     entry.extend_from_slice(&[0x78, 0x01]);
     let blocks: Vec<&[u8]> = data.chunks(65_535).collect();
@@ -315,15 +320,7 @@ pub fn bomb_pack(declared: usize) -> Vec<u8> {
     let mut pack = b"PACK".to_vec();
     pack.extend_from_slice(&2u32.to_be_bytes());
     pack.extend_from_slice(&1u32.to_be_bytes());
-    let mut size = declared;
-    let mut byte = (3 << 4) | (size & 0x0f) as u8;
-    size >>= 4;
-    while size > 0 {
-        pack.push(byte | 0x80);
-        byte = (size & 0x7f) as u8;
-        size >>= 7;
-    }
-    pack.push(byte);
+    blob_entry_header(declared, &mut pack);
     let mut z = flate2::write::ZlibEncoder::new(pack, flate2::Compression::best());
     let zeros = vec![0u8; 1 << 20];
     let mut left = declared;
