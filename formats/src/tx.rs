@@ -156,6 +156,18 @@ pub fn verify_line(
     chain: &str,
     nonce_used: impl FnOnce(&str, u64) -> bool,
 ) -> Result<SignedTx, TxError> {
+    verify_line_prechecked(line, chain, nonce_used, false)
+}
+
+/// [`verify_line`], for a caller that already had this exact line pass
+/// [`verify_line`] for `chain` (all but its nonce) when `prechecked`: every
+/// check runs again but the signature's.
+pub fn verify_line_prechecked(
+    line: &[u8],
+    chain: &str,
+    nonce_used: impl FnOnce(&str, u64) -> bool,
+    prechecked: bool,
+) -> Result<SignedTx, TxError> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     if line.len() > MAX_LINE {
         return Err(TxError::Oversized { len: line.len() });
@@ -187,13 +199,12 @@ pub fn verify_line(
         // One key, one spelling: no comments or extra spaces in `signer`.
         return Err(TxError::BadSigner(tx.signer.clone()));
     }
-    signer
-        .verify(
-            NAMESPACE,
-            signed_part(line).ok_or(TxError::NotCanonical)?,
-            &stx.sig,
-        )
-        .map_err(TxError::BadSignature)?;
+    let signed = signed_part(line).ok_or(TxError::NotCanonical)?;
+    if !prechecked {
+        signer
+            .verify(NAMESPACE, signed, &stx.sig)
+            .map_err(TxError::BadSignature)?;
+    }
     if nonce_used(&tx.signer, tx.nonce) {
         return Err(TxError::Replayed {
             signer: tx.signer.clone(),

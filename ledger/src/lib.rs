@@ -24,6 +24,7 @@ pub mod governance;
 pub mod layout;
 mod pack;
 pub mod pointer;
+mod precheck;
 mod repo;
 pub mod sync;
 mod verify;

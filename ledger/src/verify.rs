@@ -18,6 +18,7 @@ use crate::layout::{
     self, BLOCK, CHAIN_TOML, ChainConfig, DAPP_TOML, DAPPS, DappConfig, RESULTS, STATE, TXS,
 };
 use crate::pointer::{MAX_POINTER_LEN, Pointer};
+use crate::precheck::{self, Prechecked, Verdicts};
 use crate::repo::{Ledger, LedgerError};
 use crate::tx::{self, TxError};
 
@@ -166,6 +167,11 @@ struct Walk<'l> {
     seen_blobs: HashSet<ObjectId>,
     done: HashMap<BlockId, Checked>,
     nonces: HashMap<(String, u64), Vec<BlockId>>,
+    /// Signature checks made ahead on another thread, when there are
+    /// enough blocks.
+    pre: Option<Prechecked>,
+    /// Those of the block being checked.
+    pre_now: Option<Verdicts>,
 }
 
 fn layout_err(path: &str, why: impl Into<String>) -> BlockError {
@@ -237,14 +243,86 @@ impl Ledger {
             }
         }
         let total = (parents.len() + unreadable.len()) as u64;
-        let mut walk = Walk {
-            ledger: self,
-            configs: HashMap::new(),
-            seen_trees: HashSet::new(),
-            seen_blobs: HashSet::new(),
-            done: HashMap::new(),
-            nonces: HashMap::new(),
-        };
+        let ahead = parents.len() >= precheck::MIN_BLOCKS
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        std::thread::scope(|scope| {
+            let pre = ahead.then(|| {
+                let order = walk_order(&ready, &children, &waiting);
+                Prechecked::start(
+                    scope,
+                    self.repo().clone().into_sync(),
+                    order,
+                    self.chain().to_string(),
+                )
+            });
+            let mut walk = Walk {
+                ledger: self,
+                configs: HashMap::new(),
+                seen_trees: HashSet::new(),
+                seen_blobs: HashSet::new(),
+                done: HashMap::new(),
+                nonces: HashMap::new(),
+                pre,
+                pre_now: None,
+            };
+            walk.run(
+                ready,
+                &children,
+                waiting,
+                heights,
+                &parents,
+                &unreadable,
+                total,
+                stop_at_first,
+                &mut progress,
+            )
+        })
+    }
+}
+
+/// The order in which the walk will check blocks (lowest height first,
+/// ties by id), from the same start.
+fn walk_order(
+    ready: &BinaryHeap<Reverse<(u64, BlockId)>>,
+    children: &HashMap<BlockId, Vec<BlockId>>,
+    waiting: &HashMap<BlockId, usize>,
+) -> Vec<BlockId> {
+    let mut ready = ready.clone();
+    let mut waiting = waiting.clone();
+    let mut heights: HashMap<BlockId, u64> = HashMap::new();
+    let mut order = Vec::with_capacity(waiting.len());
+    while let Some(Reverse((height, id))) = ready.pop() {
+        order.push(id);
+        for child in children.get(&id).map(Vec::as_slice).unwrap_or_default() {
+            let h = heights.entry(*child).or_default();
+            *h = (*h).max(height + 1);
+            if let Some(left) = waiting.get_mut(child) {
+                *left -= 1;
+                if *left == 0 {
+                    ready.push(Reverse((*h, *child)));
+                }
+            }
+        }
+    }
+    order
+}
+
+impl Walk<'_> {
+    /// Checks every block as it becomes ready (its parents checked).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        mut ready: BinaryHeap<Reverse<(u64, BlockId)>>,
+        children: &HashMap<BlockId, Vec<BlockId>>,
+        mut waiting: HashMap<BlockId, usize>,
+        mut heights: HashMap<BlockId, u64>,
+        parents: &HashMap<BlockId, Vec<BlockId>>,
+        unreadable: &HashMap<BlockId, String>,
+        total: u64,
+        stop_at_first: bool,
+        progress: &mut impl FnMut(u64, u64),
+    ) -> Result<Verification, LedgerError> {
+        let walk = self;
         let mut out = Verification::default();
         while let Some(Reverse((height, id))) = ready.pop() {
             let report = match unreadable.get(&id) {
@@ -258,7 +336,10 @@ impl Ledger {
                     txs: 0,
                     verdict: Err(BlockError::Unreadable(why.clone())),
                 },
-                None => walk.check(id, height, &parents[&id])?,
+                None => {
+                    walk.pre_now = walk.pre.as_mut().and_then(|p| p.take(id));
+                    walk.check(id, height, &parents[&id])?
+                }
             };
             let bad = report.verdict.is_err();
             out.blocks.push(report);
@@ -278,7 +359,9 @@ impl Ledger {
         }
         Ok(out)
     }
+}
 
+impl Ledger {
     /// A commit's parents, or why it cannot be read as a commit.
     pub(crate) fn commit_parents(
         &self,
@@ -441,7 +524,8 @@ impl Walk<'_> {
             return Ok(Err(BlockError::UnknownSigner(signer.to_openssh())));
         };
         report.signer = Some(member.name.clone());
-        if let Err(e) = signer.verify(GIT_NAMESPACE, &signed.to_bstring(), &sig) {
+        let prechecked = self.pre_now.as_ref().is_some_and(|v| v.commit);
+        if !prechecked && let Err(e) = signer.verify(GIT_NAMESPACE, &signed.to_bstring(), &sig) {
             return Ok(Err(BlockError::Signature(e)));
         }
 
@@ -702,7 +786,11 @@ impl Walk<'_> {
                     result.tx
                 )));
             }
-            let checked = tx::verify_line(line, self.ledger.chain(), |signer, nonce| {
+            let prechecked = self
+                .pre_now
+                .as_ref()
+                .is_some_and(|v| v.lines.contains(&tx_id));
+            let nonce_used = |signer: &str, nonce| {
                 let key = (signer.to_string(), nonce);
                 in_block.contains(&key)
                     || self.nonces.get(&key).is_some_and(|blocks| {
@@ -710,7 +798,9 @@ impl Walk<'_> {
                             .iter()
                             .any(|b| self.on_first_parent_line(first_parent, *b))
                     })
-            });
+            };
+            let checked =
+                tx::verify_line_prechecked(line, self.ledger.chain(), nonce_used, prechecked);
             match checked {
                 Ok(stx) => {
                     let key = (stx.tx.signer, stx.tx.nonce);

@@ -522,3 +522,71 @@ fn a_missing_parent_object_is_reported_not_a_crash() {
     assert_eq!(last.id, b2.id);
     assert_eq!(last.verdict, Err(BlockError::BadParent(b1.id.to_string())));
 }
+
+/// Blocks on main's tip, each with one good transaction: enough that the
+/// signature checks run ahead of the walk on a thread of their own.
+fn long_chain(f: &Fixture) -> BlockId {
+    let mut tip = f.genesis.id;
+    for n in 0..crate::precheck::MIN_BLOCKS as u64 + 6 {
+        tip = f
+            .block(&[tip], Changes::new(), vec![f.tx(&f.key, n + 1)])
+            .id;
+    }
+    f.force_main(tip);
+    tip
+}
+
+#[test]
+fn in_a_long_chain_a_tampered_block_and_a_forged_signature_are_refused() {
+    // A commit changed after signing, on top of a long good chain.
+    let f = Fixture::new();
+    let good = long_chain(&f);
+    let block = f.block(&[good], Changes::new(), vec![]);
+    let repo = f.ledger.repo();
+    let text = String::from_utf8(
+        repo.find_object(block::oid(block.id))
+            .unwrap()
+            .detach()
+            .data,
+    )
+    .unwrap();
+    let tampered = text.replace("block ", "block, says the attacker, ");
+    assert_ne!(tampered, text);
+    let id =
+        gix::objs::Write::write_buf(&repo.objects, gix::objs::Kind::Commit, tampered.as_bytes())
+            .unwrap();
+    f.force_main(block::block_id(&id));
+    let report = f.ledger.verify(None, false, |_, _| {}).unwrap();
+    assert_eq!(
+        report.blocks.iter().filter(|b| b.verdict.is_ok()).count(),
+        71
+    );
+    assert_eq!(
+        first_bad(&f),
+        (
+            block::block_id(&id),
+            BlockError::Signature(SignatureError::Invalid)
+        )
+    );
+
+    // A transaction whose signature is another transaction's.
+    let f = Fixture::new();
+    long_chain(&f);
+    let honest = f.tx(&f.key, 1_000);
+    let mut forged = f.tx(&f.key, 1_001);
+    forged.sig = honest.sig.clone();
+    let line = forged.to_line();
+    let id = with_txs(&f, std::slice::from_ref(&line), &[accepted(&line)]);
+    let (bad, err) = first_bad(&f);
+    assert_eq!(bad, id);
+    assert!(
+        matches!(
+            err,
+            BlockError::Tx {
+                line: 1,
+                error: TxError::BadSignature(_)
+            }
+        ),
+        "{err}"
+    );
+}
