@@ -462,6 +462,8 @@ fn ledger(opts: &Options, work: &Path) -> Result<()> {
     let mut utter_best = f64::MAX;
     let mut git_best = f64::MAX;
     let mut objects = 0;
+    let mut packs = 0;
+    let mut git_pack = 0;
     for run in 0..opts.runs.max(1) {
         settle();
         let dir = work.join(format!("ledger-b{run}"));
@@ -473,6 +475,7 @@ fn ledger(opts: &Options, work: &Path) -> Result<()> {
             bail!("the clone's main is not the served main");
         }
         objects = passed.progress.objects;
+        packs = passed.progress.bytes;
         drop(b);
         let _ = std::fs::remove_dir_all(&dir);
         settle();
@@ -492,6 +495,7 @@ fn ledger(opts: &Options, work: &Path) -> Result<()> {
         if theirs.trim() != main.to_string() {
             bail!("git's clone has main {}, not {main}", theirs.trim());
         }
+        git_pack = dir_bytes(&dest.join("objects").join("pack"));
         let _ = std::fs::remove_dir_all(&dest);
         eprintln!("  run {}: utter {secs:.2} s, git {git_secs:.2} s", run + 1);
         utter_best = utter_best.min(secs);
@@ -509,6 +513,11 @@ fn ledger(opts: &Options, work: &Path) -> Result<()> {
         "git clone --mirror from git daemon (no signature checks)",
         git_best,
         blocks as f64 / git_best
+    );
+    println!(
+        "packs on the wire: utter {:.1} MB, git {:.1} MB (its pack and index as received)",
+        packs as f64 / 1e6,
+        git_pack as f64 / 1e6
     );
     println!(
         "utter takes {:.2}x git's time (target <= 1.0x); best of {}",

@@ -64,6 +64,10 @@ impl EntryWriter {
         use gix::zlib::Status;
         use gix::zlib::stream::deflate::FlushCompress;
         entry_header(kind, data.len(), out);
+        if data.len() < STORE_BELOW {
+            stored_zlib(data, out);
+            return Ok(());
+        }
         self.compress.reset();
         let mut input = data;
         loop {
@@ -85,6 +89,43 @@ impl EntryWriter {
             }
         }
     }
+}
+
+/// Objects shorter than this go into a pack as stored (uncompressed)
+/// zlib streams. Resetting a zlib state clears its hash table, 64 KiB,
+/// which costs more than compressing a small object, and a block's small
+/// objects (signed commits, trees of ids) barely compress; larger ones
+/// (transaction files, big trees) are compressed.
+pub(crate) const STORE_BELOW: usize = 2048;
+
+/// `data` as a zlib stream of stored deflate blocks: the header, blocks of
+/// at most 65,535 bytes, the Adler-32 of the data.
+fn stored_zlib(data: &[u8], out: &mut Vec<u8>) {
+    out.reserve(data.len() + 2 + 5 * (data.len() / 65_535 + 1) + 4);
+    out.extend_from_slice(&[0x78, 0x01]);
+    let mut blocks = data.chunks(65_535).peekable();
+    if blocks.peek().is_none() {
+        // An empty stream still has one (final, empty) block.
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none()));
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    // Sums stay below 2^32 for 5,552 bytes between reductions (zlib's NMAX).
+    for run in data.chunks(5552) {
+        for &x in run {
+            a += u32::from(x);
+            b += a;
+        }
+        a %= 65_521;
+        b %= 65_521;
+    }
+    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
 }
 
 /// The pack entry header: type and size, 4 bits then 7 bits per byte.
@@ -226,5 +267,21 @@ mod tests {
         entry_header(Kind::Commit, 300, &mut out);
         // 300 = 0b1_0010_1100: low 4 bits 1100, then 10010.
         assert_eq!(out, [0x80 | 0x10 | 0x0c, 0x12]);
+    }
+
+    #[test]
+    fn stored_zlib_streams_inflate_to_their_data() {
+        use std::io::Read as _;
+        for len in [0usize, 1, 100, STORE_BELOW - 1, 65_535, 65_536, 200_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let mut stream = Vec::new();
+            stored_zlib(&data, &mut stream);
+            // flate2 checks the header, every block and the Adler-32.
+            let mut back = Vec::new();
+            flate2::read::ZlibDecoder::new(&stream[..])
+                .read_to_end(&mut back)
+                .unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+            assert_eq!(back, data, "{len} bytes");
+        }
     }
 }

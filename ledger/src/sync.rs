@@ -42,7 +42,16 @@ pub struct PackPlan {
     pub more: bool,
     /// The objects' uncompressed bytes.
     pub bytes: u64,
+    /// The bodies the walk read, beside `objects` (up to [`PLAN_BODIES`]
+    /// bytes): the pack is written from them without reading each object
+    /// a second time.
+    bodies: Vec<Option<(Kind, Vec<u8>)>>,
+    kept_bytes: u64,
 }
+
+/// The most object bytes a plan keeps to write its pack from; objects
+/// past it are read again while the pack is written.
+pub const PLAN_BODIES: u64 = 32 << 20;
 
 /// A pack that arrived and was indexed.
 #[derive(Debug, Clone)]
@@ -63,6 +72,55 @@ pub struct Indexed {
 /// declares more (a zlib bomb: a few MiB that inflate to many GiB) is
 /// refused before anything is allocated for it.
 pub const MAX_OBJECT: usize = 64 << 20;
+
+impl PackPlan {
+    /// Adds an object the walk read; its body is kept while the plan's
+    /// kept bodies stay under [`PLAN_BODIES`].
+    fn push(&mut self, oid: ObjectId, kind: Kind, data: &[u8]) {
+        let keep = self.kept_bytes + data.len() as u64 <= PLAN_BODIES;
+        self.objects.push(oid);
+        self.bodies.push(keep.then(|| (kind, data.to_vec())));
+        if keep {
+            self.kept_bytes += data.len() as u64;
+        }
+        self.bytes += data.len() as u64;
+    }
+}
+
+/// The visitor of [`Ledger::new_objects`]: `(oid, path, len, body)`.
+type Visit<'v> = &'v mut dyn FnMut(ObjectId, &[u8], u64, Option<(Kind, &[u8])>);
+
+/// What a walk for new objects carries down the trees.
+struct NewObjects<'s, 'v> {
+    seen: &'s mut HashSet<ObjectId>,
+    walking: Walking,
+    visit: Visit<'v>,
+}
+
+/// What a walk for new objects is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walking {
+    /// A pack: every object, read whole (`visit` gets its bytes).
+    Pack,
+    /// What lives outside git: only `dapps/NAME/dapp.toml` and what is
+    /// under `dapps/NAME/state/`, lengths only.
+    Content,
+}
+
+/// Whether a content walk goes to `path`.
+fn content_path(path: &[u8], is_tree: bool) -> bool {
+    let parts: Vec<&[u8]> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split(|b| *b == b'/').collect()
+    };
+    match parts.as_slice() {
+        [] => true,
+        [dapps] | [dapps, _] => is_tree && *dapps == DAPPS.as_bytes(),
+        [dapps, _, toml] if *toml == DAPP_TOML.as_bytes() => !is_tree && *dapps == DAPPS.as_bytes(),
+        [dapps, _, state, ..] => *dapps == DAPPS.as_bytes() && *state == STATE.as_bytes(),
+    }
+}
 
 /// Indexes packs into one repository; see [`Ledger::pack_indexer`].
 #[derive(Debug, Clone)]
@@ -321,18 +379,32 @@ impl Ledger {
             }
             let oid = block::oid(*id);
             seen.insert(oid);
-            plan.objects.push(oid);
-            plan.bytes += self.object_len(oid)?;
+            let commit = self
+                .repo()
+                .find_object(oid)
+                .map_err(git(format!("reading object {oid}")))?;
+            plan.push(oid, commit.kind, &commit.data);
             let parent_trees = parents(*id)?
                 .into_iter()
                 .filter(|p| self.has(*p))
                 .map(|p| self.commit_tree(p))
                 .collect::<Result<Vec<_>, _>>()?;
             let tree = self.commit_tree(*id)?;
-            self.new_objects(tree, true, &parent_trees, &mut seen, &mut |oid, _, len| {
-                plan.objects.push(oid);
-                plan.bytes += len;
-            })?;
+            self.new_objects(
+                tree,
+                true,
+                &parent_trees,
+                &mut seen,
+                Walking::Pack,
+                &mut |oid, _, len, body| match body {
+                    Some((kind, data)) => plan.push(oid, kind, data),
+                    None => {
+                        plan.objects.push(oid);
+                        plan.bodies.push(None);
+                        plan.bytes += len;
+                    }
+                },
+            )?;
             plan.commits.push(*id);
         }
         Ok(plan)
@@ -349,17 +421,23 @@ impl Ledger {
     /// Visits `id` and, for a tree, what under it no parent tree has at
     /// the same path (`parents` are the objects at this path in the
     /// parents), each object once (`seen`); `visit(oid, path, len)`, the
-    /// path `/`-separated from the root tree.
+    /// path `/`-separated from the root tree; see [`Walking`].
     fn new_objects(
         &self,
         id: ObjectId,
         is_tree: bool,
         parents: &[ObjectId],
         seen: &mut HashSet<ObjectId>,
-        visit: &mut dyn FnMut(ObjectId, &[u8], u64),
+        walking: Walking,
+        visit: Visit<'_>,
     ) -> Result<(), LedgerError> {
         let mut path = Vec::new();
-        self.new_objects_at(id, is_tree, parents, &mut path, seen, visit)
+        let mut walk = NewObjects {
+            seen,
+            walking,
+            visit,
+        };
+        self.new_objects_at(id, is_tree, parents, &mut path, &mut walk)
     }
 
     fn new_objects_at(
@@ -368,21 +446,41 @@ impl Ledger {
         is_tree: bool,
         parents: &[ObjectId],
         path: &mut Vec<u8>,
-        seen: &mut HashSet<ObjectId>,
-        visit: &mut dyn FnMut(ObjectId, &[u8], u64),
+        walk: &mut NewObjects<'_, '_>,
     ) -> Result<(), LedgerError> {
-        if parents.contains(&id) || !seen.insert(id) {
+        if walk.walking == Walking::Content && !content_path(path, is_tree) {
+            return Ok(());
+        }
+        if parents.contains(&id) || !walk.seen.insert(id) {
             return Ok(());
         }
         if !is_tree {
-            visit(id, path, self.object_len(id)?);
+            if walk.walking == Walking::Pack {
+                let blob = self
+                    .repo()
+                    .find_object(id)
+                    .map_err(git(format!("reading object {id}")))?;
+                (walk.visit)(
+                    id,
+                    path,
+                    blob.data.len() as u64,
+                    Some((blob.kind, &blob.data)),
+                );
+            } else {
+                (walk.visit)(id, path, self.object_len(id)?, None);
+            }
             return Ok(());
         }
         let tree = self
             .repo()
             .find_tree(id)
             .map_err(git(format!("reading tree {id}")))?;
-        visit(id, path, tree.data.len() as u64);
+        (walk.visit)(
+            id,
+            path,
+            tree.data.len() as u64,
+            Some((Kind::Tree, &tree.data)),
+        );
         let decoded = tree.decode().map_err(git(format!("decoding tree {id}")))?;
         // The parents' trees at this path, their entries borrowed by name.
         let parent_trees: Vec<gix::Tree<'_>> = parents
@@ -411,14 +509,8 @@ impl Ledger {
                 path.push(b'/');
             }
             path.extend_from_slice(name);
-            let walked = self.new_objects_at(
-                entry.oid.to_owned(),
-                entry.mode.is_tree(),
-                &at,
-                path,
-                seen,
-                visit,
-            );
+            let walked =
+                self.new_objects_at(entry.oid.to_owned(), entry.mode.is_tree(), &at, path, walk);
             path.truncate(len);
             walked?;
         }
@@ -430,6 +522,21 @@ impl Ledger {
     pub fn write_pack(
         &self,
         objects: &[ObjectId],
+        out: &mut dyn Write,
+    ) -> Result<u64, LedgerError> {
+        self.write_entries(objects, &[], out)
+    }
+
+    /// Writes a plan's objects as a pack, from the bodies its walk kept
+    /// where it kept them; see [`Ledger::write_pack`].
+    pub fn write_planned(&self, plan: &PackPlan, out: &mut dyn Write) -> Result<u64, LedgerError> {
+        self.write_entries(&plan.objects, &plan.bodies, out)
+    }
+
+    fn write_entries(
+        &self,
+        objects: &[ObjectId],
+        bodies: &[Option<(Kind, Vec<u8>)>],
         out: &mut dyn Write,
     ) -> Result<u64, LedgerError> {
         let count = u32::try_from(objects.len())
@@ -451,18 +558,22 @@ impl Ledger {
         hashing.write_all(&head).map_err(wire)?;
         let mut entry = Vec::new();
         let mut entries = crate::pack::EntryWriter::new();
-        for id in objects {
-            let object = self
-                .repo()
-                .find_object(*id)
-                .map_err(|source| LedgerError::Git {
-                    doing: format!("reading object {id} for a pack"),
-                    source,
-                })?;
+        for (i, id) in objects.iter().enumerate() {
             entry.clear();
-            entries
-                .entry(object.kind, &object.data, &mut entry)
-                .map_err(wire)?;
+            if let Some(Some((kind, data))) = bodies.get(i) {
+                entries.entry(*kind, data, &mut entry).map_err(wire)?;
+            } else {
+                let object = self
+                    .repo()
+                    .find_object(*id)
+                    .map_err(|source| LedgerError::Git {
+                        doing: format!("reading object {id} for a pack"),
+                        source,
+                    })?;
+                entries
+                    .entry(object.kind, &object.data, &mut entry)
+                    .map_err(wire)?;
+            }
             hashing.write_all(&entry).map_err(wire)?;
         }
         let trailer = hashing.hasher.try_finalize().map_err(|e| LedgerError::Io {
@@ -537,7 +648,8 @@ impl Ledger {
                 true,
                 &parent_trees,
                 &mut seen,
-                &mut |oid, path, len| {
+                Walking::Content,
+                &mut |oid, path, len, _| {
                     // dapps/NAME/dapp.toml, or a small blob under
                     // dapps/NAME/state/.
                     let mut parts = path.split(|b| *b == b'/');

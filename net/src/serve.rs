@@ -129,7 +129,7 @@ async fn answer_sync(
                 Ok(None)
             }
         };
-        let plan = match planned {
+        let mut plan = match planned {
             Ok(Some(plan)) => plan,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -149,7 +149,7 @@ async fn answer_sync(
             return Ok(());
         };
         answer(Message::Pack {
-            commits: plan.commits,
+            commits: std::mem::take(&mut plan.commits),
             objects,
             more: plan.more,
         });
@@ -158,7 +158,7 @@ async fn answer_sync(
             buf: Vec::with_capacity(PIECE),
         };
         ledger
-            .write_pack(&plan.objects, &mut out)
+            .write_planned(&plan, &mut out)
             .and_then(|_| out.send().map_err(|e| LedgerError::Draft(e.to_string())))
             .map_err(|e| e.to_string())
     });
