@@ -794,11 +794,9 @@ fn open_db(
     // New page-cache pages are the slowest part of writing on small
     // machines: flushes write blob files with O_DIRECT where it works.
     db_opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(path));
-    // Serving chunks is mostly reading blob files: mapped, a read is one
-    // copy out of the page cache instead of a pread into a fresh buffer
-    // (+7% chunk sync throughput, docs/decisions.md). Only where the address
-    // space is large; a 32-bit BeagleBone keeps pread.
-    db_opts.set_allow_mmap_reads(cfg!(target_pointer_width = "64"));
+    // Not `allow_mmap_reads`: mapped reads of cold blob files fault a page
+    // at a time (chunk serving 3-4x slower from a cold store, though 7%
+    // faster from a warm one; docs/decisions.md).
     let mut names: Vec<String> = OWN_CFS.iter().map(|s| s.to_string()).collect();
     if exists {
         for name in DB::list_cf(&db_opts, path).map_err(|e| open_error(path, e))? {
