@@ -383,13 +383,15 @@ impl Ledger {
                 .repo()
                 .find_object(oid)
                 .map_err(git(format!("reading object {oid}")))?;
+            // The tree from the bytes just read, not a second read.
+            let tree = gix::objs::CommitRef::from_bytes(&commit.data, gix::hash::Kind::Sha1)
+                .map_err(|e| LedgerError::Malformed {
+                    id: *id,
+                    why: e.to_string(),
+                })?
+                .tree();
             plan.push(oid, commit.kind, &commit.data);
-            let parent_trees = parents(*id)?
-                .into_iter()
-                .filter(|p| self.has(*p))
-                .map(|p| self.commit_tree(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let tree = self.commit_tree(*id)?;
+            let parent_trees = self.parent_trees(parents(*id)?)?;
             self.new_objects(
                 tree,
                 true,
@@ -408,6 +410,16 @@ impl Ledger {
             plan.commits.push(*id);
         }
         Ok(plan)
+    }
+
+    /// The trees of those of `parents` this ledger has: what a walk for
+    /// new objects compares a commit's tree against.
+    fn parent_trees(&self, parents: Vec<BlockId>) -> Result<Vec<ObjectId>, LedgerError> {
+        parents
+            .into_iter()
+            .filter(|p| self.has(*p))
+            .map(|p| self.commit_tree(p))
+            .collect()
     }
 
     fn object_len(&self, oid: ObjectId) -> Result<u64, LedgerError> {
@@ -635,13 +647,10 @@ impl Ledger {
         let mut seen = HashSet::new();
         let mut blobs: Vec<(ObjectId, Option<String>)> = Vec::new();
         for id in commits {
-            let parent_trees = self
+            let parents = self
                 .commit_parents(*id)?
-                .map_err(|why| LedgerError::Malformed { id: *id, why })?
-                .into_iter()
-                .filter(|p| self.has(*p))
-                .map(|p| self.commit_tree(p))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map_err(|why| LedgerError::Malformed { id: *id, why })?;
+            let parent_trees = self.parent_trees(parents)?;
             let tree = self.commit_tree(*id)?;
             self.new_objects(
                 tree,

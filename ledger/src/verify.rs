@@ -226,10 +226,8 @@ impl Ledger {
         let mut children: HashMap<BlockId, Vec<BlockId>> = HashMap::new();
         let mut waiting: HashMap<BlockId, usize> = HashMap::new();
         let mut ready = BinaryHeap::new();
-        let mut heights: HashMap<BlockId, u64> = HashMap::new();
         for id in unreadable.keys() {
             ready.push(Reverse((0, *id)));
-            heights.insert(*id, 0);
         }
         for (id, ps) in &parents {
             let distinct: BTreeSet<_> = ps.iter().collect();
@@ -239,19 +237,17 @@ impl Ledger {
             }
             if ps.is_empty() {
                 ready.push(Reverse((0, *id)));
-                heights.insert(*id, 0);
             }
         }
-        let total = (parents.len() + unreadable.len()) as u64;
+        let order = walk_order(ready, &children, waiting);
         let ahead = parents.len() >= precheck::MIN_BLOCKS
             && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
         std::thread::scope(|scope| {
             let pre = ahead.then(|| {
-                let order = walk_order(&ready, &children, &waiting);
                 Prechecked::start(
                     scope,
                     self.repo().clone().into_sync(),
-                    order,
+                    order.iter().map(|(_, id)| *id).collect(),
                     self.chain().to_string(),
                 )
             });
@@ -265,34 +261,22 @@ impl Ledger {
                 pre,
                 pre_now: None,
             };
-            walk.run(
-                ready,
-                &children,
-                waiting,
-                heights,
-                &parents,
-                &unreadable,
-                total,
-                stop_at_first,
-                &mut progress,
-            )
+            walk.run(&order, &parents, &unreadable, stop_at_first, &mut progress)
         })
     }
 }
 
-/// The order in which the walk will check blocks (lowest height first,
-/// ties by id), from the same start.
+/// The order in which blocks are checked, each with its height: a block
+/// after all its parents, lowest height first, ties by id.
 fn walk_order(
-    ready: &BinaryHeap<Reverse<(u64, BlockId)>>,
+    mut ready: BinaryHeap<Reverse<(u64, BlockId)>>,
     children: &HashMap<BlockId, Vec<BlockId>>,
-    waiting: &HashMap<BlockId, usize>,
-) -> Vec<BlockId> {
-    let mut ready = ready.clone();
-    let mut waiting = waiting.clone();
+    mut waiting: HashMap<BlockId, usize>,
+) -> Vec<(u64, BlockId)> {
     let mut heights: HashMap<BlockId, u64> = HashMap::new();
-    let mut order = Vec::with_capacity(waiting.len());
+    let mut order = Vec::with_capacity(waiting.len() + ready.len());
     while let Some(Reverse((height, id))) = ready.pop() {
-        order.push(id);
+        order.push((height, id));
         for child in children.get(&id).map(Vec::as_slice).unwrap_or_default() {
             let h = heights.entry(*child).or_default();
             *h = (*h).max(height + 1);
@@ -308,23 +292,19 @@ fn walk_order(
 }
 
 impl Walk<'_> {
-    /// Checks every block as it becomes ready (its parents checked).
-    #[allow(clippy::too_many_arguments)]
+    /// Checks every block in `order` (see [`walk_order`]).
     fn run(
         &mut self,
-        mut ready: BinaryHeap<Reverse<(u64, BlockId)>>,
-        children: &HashMap<BlockId, Vec<BlockId>>,
-        mut waiting: HashMap<BlockId, usize>,
-        mut heights: HashMap<BlockId, u64>,
+        order: &[(u64, BlockId)],
         parents: &HashMap<BlockId, Vec<BlockId>>,
         unreadable: &HashMap<BlockId, String>,
-        total: u64,
         stop_at_first: bool,
         progress: &mut impl FnMut(u64, u64),
     ) -> Result<Verification, LedgerError> {
         let walk = self;
+        let total = order.len() as u64;
         let mut out = Verification::default();
-        while let Some(Reverse((height, id))) = ready.pop() {
+        for &(height, id) in order {
             let report = match unreadable.get(&id) {
                 Some(why) => BlockReport {
                     id,
@@ -346,15 +326,6 @@ impl Walk<'_> {
             progress(out.blocks.len() as u64, total);
             if bad && stop_at_first {
                 break;
-            }
-            for child in children.get(&id).map(Vec::as_slice).unwrap_or_default() {
-                let h = heights.entry(*child).or_default();
-                *h = (*h).max(height + 1);
-                let left = waiting.get_mut(child).expect("every child was counted");
-                *left -= 1;
-                if *left == 0 {
-                    ready.push(Reverse((*h, *child)));
-                }
             }
         }
         Ok(out)
