@@ -11,7 +11,7 @@
 //! descend from ours kept as a branch of its own, never forced over ours.
 //! Nothing moves unless every head verified.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use utter_formats::BlockId;
 
@@ -255,6 +255,8 @@ pub struct Session {
     /// The last pack said more commits wait.
     more: bool,
     received: Vec<BlockId>,
+    /// The same, to look up.
+    received_set: HashSet<BlockId>,
     notes_received: usize,
     updates: Vec<RefUpdate>,
     chain: String,
@@ -292,6 +294,7 @@ impl Session {
             notes_missing: false,
             more: false,
             received: Vec::new(),
+            received_set: HashSet::new(),
             notes_received: 0,
             updates: Vec::new(),
             chain: String::new(),
@@ -457,7 +460,19 @@ impl Session {
             return self.fail(Fault::Protocol("notes come in one pack".into()));
         }
         if next == Phase::BlockPack {
-            self.received.extend(commits.iter().copied());
+            // Each batch must bring something: a peer that sends the same
+            // commits again (with "more" forever) would keep the pass going.
+            let fresh: Vec<BlockId> = commits
+                .iter()
+                .copied()
+                .filter(|c| self.received_set.insert(*c))
+                .collect();
+            if fresh.is_empty() {
+                return self.fail(Fault::Protocol(
+                    "a pack of commits it had sent already in this pass".into(),
+                ));
+            }
+            self.received.extend(fresh);
         } else {
             self.notes_received += commits.len();
         }
@@ -568,6 +583,35 @@ mod tests {
 
     fn drain(s: &mut Session) -> Vec<Action> {
         std::iter::from_fn(|| s.poll()).collect()
+    }
+
+    #[test]
+    fn a_batch_that_brings_no_new_commit_ends_the_pass_as_the_peers_fault() {
+        let main = main();
+        let mut s = Session::new(local(&[(&main, id(2))]), "peer", 1000);
+        drain(&mut s);
+        s.handle(Event::Answer(heads(&[(&main, id(9))])));
+        drain(&mut s);
+        s.handle(Event::Missing(vec![id(9)]));
+        drain(&mut s);
+        let batch = || {
+            Event::Answer(Message::Pack {
+                commits: vec![id(4)],
+                objects: 3,
+                more: true,
+            })
+        };
+        s.handle(batch());
+        drain(&mut s);
+        s.handle(Event::Stored { tips: vec![id(4)] });
+        drain(&mut s);
+        // The same commit again, "more" again.
+        s.handle(batch());
+        let actions = drain(&mut s);
+        assert!(
+            matches!(actions.as_slice(), [Action::Fail(Fault::Protocol(why))] if why.contains("already")),
+            "{actions:?}"
+        );
     }
 
     #[test]
