@@ -818,6 +818,58 @@ impl Ledger {
         Ok(())
     }
 
+    /// Removes the lock files a process killed in the middle of a ref
+    /// update leaves (`refs/**/*.lock`, `packed-refs.lock`, `HEAD.lock`);
+    /// with one left, every later update of that ref fails. The caller
+    /// must be the repository's only writer: `utter-node` calls it once the
+    /// data dir's store is open for writing, which RocksDB's own lock makes
+    /// exclusive. A ref update is a rename of its lock file, so a lock left
+    /// behind never holds anything the ref does not: removing it loses
+    /// nothing. Returns how many were removed.
+    pub fn clear_stale_locks(&self) -> Result<usize, LedgerError> {
+        let mut removed = 0;
+        let mut dirs = vec![self.path.join("refs")];
+        let mut files = vec![
+            self.path.join("packed-refs.lock"),
+            self.path.join("HEAD.lock"),
+        ];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(LedgerError::Io {
+                        doing: "listing",
+                        path: dir,
+                        source,
+                    });
+                }
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "lock") {
+                    files.push(path);
+                }
+            }
+        }
+        for path in files {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LedgerError::Io {
+                        doing: "removing a stale lock",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Where branch `name` points, if it exists.
     pub fn branch(&self, name: &str) -> Result<Option<BlockId>, LedgerError> {
         if gix::validate::reference::name_partial(name.as_bytes().as_bstr()).is_err() {

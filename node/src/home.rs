@@ -272,9 +272,12 @@ impl Home {
     }
 
     /// The store (for writing) and the ledger.
+    /// Holding the store for writing makes this process the ledger's only
+    /// writer, so lock files a killed writer left are cleared here.
     pub fn open(&self) -> Result<Opened, HomeError> {
         let store = self.store(Need::Ledger, false, false, None)?;
         let ledger = self.ledger(&store)?;
+        ledger.clear_stale_locks()?;
         Ok(Opened { store, ledger })
     }
 

@@ -418,6 +418,37 @@ fn durable_writes_sync_and_a_second_create_is_refused() {
 }
 
 #[test]
+fn a_lock_left_by_a_killed_writer_is_cleared_and_main_moves_again() {
+    let f = Fixture::new();
+    let ledger = Ledger::open(&f.repo_path(), f.ledger.chunks().clone()).unwrap();
+    let b = ledger
+        .write_block(
+            &Draft {
+                parents: vec![f.genesis.id],
+                changes: Changes::new(),
+                txs: vec![f.tx(&f.key, 1).to_line()],
+                results: vec![TxResult::accepted(f.tx(&f.key, 1).id())],
+                text: "after a crash".into(),
+                time: T0 + 1,
+            },
+            &f.key,
+        )
+        .unwrap();
+    // What a writer killed between taking the lock and renaming it leaves.
+    let lock = f.repo_path().join("refs/heads/main.lock");
+    std::fs::write(&lock, "").unwrap();
+    std::fs::create_dir_all(f.repo_path().join("refs/notes")).unwrap();
+    std::fs::write(f.repo_path().join("refs/notes/x.lock"), "").unwrap();
+    let err = ledger.advance("main", f.genesis.id, b.id).unwrap_err();
+    assert!(err.to_string().contains("main"), "{err}");
+    assert_eq!(ledger.clear_stale_locks().unwrap(), 2);
+    assert!(!lock.exists());
+    ledger.advance("main", f.genesis.id, b.id).unwrap();
+    assert_eq!(ledger.branch("main").unwrap(), Some(b.id));
+    assert_eq!(ledger.clear_stale_locks().unwrap(), 0);
+}
+
+#[test]
 fn drafts_that_cannot_be_blocks_are_refused() {
     let f = Fixture::new();
     let draft = |text: &str, results: Vec<TxResult>| Draft {
