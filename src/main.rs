@@ -37,7 +37,7 @@ enum Command {
     /// Run a command in a fresh container of an image (no network, read-only
     /// image, memory/pids/CPU limits); stdio attached, exit code passed on
     Run(cmd::run::RunArgs),
-    /// Run dapps outside a chain (one protocol invocation)
+    /// Dapps: make, test and run them, and deploy them on a chain
     #[command(subcommand)]
     Dapp(cmd::dapp::DappCommand),
     /// Store, read, check and collect content-defined chunks

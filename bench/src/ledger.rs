@@ -95,6 +95,8 @@ pub(crate) fn new_chain(dir: &Path, key: &Keypair, store: Store, image: &str) ->
             image: image.to_string(),
             owners: vec![key.public().to_openssh()],
             permissions: Default::default(),
+            deployed_at: None,
+            upgraded_at: None,
         },
     )?;
     let (ledger, _) = Ledger::create(

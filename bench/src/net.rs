@@ -661,6 +661,8 @@ fn images(opts: &Options, work: &Path) -> Result<()> {
             image: v2.to_string(),
             owners: vec![a.key.public().to_openssh()],
             permissions: Default::default(),
+            deployed_at: None,
+            upgraded_at: None,
         },
     )?;
     a.block(changes, "accounting runs v2")?;

@@ -32,6 +32,49 @@ pub const MAX_BLOCKS: usize = 1_000;
 /// The header of a state read that names the block it was read at.
 pub const BLOCK_HEADER: &str = "utter-block";
 
+/// The largest image archive `POST /v1/images` takes.
+pub const MAX_IMAGE: u64 = 4 << 30;
+
+/// An image on the node: `POST /v1/images` answers with it, and
+/// `GET /v1/images/DIGEST` finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The manifest digest, `sha256:…`: what a deploy names.
+    pub digest: String,
+    /// Its layers' uncompressed size, bytes.
+    pub size: u64,
+    /// Bytes the upload added to the node's chunk store (0: it had every
+    /// chunk already).
+    #[serde(default)]
+    pub new_bytes: u64,
+}
+
+/// One deployed dapp, as `GET /v1/dapps` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DappInfo {
+    /// Its name on the chain.
+    pub name: String,
+    /// The image it runs, `sha256:…`.
+    pub image: String,
+    /// Keys that may upgrade or remove it (none: installed at genesis).
+    pub owners: Vec<String>,
+    /// The height of the block that deployed it (0: genesis).
+    pub deployed_at: u64,
+    /// The height of the block that last upgraded it.
+    pub upgraded_at: Option<u64>,
+}
+
+/// `GET /v1/dapps`: main's dapps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dapps {
+    /// The block read (main).
+    pub at: BlockId,
+    /// Its height.
+    pub height: u64,
+    /// By name.
+    pub dapps: Vec<DappInfo>,
+}
+
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -214,6 +257,10 @@ pub enum ErrorCode {
     NoFile,
     /// No such block or branch.
     UnknownBlock,
+    /// No such image on this node.
+    UnknownImage,
+    /// An uploaded image archive that cannot be imported.
+    BadImage,
     /// `after` is not a block of main (main moved elsewhere): start again
     /// from the head.
     NotOnMain,
@@ -234,7 +281,9 @@ impl ErrorCode {
             ErrorCode::NotFound
             | ErrorCode::UnknownTx
             | ErrorCode::NoFile
-            | ErrorCode::UnknownBlock => 404,
+            | ErrorCode::UnknownBlock
+            | ErrorCode::UnknownImage => 404,
+            ErrorCode::BadImage => 422,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::NotOnMain => 409,
             ErrorCode::TooLarge => 413,

@@ -20,8 +20,8 @@ use std::path::{Component, Path};
 use std::time::{Duration, Instant};
 
 use api::{
-    BLOCK_HEADER, BlockInfo, Blocks, ErrorBody, ErrorCode, MAX_LINES, MAX_WAIT, Nonce, RulesBundle,
-    Status, Submitted, TxState,
+    BLOCK_HEADER, BlockInfo, Blocks, Dapps, ErrorBody, ErrorCode, ImageInfo, MAX_LINES, MAX_WAIT,
+    Nonce, RulesBundle, Status, Submitted, TxState,
 };
 pub use utter_formats::tx::{Request, sign_requests};
 use utter_formats::{BlockId, TxId};
@@ -315,6 +315,34 @@ impl Client {
         let lines = sign_requests(key, &status.chain, nonce, utter_formats::now(), requests)?;
         let states = self.submit(&lines)?;
         Ok(lines.into_iter().zip(states).collect())
+    }
+
+    /// `GET /v1/images/DIGEST`: the image, if the node has it.
+    pub fn image(&self, digest: &str) -> Result<Option<ImageInfo>, ClientError> {
+        let sent = self.agent.get(self.url(&format!("images/{digest}"))).call();
+        match self.json("the image lookup", sent) {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.code() == Some(ErrorCode::UnknownImage) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /v1/images`: uploads an OCI archive (a tar of an OCI image
+    /// layout, as `skopeo copy … oci-archive:` writes) for the node to
+    /// import; what it stored.
+    pub fn upload_image(&self, archive: &mut dyn Read) -> Result<ImageInfo, ClientError> {
+        let sent = self
+            .agent
+            .post(self.url("images"))
+            .content_type("application/x-tar")
+            .send(ureq::SendBody::from_reader(archive));
+        self.json("the image upload", sent)
+    }
+
+    /// `GET /v1/dapps`: the dapps deployed on main.
+    pub fn dapps(&self) -> Result<Dapps, ClientError> {
+        let sent = self.agent.get(self.url("dapps")).call();
+        self.json("the dapp list", sent)
     }
 
     /// `GET /v1/state/DAPP/PATH`: a state file at main (or at `at`, a

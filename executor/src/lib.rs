@@ -28,6 +28,7 @@
 //! nothing of consensus or the network.
 
 mod checkouts;
+mod deploy;
 mod host;
 mod merge;
 mod nonces;
@@ -40,7 +41,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use utter_ledger::governance::{CHAIN_DAPP, SET_ACTION};
+use utter_ledger::governance::CHAIN_DAPP;
 use utter_ledger::key::Keypair;
 use utter_ledger::layout::{ChainConfig, DAPPS, LayoutError, STATE};
 use utter_ledger::tx::{SignedTx, TxError, verify_line};
@@ -209,8 +210,8 @@ struct Slot {
     id: TxId,
     dapp: String,
     result: Option<TxResult>,
-    /// A `chain set` transaction's action and arguments.
-    governance: Option<(String, serde_json::Value)>,
+    /// A `chain` transaction (`set`, `deploy`, `upgrade`, `remove`).
+    native: Option<deploy::Native>,
 }
 
 impl Slot {
@@ -613,19 +614,39 @@ impl<'l> Executor<'l> {
             None => verify_all(batch.lines, &base.chain),
         };
         let verify_time = verifying.elapsed();
-        let (mut slots, refused) = self.admit(batch.lines, checked, &base);
+        let (mut slots, mut refused) = self.admit(batch.lines, checked, &base);
+        let refuse_all = |refused| Outcome {
+            changes: Changes::new(),
+            txs: Vec::new(),
+            results: Vec::new(),
+            refused,
+            dapps_time: Duration::ZERO,
+            verify_time,
+        };
         if !batch.proposing && !refused.is_empty() {
-            return Ok(Outcome {
-                changes: Changes::new(),
-                txs: Vec::new(),
-                results: Vec::new(),
-                refused,
-                dapps_time: Duration::ZERO,
-                verify_time,
-            });
+            return Ok(refuse_all(refused));
         }
         let mut changes = Changes::new();
-        self.apply_governance(batch.parents, &base.config, &mut slots, &mut changes)?;
+        let applied = self.apply_native(host, images, batch, &base, &mut slots, &mut changes)?;
+        if !applied.unavailable.is_empty() {
+            // Not judged here: left out of a proposal, fatal to a check.
+            for (i, error) in applied.unavailable.into_iter().rev() {
+                let slot = slots.remove(i);
+                refused.push(Refused {
+                    line: slot.line,
+                    error,
+                });
+            }
+            if !batch.proposing {
+                return Ok(refuse_all(refused));
+            }
+        }
+        for slot in &mut slots {
+            if slot.result.is_none() && applied.removed.contains(&slot.dapp) {
+                let why = format!("dapp {:?} is removed by this block", slot.dapp);
+                slot.reject(why);
+            }
+        }
         let (mut dapps_time, ran_any) =
             self.run_dapps(host, images, batch, &base, &mut slots, &mut changes)?;
         if ran_any
@@ -731,54 +752,20 @@ impl<'l> Executor<'l> {
                 None
             };
             let id = TxId::of_line(line);
-            let governance = (tx.dapp == CHAIN_DAPP).then_some((tx.action, tx.args));
+            let native = (tx.dapp == CHAIN_DAPP).then_some(deploy::Native {
+                action: tx.action,
+                args: tx.args,
+                signer: tx.signer,
+            });
             slots.push(Slot {
                 result: reason.map(|r| TxResult::rejected(id, r)),
                 line: line.clone(),
                 id,
                 dapp: tx.dapp,
-                governance,
+                native,
             });
         }
         (slots, refused)
-    }
-
-    /// `chain set` transactions, in block order, before any dapp runs:
-    /// each is checked against `chain.toml` as the ones before left it.
-    fn apply_governance(
-        &self,
-        parents: &[BlockId],
-        config: &ChainConfig,
-        slots: &mut [Slot],
-        changes: &mut Changes,
-    ) -> Result<(), ExecError> {
-        let mut chain_config = config.clone();
-        for slot in slots {
-            let Some((action, args)) = slot.governance.take() else {
-                continue;
-            };
-            if slot.result.is_some() {
-                continue;
-            }
-            let verdict = if action == SET_ACTION {
-                self.ledger
-                    .check_chain_set(parents, &chain_config, &args)?
-                    .map_err(|e| e.to_string())
-            } else {
-                Err(format!(
-                    "the {CHAIN_DAPP} dapp has one action, {SET_ACTION:?}, not {action:?}"
-                ))
-            };
-            match verdict {
-                Ok((next, _)) => {
-                    changes.set_chain(&next)?;
-                    chain_config = next;
-                    slot.result = Some(TxResult::accepted(slot.id));
-                }
-                Err(reason) => slot.reject(reason),
-            }
-        }
-        Ok(())
     }
 
     /// Runs each dapp with waiting transactions once, in name order, and
@@ -814,10 +801,11 @@ impl<'l> Executor<'l> {
                 txs.push(b'\n');
             }
             let context = batch.context(&base.chain, dapp, Entry::Apply);
+            let image = read_dapp_config(self.ledger, batch.parent, dapp)?.image;
             let ran = match self.run(
                 host,
                 images,
-                batch.parent,
+                &image,
                 "dapp",
                 dapp,
                 context,
@@ -875,10 +863,11 @@ impl<'l> Executor<'l> {
                 continue;
             }
             let context = batch.context(&base.chain, test, Entry::Test);
+            let image = read_dapp_config(self.ledger, batch.parent, test)?.image;
             let ran = match self.run(
                 host,
                 images,
-                batch.parent,
+                &image,
                 "test dapp",
                 test,
                 context,
@@ -903,28 +892,26 @@ impl<'l> Executor<'l> {
         Ok(None)
     }
 
-    /// Runs `dapp`'s image (as of `parent`) on its checkout, with every
-    /// dapp's state at `/chain`; `role` names it in reasons ("dapp", "test
-    /// dapp"). The time in the helper is added to `spent`.
+    /// Runs `image` on `dapp`'s checkout, with every dapp's state at
+    /// `/chain`; `role` names it in reasons ("dapp", "test dapp"). The
+    /// time in the helper is added to `spent`.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         host: &mut dyn Host,
         images: &mut dyn Images,
-        parent: &Block,
+        image: &str,
         role: &str,
         dapp: &str,
         context: Context,
         txs: Vec<u8>,
         spent: &mut Duration,
     ) -> Result<Result<Ran, NotRun>, ExecError> {
-        let config = read_dapp_config(self.ledger, parent, dapp)?;
-        let (rootfs, process) = match images.rootfs(&config.image) {
+        let (rootfs, process) = match images.rootfs(image) {
             Ok(found) => found,
             Err(why) => {
                 return Ok(Err(NotRun(format!(
-                    "{role} {dapp}'s image {} is not available on this node: {why}",
-                    config.image
+                    "{role} {dapp}'s image {image} is not available on this node: {why}"
                 ))));
             }
         };

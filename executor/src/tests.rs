@@ -197,6 +197,8 @@ impl Fixture {
                 image: image.into(),
                 owners: vec![key.public().to_openssh()],
                 permissions: Default::default(),
+                deployed_at: None,
+                upgraded_at: None,
             };
             changes.set_dapp(name, &dapp).unwrap();
         }

@@ -20,8 +20,56 @@ pub const DAPP_TOML: &str = "dapp.toml";
 /// The built-in dapp name transactions that change `chain.toml` use; no
 /// deployed dapp may take it.
 pub const CHAIN_DAPP: &str = "chain";
-/// Its one action.
+/// Its action that changes `chain.toml`.
 pub const SET_ACTION: &str = "set";
+/// Its action that deploys a dapp ([`DeployArgs`]).
+pub const DEPLOY_ACTION: &str = "deploy";
+/// Its action that swaps a dapp's image, keeping the state ([`UpgradeArgs`]).
+pub const UPGRADE_ACTION: &str = "upgrade";
+/// Its action that removes a dapp and its state ([`RemoveArgs`]).
+pub const REMOVE_ACTION: &str = "remove";
+
+/// `chain deploy`: a new dapp `name` running `image`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployArgs {
+    /// The dapp's name on the chain.
+    pub name: String,
+    /// The image manifest digest, `sha256:<64 hex>`.
+    pub image: String,
+    /// Keys that may upgrade or remove it; empty: the deployer alone.
+    #[serde(default)]
+    pub owners: Vec<String>,
+    /// The dapp's own permission rules, written to its `dapp.toml`.
+    #[serde(default)]
+    pub permissions: toml::Table,
+}
+
+/// `chain upgrade`: dapp `name` runs `image` from the next block on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeArgs {
+    /// The deployed dapp.
+    pub name: String,
+    /// The new image manifest digest.
+    pub image: String,
+}
+
+/// `chain remove`: dapp `name` and its state leave the tree (its history
+/// stays in the blocks before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveArgs {
+    /// The deployed dapp.
+    pub name: String,
+}
+
+/// Whether `image` is spelled `sha256:<64 lowercase hex>`.
+pub fn is_image_digest(image: &str) -> bool {
+    image
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
 
 /// Why a name, path or configuration file breaks the rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +170,11 @@ pub struct ChainConfig {
     /// a second change completes it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outgoing: Vec<Member>,
+    /// Keys that may deploy new dapps by transaction; when empty, the
+    /// validators may. Changed like the rest of this file, by a quorum
+    /// of validators (`chain set`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployers: Vec<Member>,
 }
 
 /// A quorum must be between `floor(2n/3) + 1` and `n`.
@@ -155,6 +208,7 @@ impl ChainConfig {
             }],
             devices: Vec::new(),
             outgoing: Vec::new(),
+            deployers: Vec::new(),
         }
     }
 
@@ -183,6 +237,7 @@ impl ChainConfig {
             } else {
                 self.validators.clone()
             },
+            deployers: desired.deployers.clone(),
         }
     }
 
@@ -268,6 +323,15 @@ impl ChainConfig {
                 "outgoing validators",
             )?;
         }
+        let mut deployer_keys = HashSet::new();
+        for m in &self.deployers {
+            check_name("member", &m.name)?;
+            let key = Signer::parse(&m.key)
+                .ok_or_else(|| bad(format!("{}: {:?} is not an ssh-ed25519 key", m.name, m.key)))?;
+            if !deployer_keys.insert(key.to_openssh()) {
+                return Err(bad(format!("the deployer key of {} appears twice", m.name)));
+            }
+        }
         let mut out_keys = HashSet::new();
         for m in &self.outgoing {
             check_name("member", &m.name)?;
@@ -283,6 +347,29 @@ impl ChainConfig {
     /// The file's bytes.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a chain config always serializes")
+    }
+
+    /// Whether `key` may deploy a new dapp: a deployer, or a validator
+    /// when the file names no deployers.
+    pub fn may_deploy(&self, key: &Signer) -> bool {
+        let list = if self.deployers.is_empty() {
+            &self.validators
+        } else {
+            &self.deployers
+        };
+        list.iter()
+            .any(|m| Signer::parse(&m.key).as_ref() == Some(key))
+    }
+
+    /// Who may deploy, as [`ChainConfig::may_deploy`] reads it: names for
+    /// a refusal's text.
+    pub fn deployer_names(&self) -> Vec<&str> {
+        let list = if self.deployers.is_empty() {
+            &self.validators
+        } else {
+            &self.deployers
+        };
+        list.iter().map(|m| m.name.as_str()).collect()
     }
 
     /// The member (validator, device, or outgoing validator) with this
@@ -308,6 +395,12 @@ pub struct DappConfig {
     /// The dapp's own permission rules; the dapp reads them.
     #[serde(default)]
     pub permissions: toml::Table,
+    /// The height of the block that deployed it (absent: genesis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_at: Option<u64>,
+    /// The height of the block that last swapped its image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgraded_at: Option<u64>,
 }
 
 impl DappConfig {
@@ -319,10 +412,7 @@ impl DappConfig {
         };
         let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8".into()))?;
         let config: Self = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
-        let digest_ok = config.image.strip_prefix("sha256:").is_some_and(|h| {
-            h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        });
-        if !digest_ok {
+        if !is_image_digest(&config.image) {
             return Err(bad(format!(
                 "image {:?} is not an image digest (sha256:<64 hex digits>)",
                 config.image

@@ -97,6 +97,15 @@ pub enum TxError {
     /// The signature does not verify for the signer.
     #[error("transaction signature refused: {0}")]
     BadSignature(SignatureError),
+    /// A dapp deploy or upgrade names an image this node does not have:
+    /// the transaction waits out of every block until the image is here.
+    #[error(
+        "image {image} is not on this node: upload it first (`utter dapp deploy` and `utter dapp upgrade` do, from a project directory or an image archive)"
+    )]
+    ImageMissing {
+        /// The digest.
+        image: String,
+    },
     /// The signer already used this nonce.
     #[error("nonce {nonce} was already used by {signer}")]
     Replayed {

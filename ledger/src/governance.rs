@@ -33,7 +33,10 @@ use crate::key::{KeyError, Keypair, SignatureError, Signer};
 use crate::layout::ChainConfig;
 use crate::repo::{Ledger, LedgerError};
 
-pub use utter_formats::config::{CHAIN_DAPP, SET_ACTION};
+pub use utter_formats::config::{
+    CHAIN_DAPP, DEPLOY_ACTION, DeployArgs, REMOVE_ACTION, RemoveArgs, SET_ACTION, UPGRADE_ACTION,
+    UpgradeArgs, is_image_digest,
+};
 
 /// The SSH signature namespace of approvals.
 pub const CHAIN_NAMESPACE: &str = "utter-chain";

@@ -14,8 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use utter_client::api::{
-    BLOCK_HEADER, Blocks, BlocksQuery, ErrorBody, ErrorCode, MAX_BLOCKS, MAX_BODY, MAX_LINES,
-    MAX_WAIT, Nonce, NonceQuery, StateQuery, Status, Submitted, TxState, WaitQuery,
+    BLOCK_HEADER, Blocks, BlocksQuery, Dapps, ErrorBody, ErrorCode, ImageInfo, MAX_BLOCKS,
+    MAX_BODY, MAX_IMAGE, MAX_LINES, MAX_WAIT, Nonce, NonceQuery, StateQuery, Status, Submitted,
+    TxState, WaitQuery,
 };
 use utter_ledger::{MAIN, TxId};
 
@@ -105,6 +106,9 @@ pub(crate) async fn serve(
         .route("/v1/state/{dapp}/{*path}", get(state))
         .route("/v1/doors/rules", get(rules))
         .route("/v1/blocks", get(blocks))
+        .route("/v1/dapps", get(dapps))
+        .route("/v1/images", post(upload_image))
+        .route("/v1/images/{digest}", get(image))
         .fallback(|| async {
             ApiError(
                 ErrorCode::NotFound,
@@ -219,6 +223,18 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
                     continue;
                 }
             };
+            if let Some(image) = query::deploy_image(&stx.tx)
+                && shared.images.get(image).is_err()
+            {
+                let error = utter_ledger::tx::TxError::ImageMissing {
+                    image: image.to_string(),
+                };
+                out.push(TxState::Refused {
+                    id,
+                    error: error.to_string(),
+                });
+                continue;
+            }
             match pool.admit(id, line.clone(), stx) {
                 Ok(Admitted::New(seq)) => {
                     new.push((seq, line));
@@ -417,4 +433,101 @@ async fn blocks(
     .await;
     changed?;
     Ok(Json(answer(shared).await?))
+}
+
+async fn dapps(State(shared): Node) -> Answer<Dapps> {
+    let head = lock(&shared.head).id;
+    let dapps = read(&shared, move |ledger| {
+        let block = ledger.block(head).map_err(ApiError::internal)?;
+        Ok(query::dapps(ledger, &block)?)
+    })
+    .await?;
+    Ok(Json(dapps))
+}
+
+fn image_info(image: &utter_images::Image, new_bytes: u64) -> ImageInfo {
+    ImageInfo {
+        digest: image.id.to_string(),
+        size: image.layers.iter().map(|l| l.size).sum(),
+        new_bytes,
+    }
+}
+
+async fn image(
+    State(shared): Node,
+    digest: Result<Path<String>, PathRejection>,
+) -> Answer<ImageInfo> {
+    let Path(digest) = digest?;
+    match shared.images.get(&digest) {
+        Ok(image) if image.id.to_string() == digest => Ok(Json(image_info(&image, 0))),
+        _ => Err(ApiError(
+            ErrorCode::UnknownImage,
+            format!("this node has no image {digest}: upload it with `utter dapp deploy`"),
+        )),
+    }
+}
+
+/// Streams the body to a file beside the image store, then imports it as
+/// an OCI archive (every digest checked; a bad archive stores nothing).
+async fn upload_image(State(shared): Node, body: axum::body::Body) -> Answer<ImageInfo> {
+    use std::io::Write;
+
+    use http_body_util::BodyExt;
+
+    // Writes are short and local: done in place on this worker.
+    let disk = |f: &mut dyn FnMut() -> std::io::Result<()>| {
+        tokio::task::block_in_place(f).map_err(ApiError::internal)
+    };
+    let uploads = shared.images.dir().join("uploads");
+    disk(&mut || std::fs::create_dir_all(&uploads))?;
+    let file = tempfile::Builder::new()
+        .suffix(".tar")
+        .tempfile_in(&uploads)
+        .map_err(ApiError::internal)?;
+    let (out, path) = file.into_parts();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let mut body = body;
+    let mut size: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::bad_request(format!("the upload broke off: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        size += data.len() as u64;
+        if size > MAX_IMAGE {
+            return Err(ApiError(
+                ErrorCode::TooLarge,
+                format!("the image archive is larger than {MAX_IMAGE} bytes"),
+            ));
+        }
+        disk(&mut || out.write_all(&data))?;
+    }
+    disk(&mut || out.flush())?;
+    drop(out);
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let source = utter_images::Source::OciArchive {
+            file: path.to_path_buf(),
+            tag: None,
+        };
+        let imported = shared
+            .images
+            .import(
+                &source,
+                &utter_images::ImportOptions::default(),
+                &mut |_| {},
+            )
+            .map_err(|e| {
+                ApiError(
+                    ErrorCode::BadImage,
+                    format!("the upload is not an image this node can import: {e}"),
+                )
+            });
+        drop(path);
+        let imported = imported?;
+        Ok(Json(image_info(&imported.image, imported.new_bytes)))
+    })
+    .await
+    .map_err(ApiError::internal)?
 }

@@ -226,6 +226,8 @@ pub fn init(home: &Home, options: InitOptions<'_>) -> Result<Created, InitError>
             image: image.clone(),
             owners: vec![owner.clone()],
             permissions: Default::default(),
+            deployed_at: None,
+            upgraded_at: None,
         };
         changes.set_dapp(name, &dapp)?;
     }

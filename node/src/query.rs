@@ -270,3 +270,41 @@ pub fn blocks_after(
     line.truncate(max);
     line.iter().map(|b| block_info(ledger, b)).collect()
 }
+
+/// The image a `chain deploy` or `chain upgrade` transaction names.
+pub fn deploy_image(tx: &utter_ledger::tx::Tx) -> Option<&str> {
+    use utter_ledger::governance::{CHAIN_DAPP, DEPLOY_ACTION, UPGRADE_ACTION};
+    if tx.dapp != CHAIN_DAPP || (tx.action != DEPLOY_ACTION && tx.action != UPGRADE_ACTION) {
+        return None;
+    }
+    tx.args.get("image").and_then(Value::as_str)
+}
+
+/// The dapps deployed at `block`, by name.
+pub fn dapps(ledger: &Ledger, block: &Block) -> Result<utter_client::api::Dapps, QueryError> {
+    use utter_ledger::layout::{DAPP_TOML, DAPPS, DappConfig};
+    let mut dapps = Vec::new();
+    for name in files(ledger, block, DAPPS)? {
+        let path = format!("{DAPPS}/{name}/{DAPP_TOML}");
+        let Some(bytes) = ledger.read_value(block, &path)? else {
+            continue;
+        };
+        let config = DappConfig::parse(&name, &bytes).map_err(|e| QueryError::Damaged {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        dapps.push(utter_client::api::DappInfo {
+            name,
+            image: config.image,
+            owners: config.owners,
+            deployed_at: config.deployed_at.unwrap_or(0),
+            upgraded_at: config.upgraded_at,
+        });
+    }
+    dapps.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(utter_client::api::Dapps {
+        at: block.id,
+        height: block.height,
+        dapps,
+    })
+}

@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     pub store: Store,
     /// The API's own handle on the ledger (reads only).
     pub ledger: Mutex<Ledger>,
+    /// The image store: uploads land here, deploys are checked against it.
+    pub images: utter_images::Images,
     pub pool: Mutex<Pool>,
     /// Wakes the producer: transactions became durable, or shutdown.
     pub wake: Condvar,
@@ -267,6 +269,7 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         node_key: key.public().to_openssh(),
         store: opened.store.clone(),
         ledger: Mutex::new(home.ledger(&opened.store)?),
+        images: home.images(&opened.store)?,
         pool: Mutex::new(reloaded.pool),
         wake: Condvar::new(),
         admit: Mutex::new(()),

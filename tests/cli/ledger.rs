@@ -67,6 +67,8 @@ fn grow(data: &Path, key: &Keypair) -> Vec<BlockId> {
                     image: format!("sha256:{}", "cd".repeat(32)),
                     owners: vec![],
                     permissions: Default::default(),
+                    deployed_at: None,
+                    upgraded_at: None,
                 },
             )
             .unwrap();

@@ -150,6 +150,8 @@ pub(crate) fn dapp_config() -> DappConfig {
         image: format!("sha256:{}", "ab".repeat(32)),
         owners: Vec::new(),
         permissions: Default::default(),
+        deployed_at: None,
+        upgraded_at: None,
     }
 }
 

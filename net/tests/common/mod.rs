@@ -59,6 +59,8 @@ impl Node {
                     image: format!("sha256:{}", "ab".repeat(32)),
                     owners: vec![],
                     permissions: Default::default(),
+                    deployed_at: None,
+                    upgraded_at: None,
                 },
             )
             .unwrap();

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 use serde_json::json;
 use utter_node::Home;
 use utter_runtime::Limits;
@@ -13,15 +13,6 @@ use utter_runtime::dapp::{ChangeKind, Context, Entry, Invocation, invoke};
 use crate::container::{
     LimitArgs, finished_json, image_rootfs, open_runtime, parse_size, read_limited,
 };
-
-/// `utter dapp …`
-#[derive(Subcommand, Debug)]
-pub enum DappCommand {
-    /// Run a dapp once on a state directory and a file of transactions,
-    /// outside any chain: prints the results and, when the dapp succeeds,
-    /// writes the new state into the directory
-    Run(DappRunArgs),
-}
 
 /// Which entry point `utter dapp run` runs.
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -65,14 +56,7 @@ pub struct DappRunArgs {
 /// The most transaction bytes `dapp run` reads.
 const MAX_TXS: u64 = 256 << 20;
 
-/// `utter dapp …`.
-pub fn run(home: &Home, cmd: DappCommand) -> Result<u8> {
-    match cmd {
-        DappCommand::Run(args) => dapp_run(home, args),
-    }
-}
-
-fn dapp_run(home: &Home, args: DappRunArgs) -> Result<u8> {
+pub fn dapp_run(home: &Home, args: DappRunArgs) -> Result<u8> {
     let entry = match args.entry {
         EntryArg::Apply => Entry::Apply,
         EntryArg::Test => Entry::Test,
