@@ -510,3 +510,110 @@ fn a_missing_image_rejects_its_dapps_transactions_with_the_reason() {
     );
     assert_eq!(host.runs, 0, "nothing ran");
 }
+
+/// A `chain` transaction signed by `key`.
+fn chain_line(key: &Keypair, nonce: u64, action: &str, args: serde_json::Value) -> String {
+    Tx {
+        v: VERSION,
+        chain: CHAIN.into(),
+        dapp: CHAIN_DAPP.into(),
+        action: action.into(),
+        args,
+        signer: key.public().to_openssh(),
+        nonce,
+        time: 1,
+    }
+    .sign(key)
+    .unwrap()
+    .to_line()
+}
+
+#[test]
+fn deploys_and_removals_follow_the_chain_rules_and_re_execute_alike() {
+    let f = Fixture::new();
+    let (mut host, mut images) = (FakeHost::new(), FakeImages);
+    let mut ex = Executor::new(&f.ledger, &f.checkouts).unwrap();
+    let main = f.ledger.resolve(MAIN).unwrap();
+    let stranger = Keypair::generate("stranger").unwrap();
+    f.nonce.set(f.nonce.get() + 3);
+    let n = f.nonce.get();
+    let deploy = chain_line(
+        &f.key,
+        n - 2,
+        "deploy",
+        json!({"name": "tally", "image": COUNTER_IMAGE}),
+    );
+    let by_stranger = chain_line(
+        &stranger,
+        1,
+        "deploy",
+        json!({"name": "mine", "image": COUNTER_IMAGE}),
+    );
+    let missing = format!("sha256:{}", "9".repeat(64));
+    let no_image = chain_line(
+        &f.key,
+        n - 1,
+        "deploy",
+        json!({"name": "ghost", "image": missing}),
+    );
+    let remove = chain_line(&f.key, n, "remove", json!({"name": "counter"}));
+    let add = f.line("add", "door");
+    let lines = vec![deploy, by_stranger, no_image.clone(), remove, add];
+    let p = ex
+        .propose(&mut host, &mut images, main, &lines, T0 + 1, &f.key)
+        .unwrap();
+    // The image nobody has is left out, to wait; the rest are judged.
+    assert_eq!(p.refused.len(), 1);
+    assert_eq!(p.refused[0].line, no_image);
+    assert!(
+        p.refused[0]
+            .error
+            .to_string()
+            .contains("is not on this node"),
+        "{}",
+        p.refused[0].error
+    );
+    let s = statuses(&p);
+    assert_eq!(s[0].0, Status::Accepted, "{s:?}");
+    assert!(
+        s[1].1.as_deref().unwrap().contains("may not deploy"),
+        "{s:?}"
+    );
+    assert_eq!(s[2].0, Status::Accepted, "{s:?}");
+    assert!(
+        s[3].1.as_deref().unwrap().contains("removed by this block"),
+        "{s:?}"
+    );
+    let block = f.ledger.block(p.block.id).unwrap();
+    let toml = f
+        .ledger
+        .read_value(&block, "dapps/tally/dapp.toml")
+        .unwrap()
+        .unwrap();
+    let tally = DappConfig::parse("tally", &toml).unwrap();
+    assert_eq!(tally.deployed_at, Some(1));
+    assert_eq!(tally.owners, vec![f.key.public().to_openssh()]);
+    assert!(
+        f.ledger
+            .read_value(&block, "dapps/counter/dapp.toml")
+            .unwrap()
+            .is_none()
+    );
+    f.reexecutes(&mut host, &[p.block.id]);
+    f.ledger.advance(MAIN, main, p.block.id).unwrap();
+
+    // The deployed dapp takes transactions from the next block on.
+    let stx: SignedTx = serde_json::from_str(&f.line("add", "hall")).unwrap();
+    let line = Tx {
+        dapp: "tally".into(),
+        ..stx.tx
+    }
+    .sign(&f.key)
+    .unwrap()
+    .to_line();
+    let q = ex
+        .propose(&mut host, &mut images, p.block.id, &[line], T0 + 2, &f.key)
+        .unwrap();
+    assert_eq!(statuses(&q)[0].0, Status::Accepted, "{:?}", statuses(&q));
+    f.reexecutes(&mut host, &[q.block.id]);
+}

@@ -8,6 +8,7 @@ mod chunks;
 mod client;
 mod consensus;
 mod crash;
+mod dapps;
 mod governance;
 mod image;
 mod key;

@@ -15,7 +15,7 @@ use super::*;
 const SALT: &str = "00112233445566778899aabbccddeeff";
 
 /// A node process; SIGTERM and wait on drop.
-struct Node {
+pub(crate) struct Node {
     child: Child,
     data: PathBuf,
 }
@@ -23,7 +23,7 @@ struct Node {
 impl Node {
     /// `utter node run` on loopback with `--p2p` (and `extra`), optionally
     /// inside network namespace `ns`.
-    fn start(data: &Path, ns: Option<&str>, p2p: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(data: &Path, ns: Option<&str>, p2p: &str, extra: &[&str]) -> Self {
         for f in ["node.addr", "node.p2p"] {
             let _ = std::fs::remove_file(data.join(f));
         }
@@ -60,14 +60,14 @@ impl Node {
     }
 
     /// `SHA256:…@HOST:PORT`, to clone it.
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         std::fs::read_to_string(self.data.join("node.p2p"))
             .unwrap()
             .trim()
             .to_string()
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         self.target().split_once('@').unwrap().1.to_string()
     }
 
@@ -105,13 +105,13 @@ fn in_ns(ns: Option<&str>, data: &Path) -> Command {
     }
 }
 
-fn key_of(data: &Path) -> String {
+pub(crate) fn key_of(data: &Path) -> String {
     let v: Value = serde_json::from_str(&ok(utter(data).args(["key", "show", "--json"]))).unwrap();
     v["public_key"].as_str().unwrap().to_string()
 }
 
 /// main of a data dir, read with git.
-fn git_main(data: &Path) -> String {
+pub(crate) fn git_main(data: &Path) -> String {
     refs(data)
         .into_iter()
         .find(|(n, _)| n == "refs/heads/main")
@@ -153,7 +153,7 @@ fn fsck(data: &Path) {
 }
 
 /// Waits until `data`'s main is `main` (a node there syncs).
-fn wait_for_main(data: &Path, main: &str) {
+pub(crate) fn wait_for_main(data: &Path, main: &str) {
     let started = Instant::now();
     while git_main(data) != main {
         assert!(
@@ -481,4 +481,33 @@ fn three_nodes_in_network_namespaces_clone_and_follow_over_a_lossy_link() {
     let verified = ok(in_ns(Some(&ns3), &c).args(["verify", "--reexecute"]));
     assert!(verified.contains("re-executed 3 blocks"), "{verified}");
     drop(lan);
+}
+
+#[test]
+fn a_node_following_fetches_a_dapp_deployed_by_transaction_and_reexecutes_its_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    ok(utter(&a).args(["init", "--chain", "space"]));
+    let na = Node::start(&a, None, "127.0.0.1:0", &[]);
+    let b = tmp.path().join("b");
+    ok(utter(&b).args(["clone", &na.target()]));
+    let nb = Node::start(&b, None, "127.0.0.1:0", &["--peer", &na.addr()]);
+    ok(utter(&a)
+        .current_dir(tmp.path())
+        .args(["dapp", "new", "hello", "--lang", "sh"]));
+    let project = tmp.path().join("hello");
+    ok(utter(&a).args(["dapp", "deploy", "hello"]).arg(&project));
+    submit(&a, None, "hello", "greet", json!({"name": "Ada"}));
+    let main = git_main(&a);
+    wait_for_main(&b, &main);
+    drop(nb);
+    drop(na);
+    // B fetched the image the deploy named: its blocks re-execute there.
+    let verified = ok(utter(&b).args(["verify", "--reexecute"]));
+    assert!(
+        verified.contains("each gives exactly its state"),
+        "{verified}"
+    );
+    assert_eq!(refs(&b), refs(&a));
+    fsck(&b);
 }

@@ -251,10 +251,12 @@ pub fn check(home: &Home, args: CheckArgs) -> Result<u8> {
     let store = home.store(Need::Images, false, true, None)?;
     let images = home.images(&store)?;
     let image = images.get(&args.target)?;
+    // A tag `utter/membership:v2` names the dapp `membership`.
     let name = image
         .tags
         .first()
-        .cloned()
+        .and_then(|t| t.rsplit('/').next())
+        .map(|t| t.split(':').next().unwrap_or(t).to_string())
         .unwrap_or_else(|| "dapp".to_string());
     let dapp = Runnable::of(&images, &image, &name)?;
     let mut helper = home.spawn_helper()?;
