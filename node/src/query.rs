@@ -192,11 +192,12 @@ pub fn door_log(
 
 /// What `doors::may_open` reads, per dapp: the directories (or files) of
 /// its state.
-pub const RULES: [(&str, &[&str]); 4] = [
+pub const RULES: [(&str, &[&str]); 5] = [
     ("doors", &["doors"]),
     ("membership", &["members", "badges", "salt"]),
     ("certifications", &["certs"]),
     ("accounting", &["dues"]),
+    ("reservations", &["bookings"]),
 ];
 
 /// The doors' rules bundle at `block`.

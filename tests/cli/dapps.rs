@@ -317,3 +317,149 @@ fn a_dapp_is_deployed_used_upgraded_and_removed_by_transaction() {
         "{verified}"
     );
 }
+
+/// `utter tx submit --file` of `requests` as `key` (None: the node key),
+/// waited for; each result.
+fn submit_all(data: &Path, key: Option<&Path>, requests: &[Value]) -> Vec<Value> {
+    let file = data.with_extension("requests.jsonl");
+    let text: String = requests.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let mut cmd = utter(data);
+    cmd.args(["tx", "submit", "--wait", "--json", "--file"])
+        .arg(&file);
+    if let Some(k) = key {
+        cmd.arg("--key").arg(k);
+    }
+    let out = run(&mut cmd);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "submit printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["result"].clone())
+        .collect()
+}
+
+fn accepted(results: &[Value]) {
+    for r in results {
+        assert_eq!(r["status"], "accepted", "{results:?}");
+    }
+}
+
+#[test]
+fn reservations_and_inventory_pass_their_fixtures_deploy_and_a_booking_holds_the_tool_lockout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workspace = utter_testkit::workspace();
+    // As their author would: the fixtures, through real containers.
+    for dapp in ["reservations", "inventory"] {
+        let (passed, report) = dapp_test(&workspace.join("dapps").join(dapp), &[]);
+        assert!(passed, "{dapp}: {:?}", failed_checks(&report));
+    }
+    let data = tmp.path().join("data");
+    ok(utter(&data).args(["init", "--chain", "space"]));
+    let node = Node::start(&data, None, "127.0.0.1:0", &[]);
+    let ada = key_of(&data);
+    let grace_file = ssh_key(tmp.path(), "grace");
+    let grace = std::fs::read_to_string(grace_file.with_extension("pub")).unwrap();
+    let grace: String = grace
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let badge = "c0".repeat(32);
+    accepted(&submit_all(
+        &data,
+        None,
+        &[
+            json!({"dapp": "membership", "action": "add-member",
+                   "args": {"key": ada, "name": "Ada", "roles": ["admin", "trainer"],
+                            "salt": "00112233445566778899aabbccddeeff"}}),
+            json!({"dapp": "membership", "action": "add-member",
+                   "args": {"key": grace, "name": "Grace"}}),
+            json!({"dapp": "membership", "action": "add-badge",
+                   "args": {"key": grace, "badge": badge}}),
+        ],
+    ));
+    // Other dapps read members as of the block before: a block later.
+    accepted(&submit_all(
+        &data,
+        None,
+        &[
+            json!({"dapp": "doors", "action": "define-door",
+                   "args": {"name": "laser", "certs": ["laser"]}}),
+            json!({"dapp": "certifications", "action": "certify",
+                   "args": {"member": ada, "tool": "laser"}}),
+            json!({"dapp": "certifications", "action": "certify",
+                   "args": {"member": grace, "tool": "laser"}}),
+        ],
+    ));
+    for dapp in ["reservations", "inventory"] {
+        let project = workspace.join("dapps").join(dapp);
+        let (ok_, v) = dapp_json(&data, &["deploy", dapp, project.to_str().unwrap()], None);
+        assert!(ok_, "{dapp}: {v}");
+    }
+    let client =
+        utter_client::Client::new(&std::fs::read_to_string(data.join("node.addr")).unwrap());
+    let open = |time: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        client.rules().unwrap().write_to(dir.path()).unwrap();
+        let mut rules = utter_doors::Rules::at(dir.path());
+        utter_doors::may_open(&mut rules, "laser", &badge, time)
+    };
+    let now = utter_formats::now();
+    assert!(open(now + 600).granted, "{:?}", open(now + 600));
+    // Ada books the laser; Grace, certified too, is held out while it lasts.
+    let (from, to) = (now + 300, now + 3900);
+    let results = submit_all(
+        &data,
+        None,
+        &[json!({"dapp": "reservations", "action": "book",
+                 "args": {"resource": "laser", "from": from, "to": to}})],
+    );
+    accepted(&results);
+    let during = open(from + 60);
+    assert!(!during.granted, "{during:?}");
+    assert!(during.reason.contains("booked by Ada"), "{during:?}");
+    assert!(open(to).granted, "after the booking");
+    // Grace cannot book over it.
+    let results = submit_all(
+        &data,
+        Some(&grace_file),
+        &[json!({"dapp": "reservations", "action": "book",
+                 "args": {"resource": "laser", "from": from + 600, "to": from + 1200}})],
+    );
+    assert!(
+        results[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is booked by Ada"),
+        "{results:?}"
+    );
+    // Inventory: a steward stocks, a member checks out, the list runs low.
+    accepted(&submit_all(
+        &data,
+        None,
+        &[json!({"dapp": "inventory", "action": "add-item",
+                 "args": {"id": "glue", "name": "Wood glue", "quantity": 2,
+                          "location": "shelf A1", "min": 2}})],
+    ));
+    accepted(&submit_all(
+        &data,
+        Some(&grace_file),
+        &[json!({"dapp": "inventory", "action": "check-out", "args": {"id": "glue"}})],
+    ));
+    let low = ok(utter(&data).args(["state", "get", "inventory/low-stock.json"]));
+    let low: Value = serde_json::from_str(&low).unwrap();
+    assert_eq!(low[0]["id"], "glue", "{low}");
+    assert_eq!(low[0]["quantity"], 1, "{low}");
+    drop(node);
+    let verified = ok(utter(&data).args(["verify", "--reexecute"]));
+    assert!(
+        verified.contains("each gives exactly its state"),
+        "{verified}"
+    );
+}

@@ -15,7 +15,10 @@
 //! valid at that time, dues paid past that time when `dues` is set (the
 //! accounting dapp's `dues/`), and the time is inside `schedule` (days
 //! 1 = Monday … 7 = Sunday, minutes of the day UTC, `from` inclusive,
-//! `to` exclusive; null: always).
+//! `to` exclusive; null: always). While the reservations dapp holds a
+//! booking of the door (`bookings/<door>/<from>.json`, `{"member","name",
+//! "from","to"}`) that covers the time, it opens for the booker only: a
+//! booked tool's lockout honours the booking.
 //!
 //! Actions:
 //! - `define-door {name, roles?, certs?, schedule?, dues?}` (admin; keeps the
@@ -185,6 +188,8 @@ pub struct Rules {
     pub certs: State,
     /// The accounting dapp's state.
     pub accounts: State,
+    /// The reservations dapp's state (its `bookings/`).
+    pub bookings: State,
 }
 
 impl Rules {
@@ -196,6 +201,7 @@ impl Rules {
             members: State::at(root.join("membership")),
             certs: State::at(root.join("certifications")),
             accounts: State::at(root.join("accounting")),
+            bookings: State::at(root.join("reservations")),
         }
     }
 }
@@ -208,8 +214,11 @@ pub fn may_open(rules: &mut Rules, door_name: &str, badge: &str, time: u64) -> D
         members,
         certs,
         accounts,
+        bookings,
     } = rules;
-    match decide(doors, members, certs, accounts, door_name, badge, time) {
+    match decide(doors, members, certs, accounts, door_name, badge, time)
+        .and_then(|d| honour_bookings(d, bookings, door_name, time))
+    {
         Ok(d) => d,
         Err(e) => deny(
             format!("the rules cannot be read ({e}); the door stays shut"),
@@ -285,6 +294,43 @@ fn decide(
         reason: format!("{} may enter", m.name),
         member: m.key.clone().into(),
     })
+}
+
+/// A granted decision stays granted only for whoever booked the door at
+/// `time`, if anyone did.
+fn honour_bookings(
+    decision: Decision,
+    bookings: &mut State,
+    door: &str,
+    time: u64,
+) -> Result<Decision, Error> {
+    if !decision.granted {
+        return Ok(decision);
+    }
+    for file in bookings.list(&format!("bookings/{door}"))? {
+        let path = format!("bookings/{door}/{file}");
+        let Some(b) = bookings.get_json(&path)? else {
+            continue;
+        };
+        let (Some(from), Some(to), Some(member)) =
+            (b["from"].as_u64(), b["to"].as_u64(), b["member"].as_str())
+        else {
+            return Err(Error::from_message(format!("{path} is not a booking")));
+        };
+        if from <= time && time < to && decision.member.as_deref() != Some(member) {
+            let (_, minute) = weekday_minute(to);
+            return Ok(deny(
+                format!(
+                    "{door} is booked by {} until {:02}:{:02} UTC",
+                    b["name"].as_str().unwrap_or("another member"),
+                    minute / 60,
+                    minute % 60
+                ),
+                decision.member.as_deref(),
+            ));
+        }
+    }
+    Ok(decision)
 }
 
 /// Applies one transaction at block time `now`; `members` is the
@@ -581,6 +627,7 @@ mod tests {
             mut certs,
             mut doors,
             mut accounts,
+            bookings,
         } = Rules::at(dir.path());
         let (admin, m) = (key(1), key(2));
         let salt = "00112233445566778899aabbccddeeff";
@@ -690,6 +737,7 @@ mod tests {
                 members,
                 certs,
                 accounts,
+                bookings,
             },
         }
     }
@@ -825,6 +873,42 @@ mod tests {
         ] {
             assert!(!is_log_file(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_booked_door_opens_for_its_booker_only_while_the_booking_lasts() {
+        let badge = "ab".repeat(32);
+        let mut w = world(true, true, CertState::Valid, DuesState::Paid, &badge);
+        assert!(may_open(&mut w.rules, "d0", &badge, MONDAY).granted);
+        let book = |w: &mut World, member: &str, from: u64, to: u64| {
+            w.rules
+                .bookings
+                .put_json(
+                    &format!("bookings/d0/{from}.json"),
+                    &json!({"member": member, "name": "Ada", "from": from, "to": to}),
+                )
+                .expect("put");
+            w.rules.bookings.flush().expect("flush");
+        };
+        // Someone else's booking around the time: shut, and said why.
+        book(&mut w, &key(1), MONDAY - 60, MONDAY + 3600);
+        let d = may_open(&mut w.rules, "d0", &badge, MONDAY);
+        assert!(
+            !d.granted && d.reason.contains("booked by Ada until 11:00 UTC"),
+            "{d:?}"
+        );
+        // Once it has ended, open again; a booking of one's own opens.
+        assert!(may_open(&mut w.rules, "d0", &badge, MONDAY + 3600).granted);
+        book(&mut w, &key(2), MONDAY + 7200, MONDAY + 9000);
+        assert!(may_open(&mut w.rules, "d0", &badge, MONDAY + 7300).granted);
+        // A damaged booking keeps the door shut.
+        w.rules
+            .bookings
+            .put("bookings/d0/9.json", "{}")
+            .expect("put");
+        w.rules.bookings.flush().expect("flush");
+        let d = may_open(&mut w.rules, "d0", &badge, MONDAY + 7300);
+        assert!(!d.granted && d.reason.contains("stays shut"), "{d:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   before/                (optional) the state to start from (else the
 //!                          previous fixture's)
 //!   chain/                 (optional) other dapps' state, at /chain
+//! fixtures/chain/          (optional) /chain for fixtures without their own
 //! ```
 
 use std::collections::BTreeMap;

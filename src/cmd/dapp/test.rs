@@ -271,7 +271,7 @@ fn fixtures(project: &Project) -> Result<Vec<PathBuf>> {
         Ok(entries) => entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "keys"))
+            .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "keys" && n != "chain"))
             .collect(),
         Err(_) => Vec::new(),
     };
@@ -314,7 +314,11 @@ pub fn test(args: TestArgs) -> Result<u8> {
             std::fs::remove_dir_all(&state)?;
             copy_tree(&before, &state)?;
         }
-        let chain = fixture.join("chain");
+        // Other dapps' state at /chain: the fixture's own, else the shared one.
+        let chain = [fixture.join("chain"), project.dir.join("fixtures/chain")]
+            .into_iter()
+            .find(|d| d.is_dir())
+            .unwrap_or_default();
         let txs = fixture_txs(
             &fixture.join("txs.jsonl"),
             &project.file.name,
@@ -327,7 +331,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
             &mut helper,
             Entry::Apply,
             &state,
-            chain.is_dir().then_some(chain.as_path()),
+            (!chain.as_os_str().is_empty()).then_some(chain.as_path()),
             txs,
             height,
         )?;
@@ -364,7 +368,7 @@ pub fn test(args: TestArgs) -> Result<u8> {
             &mut helper,
             Entry::Test,
             &state,
-            chain.is_dir().then_some(chain.as_path()),
+            (!chain.as_os_str().is_empty()).then_some(chain.as_path()),
             Vec::new(),
             height,
         )?;
