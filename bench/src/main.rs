@@ -13,6 +13,7 @@
 //! casync.
 
 mod consensus;
+mod dapps;
 mod executor;
 mod images;
 mod ledger;
@@ -160,6 +161,21 @@ enum Bench {
         )]
         only: Vec<net::Part>,
     },
+    /// Deploy to first use of a large image on one node and on a second
+    /// that fetches it; a Python dapp's block beside the Rust counter's
+    Dapps {
+        /// The deployed image's size, MiB
+        #[arg(long, default_value_t = 50)]
+        size_mib: u64,
+        /// Transactions in the language block
+        #[arg(long, default_value_t = 1000)]
+        txs: usize,
+        /// Blocks per language
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
     /// Block writing (tx/s) and `utter verify` against `git verify-commit`
     Ledger {
         /// Blocks to write in the writing benchmark
@@ -240,6 +256,17 @@ fn main() -> Result<()> {
             suite,
             mirror,
             only,
+        }),
+        Bench::Dapps {
+            size_mib,
+            txs,
+            runs,
+            work,
+        } => dapps::run(dapps::Options {
+            size_mib,
+            txs,
+            runs,
+            work,
         }),
         Bench::Ledger {
             write_blocks,

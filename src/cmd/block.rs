@@ -216,7 +216,9 @@ fn report_block(proposed: &Proposed, branch: &str, json: bool) -> Result<ExitCod
                 "accepted": accepted,
                 "results": results,
                 "refused": refused,
+                "verify_ms": ms(proposed.timings.verify),
                 "dapps_ms": ms(proposed.timings.dapps),
+                "write_ms": ms(proposed.timings.write),
                 "total_ms": ms(proposed.timings.total),
             }))?
         );
