@@ -112,7 +112,7 @@ impl Executor<'_> {
                 UPGRADE_ACTION => {
                     self.upgrade(host, images, batch, base, &native, &dapps, changes)?
                 }
-                REMOVE_ACTION => match self.remove(batch, &native, &dapps, changes)? {
+                REMOVE_ACTION => match self.remove(batch, base, &native, &dapps, changes)? {
                     Ok(name) => {
                         dapps.remove(&name);
                         applied.removed.insert(name);
@@ -209,21 +209,20 @@ impl Executor<'_> {
     fn owned(
         &self,
         batch: &Batch<'_>,
+        base: &Base,
         native: &Native,
         name: &str,
         dapps: &HashSet<String>,
     ) -> Result<Result<DappConfig, String>, ExecError> {
         if !dapps.contains(name) {
-            return Ok(Err(format!(
-                "there is no dapp {name:?} on this chain (a dapp deployed in this block can be \
-                 changed from the next)"
-            )));
+            return Ok(Err(format!("there is no dapp {name:?} on this chain")));
         }
-        let Ok(current) = read_dapp_config(self.ledger, batch.parent, name) else {
+        if !base.dapps.iter().any(|d| d == name) {
             return Ok(Err(format!(
                 "dapp {name:?} was deployed in this block; it can be changed from the next"
             )));
-        };
+        }
+        let current = read_dapp_config(self.ledger, batch.parent, name)?;
         let signer = Signer::parse(&native.signer).expect("a verified signer parses");
         let owns = current
             .owners
@@ -263,7 +262,7 @@ impl Executor<'_> {
             Ok(a) => a,
             Err(why) => return Ok(Fate::Rejected(why)),
         };
-        let mut current = match self.owned(batch, native, &a.name, dapps)? {
+        let mut current = match self.owned(batch, base, native, &a.name, dapps)? {
             Ok(c) => c,
             Err(why) => return Ok(Fate::Rejected(why)),
         };
@@ -284,7 +283,7 @@ impl Executor<'_> {
             host,
             images,
             &a.image,
-            "the new image of",
+            "the upgrade of dapp",
             &a.name,
             context,
             Vec::new(),
@@ -317,6 +316,7 @@ impl Executor<'_> {
     fn remove(
         &self,
         batch: &Batch<'_>,
+        base: &Base,
         native: &Native,
         dapps: &HashSet<String>,
         changes: &mut Changes,
@@ -325,7 +325,7 @@ impl Executor<'_> {
             Ok(a) => a,
             Err(why) => return Ok(Err(why)),
         };
-        if let Err(why) = self.owned(batch, native, &a.name, dapps)? {
+        if let Err(why) = self.owned(batch, base, native, &a.name, dapps)? {
             return Ok(Err(why));
         }
         changes.remove_dapp(&a.name)?;

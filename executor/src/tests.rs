@@ -600,6 +600,29 @@ fn deploys_and_removals_follow_the_chain_rules_and_re_execute_alike() {
             .is_none()
     );
     f.reexecutes(&mut host, &[p.block.id]);
+    // A node without the deployed image cannot accept the block.
+    struct OnlyGuard;
+    impl Images for OnlyGuard {
+        fn rootfs(&mut self, digest: &str) -> Result<(PathBuf, ImageProcess), ImageError> {
+            if digest == GUARD_IMAGE {
+                FakeImages.rootfs(digest)
+            } else {
+                Err(ImageError::Missing(format!("no image {digest}").into()))
+            }
+        }
+    }
+    let mut other = Executor::new(&f.ledger, &f.checkouts.with_extension("lacking")).unwrap();
+    let verdict = other
+        .reexecute(
+            &mut host,
+            &mut OnlyGuard,
+            &f.ledger.block(p.block.id).unwrap(),
+        )
+        .unwrap();
+    assert!(
+        matches!(&verdict, Verdict::Invalid(why) if why.contains("is not on this node")),
+        "{verdict:?}"
+    );
     f.ledger.advance(MAIN, main, p.block.id).unwrap();
 
     // The deployed dapp takes transactions from the next block on.

@@ -269,7 +269,12 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         node_key: key.public().to_openssh(),
         store: opened.store.clone(),
         ledger: Mutex::new(home.ledger(&opened.store)?),
-        images: home.images(&opened.store)?,
+        images: {
+            let images = home.images(&opened.store)?;
+            // Uploads a killed node was receiving: never imported.
+            let _ = std::fs::remove_dir_all(images.dir().join("uploads"));
+            images
+        },
         pool: Mutex::new(reloaded.pool),
         wake: Condvar::new(),
         admit: Mutex::new(()),

@@ -295,6 +295,33 @@ fn a_dapp_is_deployed_used_upgraded_and_removed_by_transaction() {
     );
     let err = fails(utter(&data).args(["dapp", "deploy", "ghost", "/no/such/dir"]));
     assert!(err.contains("is not a dapp project"), "{err}");
+    // An upload that is not an image archive is refused; nothing is kept.
+    // (The node holds the store: count the catalog's documents instead.)
+    let images = |data: &Path| {
+        std::fs::read_dir(data.join("images/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = images(&data);
+    let client =
+        utter_client::Client::new(&std::fs::read_to_string(data.join("node.addr")).unwrap());
+    let err = client
+        .upload_image(&mut &b"not a tar at all"[..])
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(utter_client::api::ErrorCode::BadImage),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not an image"), "{err}");
+    assert_eq!(images(&data), before);
+    assert_eq!(
+        std::fs::read_dir(data.join("images/uploads"))
+            .unwrap()
+            .count(),
+        0,
+        "the upload's file is gone"
+    );
 
     // Removed: its transactions are rejected; the history stays.
     let (ok_, v) = dapp_json(&data, &["remove", "hello"], None);

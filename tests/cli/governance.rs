@@ -184,7 +184,10 @@ fn a_quorum_of_validators_changes_the_set_through_a_joint_epoch() {
         "{r:?}"
     );
     assert!(r[2].contains("which this ledger does not have"), "{r:?}");
-    assert!(r[3].contains("has one action, \"set\""), "{r:?}");
+    assert!(
+        r[3].contains("actions are set, deploy, upgrade and remove, not \"drop\""),
+        "{r:?}"
+    );
     assert_eq!(show_json(&data)["epoch"], 1);
 
     // All three approve: the change completes. The desired file may be
