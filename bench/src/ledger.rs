@@ -144,6 +144,7 @@ pub(crate) fn write_chain(
                 results,
                 text: format!("block {}", b + 1),
                 time: T0 + b as i64 + 1,
+                round: None,
             },
             key,
         )?;

@@ -127,6 +127,7 @@ impl Node {
                 results: vec![],
                 text: text.into(),
                 time: T0 + height as i64 + 1,
+                round: None,
             },
             &self.key,
         )?;

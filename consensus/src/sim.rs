@@ -89,6 +89,11 @@ pub struct Scenario {
     /// Test-only: honest validators ignore the vote rule.
     #[cfg(test)]
     pub weaken_vote_rule: bool,
+    /// Test-only: honest nodes take a relayed header's round, kind and
+    /// proposer as they come, instead of only from the signed block its id
+    /// names (the rule before they were in the signed commit).
+    #[cfg(test)]
+    pub trust_relayed_headers: bool,
     /// Test-only: a change switches straight to the new set, without the
     /// joint phase in which the outgoing set must also reach its quorum.
     #[cfg(test)]
@@ -116,6 +121,8 @@ impl Scenario {
             set_changes: 0,
             #[cfg(test)]
             weaken_vote_rule: false,
+            #[cfg(test)]
+            trust_relayed_headers: false,
             #[cfg(test)]
             weaken_set_change: false,
         }
@@ -151,6 +158,8 @@ impl Scenario {
             },
             #[cfg(test)]
             weaken_vote_rule: false,
+            #[cfg(test)]
+            trust_relayed_headers: false,
             #[cfg(test)]
             weaken_set_change: false,
         }
@@ -195,6 +204,10 @@ pub struct Report {
     pub commit_latencies: Vec<Duration>,
     /// Real (not simulated) time spent inside the machines.
     pub machine_time: Duration,
+    /// Relayed headers that were not what their block's signed commit
+    /// says (a Byzantine relay changed the round, kind or proposer),
+    /// dropped before a machine saw them.
+    pub forged_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -927,9 +940,32 @@ impl Sim {
         }
     }
 
+    /// Whether a relayed block header differs from the block its id names.
+    /// A real node derives the header from the block itself (the round from
+    /// its signed `Round:` trailer, the proposer from its signature, the id
+    /// from its bytes), so a changed field is a different, unsigned block;
+    /// here the global registry plays the signed commit.
+    fn forged(&self, message: &Message) -> bool {
+        let Message::Block(h) = message else {
+            return false;
+        };
+        #[cfg(test)]
+        if self.sc.trust_relayed_headers {
+            return false;
+        }
+        self.blocks.get(&h.id).is_none_or(|g| g.header != *h)
+    }
+
     fn byzantine_receive(&mut self, node: NodeId, message: Message) {
         match message {
             Message::Block(h) => {
+                // Relays an honest proposal with its round moved on (the
+                // leader check then fails), racing the real one.
+                if h.kind == Kind::Proposal && self.honest(h.proposer) {
+                    let mut forged = h.clone();
+                    forged.round += 1 + self.rng.below(3);
+                    self.broadcast(node, &Message::Block(forged));
+                }
                 self.byz_seen.push(h.id);
                 // Votes for whatever it sees, valid or not.
                 let v = Vote {
@@ -975,6 +1011,8 @@ impl Sim {
                 Ev::Deliver { to, from, message } => {
                     if self.byzantine.contains(&to) {
                         self.byzantine_receive(to, message);
+                    } else if self.forged(&message) {
+                        self.report.forged_dropped += 1;
                     } else {
                         self.feed(to, Event::Received { from, message });
                     }

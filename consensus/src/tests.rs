@@ -435,3 +435,37 @@ fn the_checker_finds_the_fork_a_direct_set_switch_allows() {
     );
     assert!(safety > 0, "the simulator must catch a direct switch");
 }
+
+#[test]
+fn a_relay_that_forges_a_proposals_round_poisons_it_only_under_the_old_rule() {
+    let byzantine = |sc: &mut Scenario| {
+        if sc.validators < 4 {
+            sc.validators = 4;
+        }
+        sc.byzantine = (sc.validators - 1) / 3;
+    };
+    // Old rule: the first header seen for an id is kept, forged or not.
+    let (_, liveness, failures) = sweep_with(0..40, |sc| {
+        byzantine(sc);
+        sc.trust_relayed_headers = true;
+    });
+    eprintln!(
+        "trusting relayed headers: {liveness} runs stalled, e.g. {:?}",
+        failures.first()
+    );
+    assert!(
+        !failures.is_empty(),
+        "forged rounds must break the old rule somewhere"
+    );
+    // New rule: a header is what its signed block says; forgeries drop.
+    let mut dropped = 0;
+    for seed in 0..150 {
+        let mut sc = Scenario::random(seed);
+        byzantine(&mut sc);
+        match Sim::new(sc).run() {
+            Ok(report) => dropped += report.forged_dropped,
+            Err((f, _)) => panic!("seed {seed}: {f:?}"),
+        }
+    }
+    assert!(dropped > 0, "the relays forged something");
+}

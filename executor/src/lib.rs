@@ -307,7 +307,18 @@ impl<'l> Executor<'l> {
         time: i64,
         key: &Keypair,
     ) -> Result<Proposed, ExecError> {
-        self.build(host, images, &[parent], lines, 0, None, time, key, false)
+        self.build(
+            host,
+            images,
+            &[parent],
+            lines,
+            0,
+            None,
+            None,
+            time,
+            key,
+            false,
+        )
     }
 
     /// [`Executor::propose`] for lines this node already checked with
@@ -333,6 +344,7 @@ impl<'l> Executor<'l> {
             lines,
             0,
             Some(checked),
+            None,
             time,
             key,
             false,
@@ -341,16 +353,20 @@ impl<'l> Executor<'l> {
 
     /// A consensus proposal over `parents` (sorted by id; more than one
     /// makes a merge): re-executes the later branches' transactions on the
-    /// first parent's state ([`merge_lines`]), then `lines`. Unlike
+    /// first parent's state ([`merge_lines`]), then `lines`. `round` is the
+    /// consensus round it is proposed in, written into the signed commit
+    /// (`Round:`); `None` for a merge outside consensus. Unlike
     /// [`Executor::propose`] the block may carry no transaction: a merge
     /// heals a split even when both sides carried the same ones, and a
     /// round's leader may extend a voted block to have it committed.
+    #[allow(clippy::too_many_arguments)]
     pub fn propose_on(
         &mut self,
         host: &mut dyn Host,
         images: &mut dyn Images,
         parents: &[BlockId],
         lines: &[String],
+        round: Option<u64>,
         time: i64,
         key: &Keypair,
     ) -> Result<Proposed, ExecError> {
@@ -365,7 +381,9 @@ impl<'l> Executor<'l> {
         let mut all = merge_lines(self.ledger, parents)?;
         let merged = all.len();
         all.extend_from_slice(lines);
-        self.build(host, images, parents, &all, merged, None, time, key, true)
+        self.build(
+            host, images, parents, &all, merged, None, round, time, key, true,
+        )
     }
 
     /// One above the highest of `parents`.
@@ -388,6 +406,7 @@ impl<'l> Executor<'l> {
         lines: &[String],
         merged: usize,
         checked: Option<Vec<SignedTx>>,
+        round: Option<u64>,
         time: i64,
         key: &Keypair,
         may_be_empty: bool,
@@ -444,6 +463,7 @@ impl<'l> Executor<'l> {
                 if total == 1 { "" } else { "s" }
             ),
             time,
+            round,
         };
         let writing = Instant::now();
         let block = self.ledger.write_block(&draft, key)?;
@@ -524,6 +544,7 @@ impl<'l> Executor<'l> {
             results: out.results,
             text: block.summary.clone(),
             time: block.time,
+            round: block.round,
         };
         let (tree, _, _) = self.ledger.write_tree(&draft)?;
         if tree == block.tree {

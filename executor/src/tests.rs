@@ -441,7 +441,7 @@ fn a_merge_re_executes_the_other_branch_and_drops_nothing() {
     let later_branch = if parents[0] == a.block.id { 1 } else { 2 };
     assert_eq!(merged.len(), later_branch, "{merged:?}");
     let m = ex
-        .propose_on(&mut host, &mut images, &parents, &[], T0 + 2, &f.key)
+        .propose_on(&mut host, &mut images, &parents, &[], None, T0 + 2, &f.key)
         .unwrap();
     assert_eq!(m.block.height, 2);
     assert_eq!(f.count(m.block.id, "x").as_deref(), Some("1"));
@@ -469,7 +469,15 @@ fn a_merge_re_executes_the_other_branch_and_drops_nothing() {
     let mut on_one_line = [base, a.block.id];
     on_one_line.sort();
     let err = ex
-        .propose_on(&mut host, &mut images, &on_one_line, &[], T0 + 3, &f.key)
+        .propose_on(
+            &mut host,
+            &mut images,
+            &on_one_line,
+            &[],
+            None,
+            T0 + 3,
+            &f.key,
+        )
         .unwrap_err();
     assert!(
         matches!(err, ExecError::Merge(MergeError::OneLine(..))),
@@ -477,7 +485,7 @@ fn a_merge_re_executes_the_other_branch_and_drops_nothing() {
     );
     let reversed = [parents[1], parents[0]];
     let err = ex
-        .propose_on(&mut host, &mut images, &reversed, &[], T0 + 3, &f.key)
+        .propose_on(&mut host, &mut images, &reversed, &[], None, T0 + 3, &f.key)
         .unwrap_err();
     assert!(
         matches!(err, ExecError::Merge(MergeError::Unsorted)),

@@ -31,7 +31,16 @@ pub fn block_id(oid: &gix::oid) -> BlockId {
 /// The commit message of a block: `text` (a summary line, then optional
 /// body) followed by the trailers.
 pub fn message(text: &str, height: u64, chain: &str) -> String {
-    format!("{text}\n\nHeight: {height}\nChain: {chain}\n")
+    message_in_round(text, height, chain, None)
+}
+
+/// [`message`] of a consensus proposal made in `round`: a `Round:`
+/// trailer follows `Chain:`.
+pub fn message_in_round(text: &str, height: u64, chain: &str, round: Option<u64>) -> String {
+    match round {
+        None => format!("{text}\n\nHeight: {height}\nChain: {chain}\n"),
+        Some(r) => format!("{text}\n\nHeight: {height}\nChain: {chain}\nRound: {r}\n"),
+    }
 }
 
 /// A block's message, read back.
@@ -43,10 +52,13 @@ pub struct Message {
     pub height: u64,
     /// The `Chain:` trailer.
     pub chain: String,
+    /// The `Round:` trailer, on a consensus proposal.
+    pub round: Option<u64>,
 }
 
 /// Reads a block message strictly: the last paragraph must be exactly
-/// `Height: <n>` and `Chain: <name>`, each once, in that order.
+/// `Height: <n>` and `Chain: <name>`, each once, in that order, then on a
+/// proposal `Round: <n>`.
 pub fn parse_message(text: &[u8]) -> Result<Message, String> {
     let text = std::str::from_utf8(text).map_err(|_| "the message is not UTF-8".to_string())?;
     let body = text
@@ -64,17 +76,19 @@ pub fn parse_message(text: &[u8]) -> Result<Message, String> {
         .next()
         .and_then(|l| l.strip_prefix("Chain: "))
         .ok_or("the second trailer is not Chain:")?;
+    let round = match lines.next() {
+        None => None,
+        Some(l) => {
+            let r = l
+                .strip_prefix("Round: ")
+                .ok_or("the trailer after Chain: is not Round:")?;
+            Some(number("Round", r)?)
+        }
+    };
     if lines.next().is_some() {
-        return Err("there are trailers after Chain:".into());
+        return Err("there are trailers after Round:".into());
     }
-    let canonical = !height.is_empty()
-        && height.bytes().all(|b| b.is_ascii_digit())
-        && (height == "0" || !height.starts_with('0'));
-    let height: u64 = height
-        .parse()
-        .ok()
-        .filter(|_| canonical)
-        .ok_or_else(|| format!("Height: {height:?} is not a number"))?;
+    let height = number("Height", height)?;
     let summary = head.lines().next().unwrap_or_default();
     if summary.is_empty() || summary.len() > MAX_SUMMARY {
         return Err(format!(
@@ -85,7 +99,19 @@ pub fn parse_message(text: &[u8]) -> Result<Message, String> {
         summary: summary.to_string(),
         height,
         chain: chain.to_string(),
+        round,
     })
+}
+
+/// A trailer's number: decimal digits, no leading zero.
+fn number(trailer: &str, text: &str) -> Result<u64, String> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    text.parse()
+        .ok()
+        .filter(|_| canonical)
+        .ok_or_else(|| format!("{trailer}: {text:?} is not a number"))
 }
 
 #[cfg(test)]
@@ -100,8 +126,15 @@ mod tests {
             Ok(Message {
                 summary: "block 7: 3 transactions".into(),
                 height: 7,
-                chain: "space".into()
+                chain: "space".into(),
+                round: None,
             })
+        );
+        let proposal = message_in_round("block 8", 8, "space", Some(12));
+        assert!(proposal.ends_with("Chain: space\nRound: 12\n"));
+        assert_eq!(
+            parse_message(proposal.as_bytes()).map(|m| m.round),
+            Ok(Some(12))
         );
         let with_body = message("merge\n\nbody line\nmore", 9, "space");
         assert_eq!(parse_message(with_body.as_bytes()).map(|m| m.height), Ok(9));
@@ -114,6 +147,10 @@ mod tests {
             "s\nHeight: 1\nChain: c\n",
             "\n\nHeight: 1\nChain: c\n",
             "s\n\nHeight: 99999999999999999999999\nChain: c\n",
+            "s\n\nHeight: 1\nChain: c\nRound: 01\n",
+            "s\n\nHeight: 1\nChain: c\nRound: x\n",
+            "s\n\nHeight: 1\nChain: c\nRound: 1\nRound: 2\n",
+            "s\n\nHeight: 1\nRound: 1\nChain: c\n",
         ] {
             assert!(parse_message(bad.as_bytes()).is_err(), "{bad:?}");
         }

@@ -124,6 +124,10 @@ pub struct Block {
     pub time: i64,
     /// The key the signature claims (checked by verification, not here).
     pub signer: Option<Signer>,
+    /// The `Round:` trailer: the consensus round a proposal was made in
+    /// (absent on other blocks). Inside the signed commit, so no relay can
+    /// change it without changing the block's id.
+    pub round: Option<u64>,
 }
 
 /// One change to a state tree.
@@ -219,6 +223,8 @@ pub struct Draft {
     pub text: String,
     /// The proposer's time, Unix seconds.
     pub time: i64,
+    /// The consensus round, for a proposal (the `Round:` trailer).
+    pub round: Option<u64>,
 }
 
 /// A value read from a state tree: inline bytes, or a chunkstore stream.
@@ -337,6 +343,7 @@ impl Ledger {
             results: Vec::new(),
             text: format!("genesis of chain {}", config.chain),
             time,
+            round: None,
         };
         let genesis = ledger.write_block(&draft, key)?;
         ledger.genesis = genesis.id;
@@ -490,7 +497,7 @@ impl Ledger {
     /// `gpg.format=ssh` would, and makes it durable. Moves no branch.
     pub fn write_block(&self, draft: &Draft, key: &Keypair) -> Result<Block, LedgerError> {
         let (tree, height, chain) = self.write_tree(draft)?;
-        let message = block::message(&draft.text, height, &chain);
+        let message = block::message_in_round(&draft.text, height, &chain, draft.round);
         let id = self.write_commit(tree, &draft.parents, &message, draft.time, Some(key))?;
         self.sync_all()?;
         let block = Block {
@@ -502,6 +509,7 @@ impl Ledger {
             summary: draft.text.lines().next().unwrap_or_default().to_string(),
             time: draft.time,
             signer: Some(key.public()),
+            round: draft.round,
         };
         self.remember(&block);
         Ok(block)
@@ -1141,5 +1149,6 @@ pub(crate) fn parse_block(id: BlockId, data: &[u8]) -> Result<Block, String> {
         summary: message.summary,
         time,
         signer,
+        round: message.round,
     })
 }

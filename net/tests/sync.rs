@@ -431,6 +431,7 @@ fn forged_blocks_move_nothing_and_the_peer_is_at_fault() {
                 results: vec![],
                 text: "block 3".into(),
                 time: T0 + 3,
+                round: None,
             },
             &Keypair::generate("stranger").unwrap(),
         )

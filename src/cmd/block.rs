@@ -181,7 +181,7 @@ fn merge(home: &Home, args: MergeArgs) -> Result<ExitCode> {
     let mut executor = Executor::new(ledger, &home.checkouts())?;
     let time = args.time.unwrap_or_else(block_time);
     let proposed = executor
-        .propose_on(&mut helper, &mut images, &parents, &lines, time, &key)
+        .propose_on(&mut helper, &mut images, &parents, &lines, None, time, &key)
         .context("cannot make the merge block")?;
     ledger.advance(MAIN, main, proposed.block.id)?;
     report_block(&proposed, MAIN, args.json)

@@ -57,8 +57,13 @@ fn tx_id(line: &str) -> TxId {
     TxId::of_line(line)
 }
 
-fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId, keys: &[String]) -> Header {
+/// The machine's header of a block, taken from the signed commit alone:
+/// the round from its `Round:` trailer (a proposal; none: a side block),
+/// the proposer from its signature, so nothing a relay could change.
+fn header(ledger: &Ledger, id: BlockId, keys: &[String]) -> Header {
     let block = ledger.block(id).unwrap();
+    let signer = block.signer.as_ref().unwrap().to_openssh();
+    let proposer = keys.iter().position(|k| *k == signer).unwrap() as NodeId;
     // A block that changes chain.toml names its new set, numbered as the
     // validators are here.
     let validators = ledger.set_change(&block).unwrap().map(|config| {
@@ -69,9 +74,13 @@ fn header(ledger: &Ledger, id: BlockId, round: u64, proposer: NodeId, keys: &[St
     Header {
         id,
         parents: block.parents.clone(),
-        round,
+        round: block.round.unwrap_or(0),
         proposer,
-        kind: Kind::Proposal,
+        kind: if block.round.is_some() {
+            Kind::Proposal
+        } else {
+            Kind::Side
+        },
         txs: ledger
             .tx_lines(&block)
             .unwrap()
@@ -392,9 +401,18 @@ fn act(
             let time = T0 + now.as_secs() as i64;
             let proposed = v
                 .executor
-                .propose_on(&mut v.helper, &mut v.images, &parents, &lines, time, &v.key)
+                .propose_on(
+                    &mut v.helper,
+                    &mut v.images,
+                    &parents,
+                    &lines,
+                    Some(round),
+                    time,
+                    &v.key,
+                )
                 .unwrap();
-            let h = header(v.ledger, proposed.block.id, round, me, &keys);
+            let h = header(v.ledger, proposed.block.id, &keys);
+            assert_eq!((h.round, h.proposer), (round, me), "the commit says so");
             v.machine.handle(now, Event::Proposed(h));
         }
         Action::PersistVoteTip(block) => {

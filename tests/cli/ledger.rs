@@ -88,6 +88,7 @@ fn grow(data: &Path, key: &Keypair) -> Vec<BlockId> {
                     txs: vec![t.to_line()],
                     text: text.into(),
                     time: 1_790_000_000 + nonce as i64,
+                    round: None,
                 },
                 key,
             )

@@ -398,6 +398,7 @@ fn durable_writes_sync_and_a_second_create_is_refused() {
                 results: vec![TxResult::accepted(f.tx(&f.key, 1).id())],
                 text: "durable".into(),
                 time: T0 + 1,
+                round: None,
             },
             &f.key,
         )
@@ -430,6 +431,7 @@ fn a_lock_left_by_a_killed_writer_is_cleared_and_main_moves_again() {
                 results: vec![TxResult::accepted(f.tx(&f.key, 1).id())],
                 text: "after a crash".into(),
                 time: T0 + 1,
+                round: None,
             },
             &f.key,
         )
@@ -458,6 +460,7 @@ fn drafts_that_cannot_be_blocks_are_refused() {
         results,
         text: text.into(),
         time: T0,
+        round: None,
     };
     let ok = vec![TxResult::accepted(f.tx(&f.key, 1).id())];
     for (d, why) in [
@@ -536,6 +539,7 @@ fn loose_objects_pack_into_a_pack_git_reads() {
                 results: vec![],
                 text: "after packing".into(),
                 time: T0 + 9,
+                round: None,
             },
             &d.f.key,
         )

@@ -464,6 +464,7 @@ fn a_pointer_to_a_missing_manifest_is_refused() {
         results: vec![],
         text: "x".into(),
         time: T0,
+        round: None,
     };
     assert!(f.ledger.write_block(&draft, &f.key).is_err());
 }

@@ -126,6 +126,7 @@ impl Fixture {
                     results,
                     text: format!("block {height}"),
                     time: T0 + height as i64,
+                    round: None,
                 },
                 key,
             )

@@ -161,6 +161,7 @@ impl Node {
                     results,
                     text: format!("block {}", height + 1),
                     time: T0 + height as i64 + 1,
+                    round: None,
                 },
                 &self.key,
             )
