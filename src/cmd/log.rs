@@ -174,6 +174,7 @@ pub fn show(home: &Home, args: ShowArgs) -> Result<ExitCode> {
     if args.json {
         let mut v = report_json(own);
         v["chain"] = json!(block.chain);
+        v["round"] = json!(block.round);
         v["tree"] = json!(block.tree.to_string());
         v["signer_key"] = json!(block.signer.as_ref().map(ToString::to_string));
         v["changes"] = changes
@@ -188,6 +189,9 @@ pub fn show(home: &Home, args: ShowArgs) -> Result<ExitCode> {
     println!("block    {}", block.id);
     println!("height   {}", block.height);
     println!("chain    {}", block.chain);
+    if let Some(round) = block.round {
+        println!("round    {round} (a consensus proposal)");
+    }
     let parents: Vec<String> = block.parents.iter().map(ToString::to_string).collect();
     println!(
         "parents  {}",

@@ -325,6 +325,23 @@ fn three_validators_commit_blocks_with_the_real_executor() {
             total.to_string()
         );
     }
+    // Each proposal carries its round inside the signed commit: git reads
+    // the trailer, `utter show` the round.
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(vs[0].data.join("ledger.git"))
+        .args([
+            "log",
+            "-1",
+            "--format=%(trailers:key=Round,valueonly)",
+            "main",
+        ])
+        .output()
+        .unwrap();
+    let round: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(utter(&datas[0]).args(["show", "main", "--json"]))).unwrap();
+    assert_eq!(shown["round"], round);
     drop(vs);
     // The CLI agrees: structure, signatures, certificates and
     // re-execution.
