@@ -9,12 +9,13 @@
 //! authors know what a language costs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::node::Node;
 use crate::runtime::{counter_image, utter};
 use crate::{timed, utter_bin, write_noise};
 
@@ -27,17 +28,6 @@ pub struct Options {
     /// Blocks per language (the median is printed).
     pub runs: usize,
     pub work: Option<PathBuf>,
-}
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 /// `utter node run --p2p` on loopback; waits until it serves. Its stderr

@@ -27,7 +27,8 @@ pub struct Options {
     pub work: Option<std::path::PathBuf>,
 }
 
-struct Node(Child);
+/// A node process: SIGTERM and wait when dropped.
+pub(crate) struct Node(pub(crate) Child);
 
 impl Drop for Node {
     fn drop(&mut self) {

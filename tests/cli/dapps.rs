@@ -173,6 +173,28 @@ fn ssh_key(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// A copy of `project` at `to` with `from` replaced by `with` in its main.sh.
+fn variant(project: &Path, to: &Path, from: &str, with: &str) -> PathBuf {
+    ok(Command::new("cp").arg("-r").arg(project).arg(to));
+    let main = to.join("main.sh");
+    let text = std::fs::read_to_string(&main).unwrap();
+    assert!(text.contains(from), "the template changed: {from:?}");
+    std::fs::write(&main, text.replace(from, with)).unwrap();
+    to.to_path_buf()
+}
+
+/// Dapp `name` as `utter dapp ls --json` lists it.
+fn listed(data: &Path, name: &str) -> Value {
+    let (_, ls) = dapp_json(data, &["ls"], None);
+    ls["dapps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("no dapp {name}: {ls}"))
+        .clone()
+}
+
 #[test]
 fn a_dapp_is_deployed_used_upgraded_and_removed_by_transaction() {
     let tmp = tempfile::tempdir().unwrap();
@@ -187,32 +209,19 @@ fn a_dapp_is_deployed_used_upgraded_and_removed_by_transaction() {
     assert!(ok_, "{v}");
     assert_eq!(v["result"]["status"], "accepted", "{v}");
     assert_eq!(greet(&data, "Ada")["output"], "hello, Ada");
-    let (_, ls) = dapp_json(&data, &["ls"], None);
-    let hello = ls["dapps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == "hello")
-        .unwrap()
-        .clone();
+    let hello = listed(&data, "hello");
     assert_eq!(hello["owners"], json!([key_of(&data)]));
     assert!(hello["deployed_at"].as_u64().unwrap() > 0, "{hello}");
     let first_image = hello["image"].as_str().unwrap().to_string();
 
     // An upgrade whose test fails on the live state is rejected with the
     // test's words, and the old image keeps running.
-    let bad = tmp.path().join("hello-bad");
-    ok(Command::new("cp").arg("-r").arg(&project).arg(&bad));
-    let main = bad.join("main.sh");
-    let text = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(
-        &main,
-        text.replace(
-            "if [ \"$count\" -ne \"$lines\" ]; then",
-            "if [ \"$count\" -lt 100 ]; then",
-        ),
-    )
-    .unwrap();
+    let bad = variant(
+        &project,
+        &tmp.path().join("hello-bad"),
+        "if [ \"$count\" -ne \"$lines\" ]; then",
+        "if [ \"$count\" -lt 100 ]; then",
+    );
     let (ok_, v) = dapp_json(&data, &["upgrade", "hello", bad.to_str().unwrap()], None);
     assert!(!ok_);
     let reason = v["result"]["reason"].as_str().unwrap();
@@ -221,24 +230,18 @@ fn a_dapp_is_deployed_used_upgraded_and_removed_by_transaction() {
     assert_eq!(greet(&data, "Bob")["output"], "hello, Bob");
 
     // A good upgrade keeps the state: the count goes on.
-    let good = tmp.path().join("hello-v2");
-    ok(Command::new("cp").arg("-r").arg(&project).arg(&good));
-    let main = good.join("main.sh");
-    let text = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(&main, text.replace("hello, $name", "hi, $name")).unwrap();
+    let good = variant(
+        &project,
+        &tmp.path().join("hello-v2"),
+        "hello, $name",
+        "hi, $name",
+    );
     let (ok_, v) = dapp_json(&data, &["upgrade", "hello", good.to_str().unwrap()], None);
     assert!(ok_, "{v}");
     assert_eq!(greet(&data, "Cy")["output"], "hi, Cy");
     let greetings = ok(utter(&data).args(["state", "get", "hello/greetings"]));
     assert_eq!(greetings.trim(), "3");
-    let (_, ls) = dapp_json(&data, &["ls"], None);
-    let hello = ls["dapps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == "hello")
-        .unwrap()
-        .clone();
+    let hello = listed(&data, "hello");
     assert_ne!(hello["image"], first_image.as_str());
     assert!(hello["upgraded_at"].as_u64().is_some(), "{hello}");
 
