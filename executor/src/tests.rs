@@ -648,3 +648,85 @@ fn deploys_and_removals_follow_the_chain_rules_and_re_execute_alike() {
     assert_eq!(statuses(&q)[0].0, Status::Accepted, "{:?}", statuses(&q));
     f.reexecutes(&mut host, &[q.block.id]);
 }
+
+#[test]
+fn malformed_chain_actions_are_rejected_with_what_to_send() {
+    let f = Fixture::new();
+    let (mut host, mut images) = (FakeHost::new(), FakeImages);
+    let mut ex = Executor::new(&f.ledger, &f.checkouts).unwrap();
+    let main = f.ledger.resolve(MAIN).unwrap();
+    let cases = [
+        ("deploy", json!({"name": "x"}), "chain deploy takes"),
+        (
+            "deploy",
+            json!({"name": "x", "image": COUNTER_IMAGE, "extra": 1}),
+            "unknown field",
+        ),
+        (
+            "deploy",
+            json!({"name": "chain", "image": COUNTER_IMAGE}),
+            "reserved",
+        ),
+        (
+            "deploy",
+            json!({"name": "Bad Name", "image": COUNTER_IMAGE}),
+            "is not allowed",
+        ),
+        (
+            "deploy",
+            json!({"name": "x", "image": "counter:latest"}),
+            "not an image digest",
+        ),
+        (
+            "deploy",
+            json!({"name": "x", "image": COUNTER_IMAGE, "owners": ["nobody"]}),
+            "not an ssh-ed25519 public key",
+        ),
+        (
+            "deploy",
+            json!({"name": "x", "image": COUNTER_IMAGE, "permissions": [1]}),
+            "chain deploy takes",
+        ),
+        (
+            "upgrade",
+            json!({"name": "ghost", "image": COUNTER_IMAGE}),
+            "no dapp \"ghost\"",
+        ),
+        (
+            "upgrade",
+            json!({"name": "counter", "image": COUNTER_IMAGE}),
+            "already runs",
+        ),
+        ("remove", json!({}), "chain remove takes"),
+        ("rename", json!({}), "not \"rename\""),
+    ];
+    let lines: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (action, args, _))| chain_line(&f.key, i as u64 + 1, action, args.clone()))
+        .collect();
+    let p = ex
+        .propose(&mut host, &mut images, main, &lines, T0 + 1, &f.key)
+        .unwrap();
+    assert!(p.refused.is_empty(), "{:?}", p.refused);
+    for ((action, _, why), (status, reason)) in cases.iter().zip(statuses(&p)) {
+        assert_eq!(status, Status::Rejected, "{action}");
+        let reason = reason.unwrap();
+        assert!(
+            reason.contains(why),
+            "{action}: {reason:?} should say {why:?}"
+        );
+    }
+    // Nothing changed but the block's own record.
+    let block = f.ledger.block(p.block.id).unwrap();
+    let parent = f.ledger.block(main).unwrap();
+    let changed: Vec<String> = f
+        .ledger
+        .diff_trees(Some(parent.tree), block.tree)
+        .unwrap()
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| !path.starts_with("block/"))
+        .collect();
+    assert!(changed.is_empty(), "{changed:?}");
+}
