@@ -11,6 +11,9 @@
 //!   bundle and main's blocks off the ledger.
 //! - [`verify`]: re-executing a whole ledger.
 //! - [`NodeImages`]: the image store as the executor sees it.
+//! - [`consensus`]: proof of merge's disk side: a block's header from its
+//!   signed commit, the vote tip file, the machine's state rebuilt from the
+//!   ledger after a restart.
 //!
 //! Uses every layer below (ledger, images, runtime, executor, chunkstore)
 //! and the client's API types. Never creates a container itself: the
@@ -19,6 +22,7 @@
 //! handlers.
 
 mod api;
+pub mod consensus;
 mod home;
 mod images;
 pub mod init;

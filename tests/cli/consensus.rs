@@ -9,12 +9,9 @@
 //! containers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
-use utter_consensus::{
-    Action, Config, Event, Header, Kind, Machine, Message, NodeId, TxId, Validators, Vote,
-};
+use utter_consensus::{Action, Config, Event, Header, Kind, Machine, Message, NodeId, TxId, Vote};
 use utter_executor::{Executor, Verdict};
 use utter_ledger::cert::{Certificate, SignedVote};
 use utter_ledger::key::Keypair;
@@ -49,7 +46,7 @@ struct Validator {
     lines: HashMap<TxId, String>,
     /// Vote signatures received (and its own), by block and voter.
     votes: BTreeMap<(BlockId, NodeId), SignedVote>,
-    vote_tip_file: PathBuf,
+    vote_tip: utter_node::consensus::VoteTip,
     commits: Vec<BlockId>,
 }
 
@@ -57,38 +54,18 @@ fn tx_id(line: &str) -> TxId {
     TxId::of_line(line)
 }
 
-/// The machine's header of a block, taken from the signed commit alone:
-/// the round from its `Round:` trailer (a proposal; none: a side block),
-/// the proposer from its signature, so nothing a relay could change.
+/// The machine's header of a block: from the signed commit alone
+/// (`utter_node::consensus::header`).
 fn header(ledger: &Ledger, id: BlockId, keys: &[String]) -> Header {
     let block = ledger.block(id).unwrap();
-    let signer = block.signer.as_ref().unwrap().to_openssh();
-    let proposer = keys.iter().position(|k| *k == signer).unwrap() as NodeId;
-    // A block that changes chain.toml names its new set, numbered as the
-    // validators are here.
-    let validators = ledger.set_change(&block).unwrap().map(|config| {
-        Arc::new(Validators::from_config(&config, |key| {
-            keys.iter().position(|k| k == key).map(|i| i as NodeId)
-        }))
-    });
-    Header {
-        id,
-        parents: block.parents.clone(),
-        round: block.round.unwrap_or(0),
-        proposer,
-        kind: if block.round.is_some() {
-            Kind::Proposal
-        } else {
-            Kind::Side
-        },
-        txs: ledger
-            .tx_lines(&block)
-            .unwrap()
-            .iter()
-            .map(|l| tx_id(l))
-            .collect(),
-        validators,
-    }
+    utter_node::consensus::header(ledger, &block, id_of(keys))
+        .unwrap()
+        .expect("a validator signed it")
+}
+
+/// Numbers a validator's key by its place in `keys`.
+fn id_of(keys: &[String]) -> impl Fn(&str) -> Option<NodeId> + '_ {
+    |key| keys.iter().position(|k| k == key).map(|i| i as NodeId)
 }
 
 fn public_key(data: &Path) -> String {
@@ -165,7 +142,7 @@ fn three_validators_commit_blocks_with_the_real_executor() {
                 ),
                 lines: HashMap::new(),
                 votes: BTreeMap::new(),
-                vote_tip_file: data.join("vote-tip"),
+                vote_tip: utter_node::consensus::VoteTip::at(data.join("vote-tip")),
                 commits: Vec::new(),
             }
         })
@@ -342,6 +319,34 @@ fn three_validators_commit_blocks_with_the_real_executor() {
     let shown: serde_json::Value =
         serde_json::from_str(&ok(utter(&datas[0]).args(["show", "main", "--json"]))).unwrap();
     assert_eq!(shown["round"], round);
+    // A restart rebuilds each machine from its ledger and persisted vote
+    // tip alone: the same main and tip, every block back.
+    let keys: Vec<String> = vs.iter().map(|v| v.key.public().to_openssh()).collect();
+    for (i, v) in vs.iter().enumerate() {
+        let persisted =
+            utter_node::consensus::restore(v.ledger, &v.vote_tip, &[], Vec::new(), id_of(&keys))
+                .unwrap();
+        assert_eq!(persisted.main, v.machine.main(), "validator {i}");
+        assert_eq!(persisted.vote_tip, v.machine.vote_tip(), "validator {i}");
+        let restarted = Machine::new(
+            Config::new(i as NodeId, vec![0, 1, 2]),
+            persisted,
+            Duration::ZERO,
+        );
+        assert_eq!(restarted.main(), v.machine.main(), "validator {i}");
+        assert_eq!(restarted.vote_tip(), v.machine.vote_tip(), "validator {i}");
+    }
+    // A damaged tip keeps a validator from voting until someone looks.
+    std::fs::write(vs[0].vote_tip.path(), "not a block\n").unwrap();
+    let err = utter_node::consensus::restore(
+        vs[0].ledger,
+        &vs[0].vote_tip,
+        &[],
+        Vec::new(),
+        id_of(&keys),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("must not vote"), "{err}");
     drop(vs);
     // The CLI agrees: structure, signatures, certificates and
     // re-execution.
@@ -435,11 +440,7 @@ fn act(
         Action::PersistVoteTip(block) => {
             // Durable before the vote leaves; the vote is signed here.
             let v = &mut vs[i];
-            std::fs::write(&v.vote_tip_file, block.to_string()).unwrap();
-            std::fs::File::open(&v.vote_tip_file)
-                .unwrap()
-                .sync_all()
-                .unwrap();
+            v.vote_tip.persist(block).unwrap();
             let height = v.ledger.height(block).unwrap();
             let sig = SignedVote::sign(&v.key, CHAIN, block, height).unwrap();
             v.votes.insert((block, me), sig);
