@@ -6,7 +6,7 @@
 set -eu
 py=$(readlink -f "${PYTHON:-/usr/bin/python3}")
 if [ ! -x "$py" ]; then
-    echo "build.sh needs python3 at /usr/bin/python3 (apt-get install python3-minimal) or PYTHON=/path" >&2
+    echo "build.sh needs python3 at /usr/bin/python3 (apt-get install python3) or PYTHON=/path" >&2
     exit 1
 fi
 version=$(basename "$py")          # python3.11
