@@ -208,6 +208,19 @@ impl Home {
             .filter(|s| !s.is_empty())
     }
 
+    /// A client of the node at `url` (`--node`, `UTTER_NODE`), else of the
+    /// node running on this data directory, else of the default address.
+    pub fn client(&self, url: Option<&str>) -> utter_client::Client {
+        match url {
+            Some(url) => utter_client::Client::new(url),
+            None => utter_client::Client::new(
+                &self
+                    .node_url()
+                    .unwrap_or_else(|| utter_client::DEFAULT_ADDR.to_string()),
+            ),
+        }
+    }
+
     /// The container runtime's directory for this data directory, named by
     /// a hash of its path so two data directories never share containers.
     pub fn runtime_dir(&self) -> PathBuf {

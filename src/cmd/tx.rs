@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use utter_client::api::TxState;
-use utter_client::{Client, DEFAULT_ADDR};
 use utter_formats::tx::{Request, sign_requests};
 use utter_formats::{Status, TxId};
 use utter_ledger::MAIN;
@@ -150,22 +149,13 @@ fn sign(home: &Home, args: SignArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The node given by `--node`/`UTTER_NODE`, else the one running on this
-/// data dir, else the default address.
-fn client(home: &Home, node: Option<&str>) -> Client {
-    match node {
-        Some(url) => Client::new(url),
-        None => Client::new(&home.node_url().unwrap_or_else(|| DEFAULT_ADDR.to_string())),
-    }
-}
-
 fn submit(home: &Home, args: SubmitArgs) -> Result<ExitCode> {
     let key = home.load_key(args.request.key.as_deref())?;
     let requests = args.request.requests()?;
     if requests.is_empty() {
         bail!("no transactions to send");
     }
-    let client = client(home, args.node.as_deref());
+    let client = home.client(args.node.as_deref());
     let sent = client.sign_and_submit(&key, requests)?;
     let answers: Vec<TxState> = sent.into_iter().map(|(_, state)| state).collect();
     let states = if args.wait {

@@ -162,17 +162,6 @@ fn greet(data: &Path, name: &str) -> Value {
     serde_json::from_str::<Value>(&out).unwrap()[0]["result"].clone()
 }
 
-fn ssh_key(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
-    path
-}
-
 /// A copy of `project` at `to` with `from` replaced by `with` in its main.sh.
 fn variant(project: &Path, to: &Path, from: &str, with: &str) -> PathBuf {
     ok(Command::new("cp").arg("-r").arg(project).arg(to));
@@ -246,7 +235,7 @@ fn a_dapp_is_deployed_used_upgraded_and_removed_by_transaction() {
     assert!(hello["upgraded_at"].as_u64().is_some(), "{hello}");
 
     // Keys the chain does not allow are rejected, with the reason.
-    let stranger = ssh_key(tmp.path(), "stranger");
+    let (stranger, _) = ssh_key(tmp.path(), "stranger");
     let (ok_, v) = dapp_json(&data, &["deploy", "other", dir], Some(&stranger));
     assert!(!ok_);
     let reason = v["result"]["reason"].as_str().unwrap();
@@ -393,13 +382,7 @@ fn reservations_and_inventory_pass_their_fixtures_deploy_and_a_booking_holds_the
     ok(utter(&data).args(["init", "--chain", "space"]));
     let node = Node::start(&data, None, "127.0.0.1:0", &[]);
     let ada = key_of(&data);
-    let grace_file = ssh_key(tmp.path(), "grace");
-    let grace = std::fs::read_to_string(grace_file.with_extension("pub")).unwrap();
-    let grace: String = grace
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let (grace_file, grace) = ssh_key(tmp.path(), "grace");
     let badge = "c0".repeat(32);
     accepted(&submit_all(
         &data,

@@ -65,3 +65,18 @@ pub fn file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write test file");
     p
 }
+
+/// An OpenSSH key made by ssh-keygen itself; (private key file, public key).
+pub fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let mut parts = public.split_whitespace();
+    let key = format!("{} {}", parts.next().unwrap(), parts.next().unwrap());
+    (path, key)
+}

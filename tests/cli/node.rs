@@ -104,21 +104,6 @@ fn public_key(data: &Path) -> String {
     v["public_key"].as_str().unwrap().to_string()
 }
 
-/// An OpenSSH key made by ssh-keygen itself; (private key file, public key).
-fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .output()
-        .expect("ssh-keygen runs");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    let mut parts = public.split_whitespace();
-    let key = format!("{} {}", parts.next().unwrap(), parts.next().unwrap());
-    (path, key)
-}
-
 /// `utter tx submit … --wait --json` as `key` (None: the node key); the
 /// results and whether the command succeeded.
 fn submit(data: &Path, key: Option<&Path>, dapp: &str, action: &str, args: Value) -> (bool, Value) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use utter_client::Client;
 use utter_client::api::TxState;
-use utter_client::{Client, DEFAULT_ADDR};
 use utter_formats::Status;
 use utter_formats::config::{
     CHAIN_DAPP, DEPLOY_ACTION, DeployArgs as DeployTx, REMOVE_ACTION, RemoveArgs as RemoveTx,
@@ -93,13 +93,6 @@ pub struct LsArgs {
     /// One JSON object instead of a table
     #[arg(long)]
     json: bool,
-}
-
-fn client(home: &Home, node: Option<&str>) -> Client {
-    match node {
-        Some(url) => Client::new(url),
-        None => Client::new(&home.node_url().unwrap_or_else(|| DEFAULT_ADDR.to_string())),
-    }
 }
 
 /// Reads the image `spec` names into a scratch store: a project is built,
@@ -242,7 +235,7 @@ fn send(
     what: &str,
 ) -> Result<u8> {
     let key = home.load_key(args.key.as_deref())?;
-    let client = client(home, args.node.as_deref());
+    let client = home.client(args.node.as_deref());
     let sent = client.sign_and_submit(
         &key,
         vec![Request {
@@ -298,7 +291,7 @@ pub fn deploy(home: &Home, args: DeployArgs) -> Result<u8> {
         }
         None => toml::Table::new(),
     };
-    let client = client(home, args.node.node.as_deref());
+    let client = home.client(args.node.node.as_deref());
     let image = image_on_node(&client, &args.image, args.node.json)?;
     let tx = DeployTx {
         name: args.name.clone(),
@@ -317,7 +310,7 @@ pub fn deploy(home: &Home, args: DeployArgs) -> Result<u8> {
 
 /// `utter dapp upgrade`.
 pub fn upgrade(home: &Home, args: UpgradeArgs) -> Result<u8> {
-    let client = client(home, args.node.node.as_deref());
+    let client = home.client(args.node.node.as_deref());
     let image = image_on_node(&client, &args.image, args.node.json)?;
     let tx = UpgradeTx {
         name: args.name.clone(),
@@ -348,7 +341,7 @@ pub fn remove(home: &Home, args: RemoveArgs) -> Result<u8> {
 
 /// `utter dapp ls`.
 pub fn ls(home: &Home, args: LsArgs) -> Result<u8> {
-    let client = client(home, args.node.as_deref());
+    let client = home.client(args.node.as_deref());
     let dapps = client.dapps()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&dapps)?);
