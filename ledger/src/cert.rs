@@ -321,6 +321,24 @@ impl Ledger {
         Ok((!block.parents.is_empty()).then_some(own))
     }
 
+    /// Whether `block` is committed by what this ledger holds: genesis, a
+    /// block with a certificate note (checked when it was stored), or a
+    /// block its one validator signed (a chain of one validator, whose
+    /// blocks that validator commits alone).
+    pub fn is_certified(&self, id: BlockId) -> Result<bool, LedgerError> {
+        if id == self.genesis() || self.certificate(id)?.is_some() {
+            return Ok(true);
+        }
+        let block = self.block(id)?;
+        let Ok(set) = self.validators_of(&block)? else {
+            return Ok(false);
+        };
+        let signer = block.signer.as_ref().map(Signer::to_openssh);
+        Ok(set.validators.len() == 1
+            && set.outgoing.is_empty()
+            && Signer::parse(&set.validators[0].key).map(|k| k.to_openssh()) == signer)
+    }
+
     /// Checks `cert` against `block` and its validator set.
     pub fn check_certificate(
         &self,

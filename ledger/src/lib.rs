@@ -37,7 +37,7 @@ pub use repo::{
     Block, Change, Changes, DirEntry, Draft, GENESIS_REF, INLINE_MAX, Ledger, LedgerError, MAIN,
     ValueReader,
 };
-pub use verify::{BlockError, BlockReport, Verification};
+pub use verify::{BlockChecker, BlockError, BlockReport, Verification};
 
 /// Git object ids (trees, blobs, commits), as gix spells them.
 pub use gix::ObjectId;

@@ -310,6 +310,20 @@ impl Ledger {
         Ok(())
     }
 
+    /// Removes the fetched refs of `tips` (a pull whose blocks the caller
+    /// checks one by one, with no ref to move at the end).
+    pub fn unfetch(&self, tips: &[BlockId]) -> Result<(), LedgerError> {
+        for tip in tips {
+            let path = self.path().join(format!("{FETCHED_PREFIX}{tip}"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing", &path)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the object is here.
     pub fn has(&self, id: BlockId) -> bool {
         self.repo().has_object(block::oid(id))

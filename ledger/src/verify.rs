@@ -266,6 +266,70 @@ impl Ledger {
     }
 }
 
+/// What [`Ledger::check_block`] remembers between blocks: parsed
+/// `chain.toml`s and the trees and blobs already found well formed, so a
+/// block costs what it changed, not the size of the state.
+#[derive(Default)]
+pub struct BlockChecker {
+    configs: HashMap<ObjectId, Arc<ChainConfig>>,
+    seen_trees: HashSet<ObjectId>,
+    seen_blobs: HashSet<ObjectId>,
+}
+
+/// Trees and blobs a [`BlockChecker`] remembers before it starts over.
+const CHECKER_MEMORY: usize = 1 << 20;
+
+impl Ledger {
+    /// Checks one block whose parents are here and valid (a block a peer
+    /// announced, before anything uses it): lineage, signature and signer,
+    /// message, height, chain, tree layout, transactions and results, as
+    /// [`Ledger::verify`] checks each block. A nonce replayed from an
+    /// earlier block is left to re-execution (the executor's nonce set).
+    pub fn check_block(
+        &self,
+        id: BlockId,
+        checker: &mut BlockChecker,
+    ) -> Result<Result<(), BlockError>, LedgerError> {
+        let parents = match self.commit_parents(id)? {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(BlockError::Unreadable(why))),
+        };
+        if checker.seen_trees.len() + checker.seen_blobs.len() > CHECKER_MEMORY {
+            *checker = BlockChecker::default();
+        }
+        let mut done = HashMap::new();
+        let mut height = 0;
+        for p in &parents {
+            let block = self.block(*p)?;
+            height = height.max(block.height + 1);
+            done.insert(
+                *p,
+                Checked {
+                    ok: true,
+                    height: block.height,
+                    first_parent: block.parents.first().copied(),
+                    config: Some(Arc::new(self.chain_config(&block)?)),
+                },
+            );
+        }
+        let mut walk = Walk {
+            ledger: self,
+            configs: std::mem::take(&mut checker.configs),
+            seen_trees: std::mem::take(&mut checker.seen_trees),
+            seen_blobs: std::mem::take(&mut checker.seen_blobs),
+            done,
+            nonces: HashMap::new(),
+            pre: None,
+            pre_now: None,
+        };
+        let report = walk.check(id, height, &parents);
+        checker.configs = walk.configs;
+        checker.seen_trees = walk.seen_trees;
+        checker.seen_blobs = walk.seen_blobs;
+        Ok(report?.verdict)
+    }
+}
+
 /// The order in which blocks are checked, each with its height: a block
 /// after all its parents, lowest height first, ties by id.
 fn walk_order(

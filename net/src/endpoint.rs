@@ -17,6 +17,10 @@ use crate::wire::{Decoder, MAX_FRAME, MAX_REQUEST, Message, WireError};
 pub const ALPN_SYNC: &[u8] = b"utter-sync/1";
 /// The content protocol: manifests, chunks, images.
 pub const ALPN_CHUNKS: &[u8] = b"utter-chunks/1";
+/// The consensus protocol: one channel per connection, from the dialer
+/// to the listener, carrying `Hello` then transactions, announcements
+/// and votes ([`Conn::open_channel`], [`Conn::accept_channel`]).
+pub const ALPN_CONSENSUS: &[u8] = b"utter-consensus/1";
 
 /// How long a read may wait for the peer before the stream is given up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
@@ -377,6 +381,85 @@ impl Conn {
                 source: WireError::Truncated(0),
             }),
         }))
+    }
+}
+
+impl Conn {
+    /// Opens the connection's channel: a stream of frames to the peer
+    /// that stays open while the connection does.
+    pub async fn open_channel(&self) -> Result<Channel, NetError> {
+        let (send, _recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: describe_connection_error(&e),
+            })?;
+        Ok(Channel {
+            send,
+            addr: self.addr,
+        })
+    }
+
+    /// Waits for the peer to open its channel.
+    pub async fn accept_channel(&self) -> Result<Inbound, NetError> {
+        let (_send, recv) = self
+            .conn
+            .accept_bi()
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: describe_connection_error(&e),
+            })?;
+        Ok(Inbound {
+            recv,
+            decoder: Decoder::new(MAX_REQUEST),
+            addr: self.addr,
+        })
+    }
+
+    /// Waits until the connection is closed, by either side.
+    pub async fn closed(&self) -> String {
+        describe_connection_error(&self.conn.closed().await)
+    }
+}
+
+/// The sending end of a channel.
+#[derive(Debug)]
+pub struct Channel {
+    send: quinn::SendStream,
+    addr: SocketAddr,
+}
+
+impl Channel {
+    /// Sends one frame (at most [`MAX_REQUEST`] bytes, what the other end
+    /// accepts).
+    pub async fn send(&mut self, m: &Message) -> Result<(), NetError> {
+        self.send
+            .write_all(&m.encode())
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: format!("cannot send: {e}"),
+            })
+    }
+}
+
+/// The receiving end of a channel. Reads wait as long as the connection
+/// lives (an idle channel is normal; QUIC's keep-alive and idle timeout
+/// find a dead peer).
+#[derive(Debug)]
+pub struct Inbound {
+    recv: quinn::RecvStream,
+    decoder: Decoder,
+    addr: SocketAddr,
+}
+
+impl Inbound {
+    /// The next frame; `None` when the peer finished the channel.
+    pub async fn next(&mut self) -> Result<Option<Message>, NetError> {
+        read_frame(&mut self.recv, &mut self.decoder, self.addr, Duration::MAX).await
     }
 }
 

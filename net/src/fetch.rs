@@ -22,6 +22,9 @@ use crate::sync::{
 };
 use crate::wire::{Hash, MAX_IDS, Message, What};
 
+/// Main, the one ref only a certificate moves.
+const MAIN_REF: &str = "refs/heads/main";
+
 /// The pack batch a pass asks for.
 pub const BATCH_BYTES: u64 = 32 << 20;
 /// The most bytes of one pack accepted from a peer.
@@ -294,6 +297,117 @@ impl Pass<'_> {
             }
         }
         result
+    }
+
+    /// Pulls `wants` and their ancestors not under `haves` (packs in
+    /// batches), then what their trees name outside git: values and the
+    /// images their `dapp.toml` files name. Nothing is verified and no ref
+    /// moves: the caller checks each block before it uses it (consensus
+    /// pulls the blocks it is told of this way). Returns the commits that
+    /// arrived, parents first.
+    pub async fn pull(
+        mut self,
+        wants: Vec<BlockId>,
+        mut haves: Vec<BlockId>,
+    ) -> Result<Vec<BlockId>, PassError> {
+        let sync = self
+            .endpoint
+            .connect(self.addr, ALPN_SYNC, self.pin.clone())
+            .await?;
+        let mut progress = Progress::default();
+        let mut received = Vec::new();
+        let mut packs = Vec::new();
+        let result: Result<(), PassError> = async {
+            loop {
+                haves.truncate(MAX_IDS);
+                let request = Message::Blocks {
+                    wants: wants.clone(),
+                    haves: haves.clone(),
+                    max_bytes: self.batch_bytes,
+                };
+                let mut answer = sync.ask(&request).await?;
+                let (commits, objects, more) = match answer.frame().await? {
+                    Some(Message::Pack {
+                        commits,
+                        objects,
+                        more,
+                    }) => (commits, objects, more),
+                    Some(Message::Error { message, .. }) => {
+                        return Err(Fault::Refused(message).into());
+                    }
+                    other => {
+                        return Err(
+                            Fault::Protocol(format!("{other:?} where a pack belongs")).into()
+                        );
+                    }
+                };
+                if commits.is_empty() {
+                    return Ok(());
+                }
+                let (indexed, tips) = self
+                    .receive_pack(&mut answer, &commits, objects, &mut progress)
+                    .await?;
+                packs.push(indexed);
+                self.ledger.unfetch(&tips)?;
+                received.extend_from_slice(&commits);
+                if !more {
+                    return Ok(());
+                }
+                haves.splice(0..0, tips);
+            }
+        }
+        .await;
+        let result = match result.and_then(|()| self.lacks_content(&received)) {
+            Ok(false) => Ok(()),
+            Ok(true) => match self
+                .endpoint
+                .connect(self.addr, ALPN_CHUNKS, Some(sync.peer().fingerprint()))
+                .await
+            {
+                Ok(content) => {
+                    let fetched = self
+                        .fetch_content(&content, &received, None, &mut progress)
+                        .await
+                        .map(drop);
+                    content.close("done");
+                    fetched
+                }
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        };
+        match &result {
+            Err(e) if e.untrustworthy() => {
+                for p in &packs {
+                    self.ledger.drop_pack(p);
+                }
+            }
+            _ => {
+                for p in &packs {
+                    self.ledger.release_pack(p);
+                }
+            }
+        }
+        match &result {
+            Ok(()) => sync.close("done"),
+            Err(e) => sync.close(&e.to_string()),
+        }
+        result.map(|()| received)
+    }
+
+    /// Whether the trees of `commits` name values or images not here (a
+    /// pull then fetches them; most blocks name none).
+    fn lacks_content(&self, commits: &[BlockId]) -> Result<bool, PassError> {
+        if commits.is_empty() {
+            return Ok(false);
+        }
+        let content = self.ledger.new_content(commits)?;
+        for m in &content.manifests {
+            if !self.store.has_manifest(m).map_err(store_err)? {
+                return Ok(true);
+            }
+        }
+        Ok(content.images.iter().any(|d| self.images.get(d).is_err()))
     }
 
     async fn receive_pack(
@@ -649,6 +763,17 @@ impl Pass<'_> {
                     .unwrap_or_default()
             )
         });
+        // Blocks the peer's notes certify (merged only after this check).
+        let mut certified: HashSet<BlockId> = HashSet::new();
+        if let Some((_, theirs)) = heads.iter().find(|(n, _)| n == NOTES_REF) {
+            let ours = self.ledger.ref_id(NOTES_REF)?;
+            certified.extend(
+                self.ledger
+                    .notes_added(*theirs, ours)?
+                    .into_iter()
+                    .map(|(b, _)| b),
+            );
+        }
         let mut out = Vec::with_capacity(heads.len());
         for (name, id) in heads {
             let ours = self.ledger.ref_id(name)?;
@@ -663,8 +788,14 @@ impl Pass<'_> {
                     ),
                     None => Relation::Invalid("it is not here".into()),
                     Some(Ok(())) => match ours {
-                        None => Relation::New,
                         Some(o) if o == *id => Relation::Same,
+                        _ if name == MAIN_REF
+                            && !certified.contains(id)
+                            && !self.ledger.is_certified(*id)? =>
+                        {
+                            Relation::Uncertified
+                        }
+                        None => Relation::New,
                         Some(o) if self.ledger.is_ancestor(o, *id)? => Relation::Ahead,
                         Some(o) if self.ledger.is_ancestor(*id, o)? => Relation::Behind,
                         Some(_) => Relation::Diverged,

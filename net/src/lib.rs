@@ -28,6 +28,8 @@ pub mod sync;
 pub mod tls;
 pub mod wire;
 
-pub use endpoint::{ALPN_CHUNKS, ALPN_SYNC, Conn, Endpoint, NetError};
+pub use endpoint::{
+    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_SYNC, Channel, Conn, Endpoint, Inbound, NetError,
+};
 pub use fetch::{Pass, PassError, Passed, Progress};
 pub use tls::{Gate, Identity};

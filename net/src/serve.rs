@@ -10,7 +10,7 @@ use utter_chunkstore::{ChunkId, ManifestId, Store};
 use utter_images::{Digest, ImageDocs, Images};
 use utter_ledger::{Ledger, LedgerError};
 
-use crate::endpoint::{ALPN_CHUNKS, ALPN_SYNC, Conn, Endpoint, NetError, Reply};
+use crate::endpoint::{ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_SYNC, Conn, Endpoint, NetError, Reply};
 use crate::wire::{LayerRef, Message, What, code};
 
 /// The smallest and largest pack batch a server makes.
@@ -37,8 +37,19 @@ impl Source {
 
 /// Serves every connection `endpoint` accepts until it closes.
 pub async fn serve(endpoint: Endpoint, source: Source) {
+    serve_with(endpoint, source, None).await;
+}
+
+/// Serves like [`serve`], and hands every connection for the consensus
+/// protocol to `consensus` (without it, they are refused).
+pub async fn serve_with(
+    endpoint: Endpoint,
+    source: Source,
+    consensus: Option<tokio::sync::mpsc::UnboundedSender<Conn>>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let source = source.clone();
+        let consensus = consensus.clone();
         tokio::spawn(async move {
             let Ok((conn, alpn)) = incoming.connected().await else {
                 return;
@@ -47,6 +58,12 @@ pub async fn serve(endpoint: Endpoint, source: Source) {
                 serve_sync(conn, source).await;
             } else if alpn == ALPN_CHUNKS {
                 serve_chunks(conn, source).await;
+            } else if alpn == ALPN_CONSENSUS
+                && let Some(to) = consensus
+            {
+                if let Err(tokio::sync::mpsc::error::SendError(conn)) = to.send(conn) {
+                    conn.close("this node is stopping");
+                }
             } else {
                 conn.close("unknown protocol");
             }

@@ -51,6 +51,11 @@ pub enum Relation {
     Diverged,
     /// It, or a block under it, is not valid.
     Invalid(String),
+    /// Main only: it is valid and ahead, but nothing certifies it (no
+    /// certificate here or in the peer's notes, and its validators are
+    /// more than one): main stays where it is, since only a quorum's
+    /// votes commit a block.
+    Uncertified,
 }
 
 /// A ref move the pass ends with.
@@ -535,7 +540,7 @@ impl Session {
                     };
                     updates.push(RefUpdate::Forward { name, from, to });
                 }
-                Relation::Same | Relation::Behind => {}
+                Relation::Same | Relation::Behind | Relation::Uncertified => {}
                 Relation::Diverged if name == NOTES_REF => {
                     updates.push(RefUpdate::MergeNotes { theirs: to });
                 }

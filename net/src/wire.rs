@@ -30,6 +30,8 @@ pub const MAX_REFS: usize = 10_000;
 pub const MAX_STR: usize = 4096;
 /// The largest document (an image's manifest or config) in a frame.
 pub const MAX_DOC: usize = 4 << 20;
+/// The longest transaction line in a `Txs` frame (the ledger's limit).
+pub const MAX_TX_LINE: usize = utter_formats::tx::MAX_LINE;
 
 /// A 32-byte hash: a chunk, a manifest (BLAKE3) or an image (SHA-256).
 pub type Hash = [u8; 32];
@@ -150,6 +152,30 @@ pub enum Message {
         /// Its id.
         id: Hash,
     },
+    /// Consensus: the first frame of a channel — the chain and genesis
+    /// of the node opening it (a node of another chain is hung up on).
+    Hello {
+        /// The chain's name.
+        chain: String,
+        /// Its genesis block.
+        genesis: BlockId,
+    },
+    /// Consensus: signed transaction lines for the mempools, at most
+    /// [`MAX_IDS`] a frame, each at most [`MAX_TX_LINE`] bytes.
+    Txs(Vec<Vec<u8>>),
+    /// Consensus: the sender has this block (a proposal, a side block);
+    /// the receiver pulls it on the sync protocol if it lacks it.
+    Announce(BlockId),
+    /// Consensus: a validator's vote, an SSH signature over chain, block
+    /// and height (`utter_ledger::cert::vote_message`).
+    Vote {
+        /// The block voted for.
+        block: BlockId,
+        /// Its height, as signed.
+        height: u64,
+        /// The armored signature.
+        signature: String,
+    },
     /// The server refuses or failed.
     Error {
         /// A [`code`].
@@ -229,6 +255,10 @@ impl fmt::Debug for Message {
                 layers.len()
             ),
             Message::Missing { what, id } => write!(f, "Missing({what:?}, {})", short(id)),
+            Message::Hello { chain, genesis } => write!(f, "Hello({chain:?}, {genesis:?})"),
+            Message::Txs(lines) => write!(f, "Txs({})", lines.len()),
+            Message::Announce(id) => write!(f, "Announce({id:?})"),
+            Message::Vote { block, height, .. } => write!(f, "Vote({block:?} at {height})"),
             Message::Error { code, message } => write!(f, "Error({code}, {message:?})"),
         }
     }
@@ -273,6 +303,10 @@ const MANIFEST: u8 = 0x90;
 const CHUNK: u8 = 0x91;
 const IMAGE_IS: u8 = 0x92;
 const MISSING: u8 = 0x9f;
+const HELLO: u8 = 0xa0;
+const TXS: u8 = 0xa1;
+const ANNOUNCE: u8 = 0xa2;
+const VOTE: u8 = 0xa3;
 const ERROR: u8 = 0xff;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -425,6 +459,32 @@ impl Message {
                 body.extend_from_slice(id);
                 MISSING
             }
+            Message::Hello { chain, genesis } => {
+                put_str(&mut body, chain);
+                body.extend_from_slice(genesis.as_bytes());
+                HELLO
+            }
+            Message::Txs(lines) => {
+                body.extend_from_slice(&(lines.len() as u32).to_be_bytes());
+                for line in lines {
+                    put_bytes(&mut body, line);
+                }
+                TXS
+            }
+            Message::Announce(id) => {
+                body.extend_from_slice(id.as_bytes());
+                ANNOUNCE
+            }
+            Message::Vote {
+                block,
+                height,
+                signature,
+            } => {
+                body.extend_from_slice(block.as_bytes());
+                body.extend_from_slice(&height.to_be_bytes());
+                put_str(&mut body, signature);
+                VOTE
+            }
             Message::Error { code, message } => {
                 body.extend_from_slice(&code.to_be_bytes());
                 put_str(&mut body, message);
@@ -452,6 +512,10 @@ impl Message {
             CHUNK => "Chunk",
             IMAGE_IS => "ImageIs",
             MISSING => "Missing",
+            HELLO => "Hello",
+            TXS => "Txs",
+            ANNOUNCE => "Announce",
+            VOTE => "Vote",
             ERROR => "Error",
             k => return Err(WireError::Kind(k)),
         };
@@ -532,6 +596,24 @@ impl Message {
                     b => return Err(r.bad(format!("missing kind {b}"))),
                 },
                 id: r.hash()?,
+            },
+            HELLO => Message::Hello {
+                chain: r.str()?,
+                genesis: r.id()?,
+            },
+            TXS => {
+                let n = r.count(MAX_IDS)?;
+                let mut lines = Vec::with_capacity(n);
+                for _ in 0..n {
+                    lines.push(r.bytes(MAX_TX_LINE)?);
+                }
+                Message::Txs(lines)
+            }
+            ANNOUNCE => Message::Announce(r.id()?),
+            VOTE => Message::Vote {
+                block: r.id()?,
+                height: r.u64()?,
+                signature: r.str()?,
             },
             ERROR => Message::Error {
                 code: r.u16()?,
