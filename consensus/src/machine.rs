@@ -205,6 +205,10 @@ pub enum Event {
     LocalTx(TxId),
     /// A peer (re)connected: bring it up to date.
     PeerConnected(NodeId),
+    /// These transactions left the node's pool without a block (another
+    /// transaction with the same signer and nonce was committed): they
+    /// are no longer work to propose.
+    Dropped(Vec<TxId>),
 }
 
 /// An output, for the driver to carry out in order.
@@ -674,6 +678,11 @@ impl Machine {
                 }
             }
             Event::PeerConnected(peer) => self.on_connected(peer),
+            Event::Dropped(txs) => {
+                for tx in txs {
+                    self.mempool.remove(&tx);
+                }
+            }
         }
     }
 

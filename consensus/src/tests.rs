@@ -469,3 +469,30 @@ fn a_relay_that_forges_a_proposals_round_poisons_it_only_under_the_old_rule() {
     }
     assert!(dropped > 0, "the relays forged something");
 }
+
+#[test]
+fn a_dropped_transaction_is_no_longer_work_to_propose() {
+    // Validator 0 leads round 0: a transaction makes it propose.
+    let tx = utter_formats::TxId::of_line("a line");
+    let mut m = fresh(0, 4);
+    m.handle(Duration::ZERO, Event::LocalTx(tx));
+    let proposes = |actions: &[Action]| {
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Propose { txs, .. } if txs.contains(&tx)))
+    };
+    assert!(proposes(&m.drain().collect::<Vec<_>>()));
+    // The pool dropped it (another transaction took its nonce): the next
+    // leader has nothing to propose and does not.
+    let mut m = fresh(1, 4);
+    m.handle(Duration::ZERO, Event::LocalTx(tx));
+    m.handle(Duration::ZERO, Event::Dropped(vec![tx]));
+    assert_eq!(m.mempool_len(), 0);
+    m.drain().for_each(drop);
+    m.handle_timeout(Duration::from_secs(1));
+    let after: Vec<Action> = m.drain().collect();
+    assert!(
+        !after.iter().any(|a| matches!(a, Action::Propose { .. })),
+        "{after:?}"
+    );
+}
