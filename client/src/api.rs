@@ -90,6 +90,35 @@ pub struct Status {
     pub mempool: usize,
     /// Blocks this node made since it started.
     pub blocks_made: u64,
+    /// Proof of merge on this node, when its chain has several validators
+    /// and it runs with `--p2p`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus: Option<ConsensusStatus>,
+}
+
+/// Proof of merge as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsensusStatus {
+    /// Whether this node votes (else it forwards and follows).
+    pub validator: bool,
+    /// The machine's round (0 on a follower).
+    pub round: u64,
+    /// Peers with an open consensus channel from this node.
+    pub peers: usize,
+    /// The last block this node committed, with the votes of its
+    /// certificate.
+    pub certified: Option<Certified>,
+}
+
+/// A committed block and how many votes certify it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certified {
+    /// The block.
+    pub block: BlockId,
+    /// Its height.
+    pub height: u64,
+    /// Votes in its certificate.
+    pub votes: usize,
 }
 
 /// The query of `GET /v1/nonce`.

@@ -55,8 +55,7 @@ use checkouts::{Checkouts, write_checkout};
 pub use host::{Host, ImageError, Images};
 use merge::check_parents;
 pub use merge::{MergeError, merge_lines};
-use nonces::signer_nonce;
-pub use nonces::{Nonces, next_nonce};
+pub use nonces::{Nonces, next_nonce, signer_nonce};
 use run::{read_dapp_config, stderr_tail, take_run};
 
 /// Why the executor could not do its job at all (as opposed to rejecting

@@ -81,7 +81,7 @@ impl Nonces {
 
 /// Pulls signer and nonce out of a transaction line already in a block
 /// (checked when it was written; a line that does not parse adds nothing).
-pub(crate) fn signer_nonce(line: &str) -> Option<(String, u64)> {
+pub fn signer_nonce(line: &str) -> Option<(String, u64)> {
     let stx: SignedTx = serde_json::from_str(line).ok()?;
     Some((stx.tx.signer, stx.tx.nonce))
 }

@@ -25,7 +25,7 @@ use crate::query::{self, QueryError};
 use crate::run::{Shared, lock, seq_key};
 
 /// An error answer.
-struct ApiError(ErrorCode, String);
+pub(crate) struct ApiError(ErrorCode, String);
 
 impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
@@ -139,6 +139,7 @@ async fn status(State(shared): Node) -> Json<Status> {
         head: head.id,
         mempool,
         blocks_made: head.blocks_made,
+        consensus: lock(&shared.consensus).clone(),
     })
 }
 
@@ -186,19 +187,40 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
             ),
         ));
     }
+    let (states, new) = admit_lines(shared, lines)?;
+    if !new.is_empty()
+        && let Some(inputs) = shared.inputs.get()
+    {
+        let _ = inputs.send(crate::gossip::Input::Admitted {
+            from: None,
+            ids: new,
+        });
+    }
+    Ok(states)
+}
+
+/// Admits signed lines (from the API or a peer): each checked, refused
+/// with its reason or waiting in the pool, and the new ones synced to disk
+/// before this returns. Returns each line's state and the ids newly
+/// admitted.
+pub(crate) fn admit_lines(
+    shared: &Shared,
+    lines: Vec<String>,
+) -> Result<(Vec<TxState>, Vec<TxId>), ApiError> {
     if !shared.producing.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(lines
+        let states = lines
             .iter()
             .map(|line| TxState::Refused {
                 id: TxId::of_line(line),
                 error: "this node follows the chain and makes no blocks (its key is not the chain's only validator); submit to a validator's node".into(),
             })
-            .collect());
+            .collect();
+        return Ok((states, Vec::new()));
     }
     let checked = utter_executor::verify_all(&lines, &shared.chain);
     let _one_at_a_time = lock(&shared.admit);
     let mut out = Vec::with_capacity(lines.len());
-    let mut new: Vec<(u64, String)> = Vec::new();
+    let mut new: Vec<(u64, TxId, String)> = Vec::new();
     {
         let mut pool = lock(&shared.pool);
         let recent = lock(&shared.recent);
@@ -237,7 +259,7 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
             }
             match pool.admit(id, line.clone(), stx) {
                 Ok(Admitted::New(seq)) => {
-                    new.push((seq, line));
+                    new.push((seq, id, line));
                     out.push(TxState::Pending { id });
                 }
                 Ok(Admitted::Duplicate) => out.push(TxState::Pending { id }),
@@ -249,20 +271,20 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
         }
     }
     if new.is_empty() {
-        return Ok(out);
+        return Ok((out, Vec::new()));
     }
-    let keys: Vec<Vec<u8>> = new.iter().map(|(seq, _)| seq_key(*seq)).collect();
+    let keys: Vec<Vec<u8>> = new.iter().map(|(seq, ..)| seq_key(*seq)).collect();
     let puts: Vec<(&[u8], &[u8])> = keys
         .iter()
         .zip(&new)
-        .map(|(k, (_, line))| (k.as_slice(), line.as_bytes()))
+        .map(|(k, (_, _, line))| (k.as_slice(), line.as_bytes()))
         .collect();
-    let seqs: Vec<u64> = new.iter().map(|(seq, _)| *seq).collect();
+    let seqs: Vec<u64> = new.iter().map(|(seq, ..)| *seq).collect();
     match shared.store.write_records(&puts, &[]) {
         Ok(()) => {
             lock(&shared.pool).made_durable(&seqs);
             shared.wake.notify_all();
-            Ok(out)
+            Ok((out, new.into_iter().map(|(_, id, _)| id).collect()))
         }
         Err(e) => {
             lock(&shared.pool).forget(&seqs);

@@ -10,6 +10,7 @@
 //!   keys/node, node.pub  the node's OpenSSH ed25519 key
 //!   images/              image index, documents, rootfs cache
 //!   node.addr            where a running node's API listens
+//!   vote-tip             a validator's last vote (proof of merge)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -186,6 +187,12 @@ impl Home {
     /// peers allow`), one OpenSSH public key per line.
     pub fn allowed_peers(&self) -> PathBuf {
         self.root.join("allowed_peers")
+    }
+
+    /// A validator's vote tip: the last block it voted for, synced before
+    /// the vote left.
+    pub fn vote_tip_file(&self) -> PathBuf {
+        self.root.join("vote-tip")
     }
 
     /// Where a running node writes its API address (`http://…`).

@@ -23,6 +23,7 @@
 
 mod api;
 pub mod consensus;
+mod gossip;
 mod home;
 mod images;
 pub mod init;
@@ -31,6 +32,7 @@ pub mod pool;
 mod producer;
 pub mod query;
 mod run;
+mod validator;
 pub mod verify;
 
 pub use home::{Home, HomeError, KEY_PRINCIPAL, Need, Opened};

@@ -19,10 +19,12 @@ use utter_ledger::{BlockId, Ledger, MAIN};
 use utter_net::peers::{self, PeerBook};
 use utter_net::serve::Source;
 use utter_net::tls::Gate;
-use utter_net::{ALPN_CHUNKS, ALPN_SYNC, Endpoint, Identity, Pass, PassError, Passed, Progress};
+use utter_net::{
+    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_SYNC, Endpoint, Identity, Pass, PassError, Passed, Progress,
+};
 
 use crate::home::{Home, HomeError, Need};
-use crate::run::{Committed, Shared, lock};
+use crate::run::{Shared, lock};
 
 /// How a node takes part in the network.
 #[derive(Debug, Clone)]
@@ -150,10 +152,20 @@ pub(crate) struct P2p {
     stop: Arc<(Mutex<bool>, Condvar)>,
     sync: Option<std::thread::JoinHandle<()>>,
     pub(crate) addr: SocketAddr,
+    /// On a chain of several validators: the channels to the other
+    /// validators and what arrives on them, for the consensus thread.
+    pub(crate) consensus: Option<(
+        crate::gossip::Outbound,
+        std::sync::mpsc::Receiver<crate::gossip::Input>,
+    )>,
 }
 
 impl P2p {
-    /// Serves on the node's runtime and starts the sync thread.
+    /// Serves on the node's runtime and starts the sync thread; on a chain
+    /// of several validators (`role` is `Some(validator)`) also the
+    /// consensus channels, and on a validator no sync thread (the machine
+    /// moves main; it pulls what it is told of).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         home: &Home,
         store: &Store,
@@ -162,6 +174,7 @@ impl P2p {
         settings: &P2pSettings,
         runtime: &tokio::runtime::Runtime,
         verbose: bool,
+        role: Option<bool>,
     ) -> Result<Self, P2pError> {
         let identity = Identity::new(key)?;
         let members = Members::default();
@@ -172,7 +185,7 @@ impl P2p {
             Endpoint::serve(
                 settings.listen,
                 identity.clone(),
-                &[ALPN_SYNC, ALPN_CHUNKS],
+                &[ALPN_SYNC, ALPN_CHUNKS, ALPN_CONSENSUS],
                 gate,
             )?
         };
@@ -182,34 +195,57 @@ impl P2p {
             book.add(*peer, None);
         }
         peers::save(store, &book)?;
+        let mut consensus = None;
+        let (conns, inbound) = tokio::sync::mpsc::unbounded_channel();
+        if role.is_some() {
+            let (inputs, received) = std::sync::mpsc::channel();
+            let _ = shared.inputs.set(inputs.clone());
+            let mut peers: Vec<SocketAddr> = book.peers().map(|p| p.addr).collect();
+            peers.retain(|p| *p != addr);
+            let outbound = crate::gossip::start(
+                runtime,
+                &endpoint,
+                inbound,
+                &peers,
+                home,
+                store,
+                shared.clone(),
+                inputs,
+            )?;
+            consensus = Some((outbound, received));
+        }
         let book = Arc::new(Mutex::new(book));
-        runtime.spawn(utter_net::serve::serve(
+        runtime.spawn(utter_net::serve::serve_with(
             endpoint.clone(),
             source(home, store)?,
+            role.is_some().then_some(conns),
         ));
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let sync = {
-            let home = home.clone();
-            let store = store.clone();
-            let stop = stop.clone();
-            let every = settings.every;
-            let key = key.clone();
-            std::thread::Builder::new()
-                .name("sync".into())
-                .spawn(move || {
-                    if let Err(e) = sync_loop(
-                        &home, &store, &key, &shared, &book, &stop, every, &members, verbose,
-                    ) {
-                        eprintln!("error: the sync thread stopped: {e}");
-                    }
-                })
-                .map_err(|e| P2pError::Runtime(format!("cannot start the sync thread: {e}")))?
-        };
+        let sync = (role != Some(true))
+            .then(|| {
+                let home = home.clone();
+                let store = store.clone();
+                let stop = stop.clone();
+                let every = settings.every;
+                let key = key.clone();
+                std::thread::Builder::new()
+                    .name("sync".into())
+                    .spawn(move || {
+                        if let Err(e) = sync_loop(
+                            &home, &store, &key, &shared, &book, &stop, every, &members, verbose,
+                        ) {
+                            eprintln!("error: the sync thread stopped: {e}");
+                        }
+                    })
+                    .map_err(|e| P2pError::Runtime(format!("cannot start the sync thread: {e}")))
+            })
+            .transpose()?;
         Ok(Self {
             endpoint,
             stop,
-            sync: Some(sync),
+            sync,
             addr,
+            consensus,
         })
     }
 
@@ -281,7 +317,12 @@ fn sync_loop(
                     );
                     let after = ledger.resolve(MAIN)?;
                     if after != before {
-                        main_moved(&ledger, shared, before, after);
+                        if let Err(e) = crate::run::settle(shared, &ledger, before, after) {
+                            eprintln!(
+                                "error: main moved to {} but the pool was not settled: {e}",
+                                after.short()
+                            );
+                        }
                         members.refresh(&ledger);
                         if verbose {
                             eprintln!(
@@ -316,35 +357,6 @@ fn sync_loop(
             return Ok(());
         }
     }
-}
-
-/// Tells the API main moved (by a sync): the head, and the results of the
-/// blocks that came.
-fn main_moved(ledger: &Ledger, shared: &Shared, before: BlockId, after: BlockId) {
-    let Ok(block) = ledger.block(after) else {
-        return;
-    };
-    if let Ok(new) = ledger.only_in(&[after], &[before]) {
-        let mut recent = lock(&shared.recent);
-        for id in new {
-            let Ok(b) = ledger.block(id) else { continue };
-            for text in ledger.result_lines(&b).unwrap_or_default() {
-                if let Ok(result) = serde_json::from_str(&text) {
-                    recent.insert(Committed {
-                        block: b.id,
-                        height: b.height,
-                        result,
-                    });
-                }
-            }
-        }
-    }
-    {
-        let mut head = lock(&shared.head);
-        head.id = after;
-        head.height = block.height;
-    }
-    shared.blocks.send_modify(|n| *n += 1);
 }
 
 /// A runtime of its own and a client endpoint on it, for passes made

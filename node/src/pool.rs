@@ -3,7 +3,7 @@
 //! already used on the chain or already waiting, a full pool). The node
 //! persists what this admits before it may go into a block.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use utter_executor::Nonces;
 use utter_ledger::TxId;
@@ -66,7 +66,8 @@ pub enum Admitted {
 pub struct Pool {
     queue: BTreeMap<u64, Pending>,
     ids: HashMap<TxId, u64>,
-    nonces: HashSet<(String, u64)>,
+    /// Waiting transactions by signer and nonce.
+    nonces: HashMap<(String, u64), u64>,
     committed: Nonces,
     next_seq: u64,
     max: usize,
@@ -78,7 +79,7 @@ impl Pool {
         Self {
             queue: BTreeMap::new(),
             ids: HashMap::new(),
-            nonces: HashSet::new(),
+            nonces: HashMap::new(),
             committed,
             next_seq,
             max,
@@ -93,6 +94,25 @@ impl Pool {
     /// Whether none waits.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The ids of the durable transactions, in arrival order.
+    pub fn ids(&self) -> Vec<TxId> {
+        self.queue
+            .values()
+            .filter(|p| p.durable)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Takes these out of the pool; returns their seqs.
+    pub fn remove_ids(&mut self, ids: &[TxId]) -> Vec<u64> {
+        let seqs: Vec<u64> = ids
+            .iter()
+            .filter_map(|id| self.ids.get(id).copied())
+            .collect();
+        self.forget(&seqs);
+        seqs
     }
 
     /// The transaction with this id, if it waits.
@@ -122,7 +142,7 @@ impl Pool {
         if self.committed.contains(signer, nonce) {
             return Err(Refusal::Replayed);
         }
-        if self.nonces.contains(&(signer.clone(), nonce)) {
+        if self.nonces.contains_key(&(signer.clone(), nonce)) {
             return Err(Refusal::NonceTaken);
         }
         if self.queue.len() >= self.max {
@@ -130,7 +150,7 @@ impl Pool {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.nonces.insert((signer.clone(), nonce));
+        self.nonces.insert((signer.clone(), nonce), seq);
         self.ids.insert(id, seq);
         self.queue.insert(
             seq,
@@ -182,6 +202,29 @@ impl Pool {
             .take(n)
             .cloned()
             .collect()
+    }
+
+    /// Settles a committed block: `txs` are its transactions' ids with
+    /// their signers and nonces. Those waiting here leave; every nonce is
+    /// now used; a waiting transaction with a nonce the block used (a
+    /// different transaction of the same signer) can never commit and
+    /// leaves too. Returns what left: the seqs (for their records) and the
+    /// ids of those that left without being in the block.
+    pub fn settle(&mut self, txs: &[(TxId, String, u64)]) -> (Vec<u64>, Vec<TxId>) {
+        let mut seqs = Vec::new();
+        let mut dropped = Vec::new();
+        for (id, signer, nonce) in txs {
+            self.committed.insert(signer, *nonce);
+            if let Some(&seq) = self.nonces.get(&(signer.clone(), *nonce))
+                && let Some(p) = self.remove(seq)
+            {
+                seqs.push(seq);
+                if p.id != *id {
+                    dropped.push(p.id);
+                }
+            }
+        }
+        (seqs, dropped)
     }
 
     /// These went into a committed block: they no longer wait, and their

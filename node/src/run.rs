@@ -93,6 +93,9 @@ pub enum NodeError {
     /// The network part.
     #[error(transparent)]
     P2p(#[from] Box<crate::p2p::P2pError>),
+    /// Proof of merge's state on disk (the vote tip) or a vote.
+    #[error("consensus: {0}")]
+    Consensus(String),
     /// The block producer panicked.
     #[error("the block producer panicked")]
     Panicked,
@@ -117,6 +120,7 @@ pub(crate) struct Head {
 /// State shared by the API and the producer.
 pub(crate) struct Shared {
     pub chain: String,
+    pub genesis: BlockId,
     pub node_key: String,
     pub store: Store,
     /// The API's own handle on the ledger (reads only).
@@ -139,6 +143,10 @@ pub(crate) struct Shared {
     pub producing: AtomicBool,
     /// The producer stopped on an error: the API stops too.
     pub failed: tokio::sync::Notify,
+    /// What `/v1/status` says of proof of merge (set by its thread).
+    pub consensus: Mutex<Option<utter_client::api::ConsensusStatus>>,
+    /// Where admitted transactions are announced, when consensus runs.
+    pub inputs: std::sync::OnceLock<std::sync::mpsc::Sender<crate::gossip::Input>>,
 }
 
 /// Results of recent transactions, oldest evicted first.
@@ -250,6 +258,64 @@ fn load_pool(opened: &Opened, committed: Nonces, max: usize) -> Result<Reloaded,
     })
 }
 
+/// Main moved from `before` to `after` (a commit, a sync): the results of
+/// the blocks that came go to `recent`, then their transactions leave the
+/// pool and its records (results first: a lookup between the two finds a
+/// transaction in one of them), then the head moves and `?wait=` wakes.
+/// Returns the transactions that left the pool without being committed
+/// (another one with their signer and nonce was).
+pub(crate) fn settle(
+    shared: &Shared,
+    ledger: &Ledger,
+    before: BlockId,
+    after: BlockId,
+) -> Result<Vec<TxId>, NodeError> {
+    let block = ledger.block(after)?;
+    let mut txs = Vec::new();
+    {
+        let mut recent = lock(&shared.recent);
+        for id in ledger.only_in(&[after], &[before])? {
+            let b = ledger.block(id)?;
+            for text in ledger.result_lines(&b)? {
+                if let Ok(result) = serde_json::from_str::<TxResult>(&text) {
+                    recent.insert(Committed {
+                        block: b.id,
+                        height: b.height,
+                        result,
+                    });
+                }
+            }
+            for line in ledger.tx_lines(&b)? {
+                if let Some((signer, nonce)) = utter_executor::signer_nonce(&line) {
+                    txs.push((TxId::of_line(&line), signer, nonce));
+                }
+            }
+        }
+    }
+    let (seqs, dropped) = lock(&shared.pool).settle(&txs);
+    delete_records(shared, &seqs)?;
+    {
+        let mut head = lock(&shared.head);
+        head.id = after;
+        head.height = block.height;
+    }
+    shared.blocks.send_modify(|n| *n += 1);
+    Ok(dropped)
+}
+
+/// Takes `ids` out of the pool and its records (no block may carry them).
+pub(crate) fn forget(shared: &Shared, ids: &[TxId]) -> Result<(), NodeError> {
+    let seqs = lock(&shared.pool).remove_ids(ids);
+    delete_records(shared, &seqs)
+}
+
+fn delete_records(shared: &Shared, seqs: &[u64]) -> Result<(), NodeError> {
+    let keys: Vec<Vec<u8>> = seqs.iter().map(|s| seq_key(*s)).collect();
+    let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    shared.store.write_records(&[], &refs)?;
+    Ok(())
+}
+
 /// Runs the node on `home` until SIGTERM or ctrl-c (finishing the block in
 /// progress), or until the producer fails.
 pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
@@ -258,6 +324,11 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
     }
     let opened = home.open()?;
     let key = home.load_key(None)?;
+    // A chain of several validators: proof of merge over the network.
+    let role = match &settings.p2p {
+        Some(_) => crate::validator::role(&opened.ledger, &key)?,
+        None => None,
+    };
     let tip = opened.ledger.resolve(MAIN)?;
     let head = opened.ledger.block(tip)?;
     let committed = Nonces::of_line(&opened.ledger, tip)?;
@@ -266,6 +337,7 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
     let (blocks_tx, _) = tokio::sync::watch::channel(0u64);
     let shared = Arc::new(Shared {
         chain: opened.ledger.chain().to_string(),
+        genesis: opened.ledger.genesis(),
         node_key: key.public().to_openssh(),
         store: opened.store.clone(),
         ledger: Mutex::new(home.ledger(&opened.store)?),
@@ -286,8 +358,10 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         }),
         blocks: blocks_tx,
         stopping: AtomicBool::new(false),
-        producing: AtomicBool::new(producer::can_produce(&opened.ledger, &key)),
+        producing: AtomicBool::new(role.is_some() || producer::can_produce(&opened.ledger, &key)),
         failed: tokio::sync::Notify::new(),
+        inputs: std::sync::OnceLock::new(),
+        consensus: Mutex::new(None),
     });
 
     let io = |what: &str| {
@@ -320,9 +394,10 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         head.height,
         tip.short()
     );
+    let mut consensus = None;
     let p2p = match &settings.p2p {
         Some(p) => {
-            let started = crate::p2p::P2p::start(
+            let mut started = crate::p2p::P2p::start(
                 home,
                 &opened.store,
                 &key,
@@ -330,8 +405,10 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
                 p,
                 &runtime,
                 settings.verbose,
+                role,
             )
             .map_err(Box::new)?;
+            consensus = started.consensus.take();
             let target = format!("{}@{}", key.public().fingerprint(), started.addr);
             let path = home.p2p_file();
             let tmp = path.with_extension("tmp");
@@ -343,6 +420,15 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         }
         None => None,
     };
+    match role {
+        Some(true) => eprintln!(
+            "this node is a validator: it proposes, re-executes and votes with the other validators (proof of merge)"
+        ),
+        Some(false) => eprintln!(
+            "this node is not a validator: it sends its transactions to the validators and follows their commits"
+        ),
+        None => {}
+    }
     if !shared.producing.load(Ordering::SeqCst) {
         eprintln!(
             "this node follows the chain: its key is not the chain's only validator, so it makes no blocks"
@@ -358,15 +444,35 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
     let producer = {
         let shared = shared.clone();
         let home = home.clone();
+        let verbose = settings.verbose;
+        let block_txs = settings.block_txs;
         let settings = producer::Settings {
             block_every: settings.block_every,
             block_txs: settings.block_txs,
             verbose: settings.verbose,
         };
-        std::thread::Builder::new()
-            .name("producer".into())
-            .spawn(move || producer::run(&home, opened, key, shared, settings))
-            .map_err(io("start the block producer"))?
+        match consensus {
+            Some((out, inputs)) => std::thread::Builder::new()
+                .name("consensus".into())
+                .spawn(move || {
+                    crate::validator::run(
+                        &home,
+                        opened,
+                        key,
+                        shared,
+                        out,
+                        inputs,
+                        role == Some(true),
+                        block_txs,
+                        verbose,
+                    )
+                })
+                .map_err(io("start the consensus thread"))?,
+            None => std::thread::Builder::new()
+                .name("producer".into())
+                .spawn(move || producer::run(&home, opened, key, shared, settings))
+                .map_err(io("start the block producer"))?,
+        }
     };
 
     let served = runtime.block_on(api::serve(

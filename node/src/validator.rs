@@ -1,0 +1,696 @@
+//! The driver of proof of merge on a running node: one thread owns the
+//! [`Machine`], the executor and the container helper, and turns the
+//! machine's actions into IO (DESIGN.md §Proof of merge; the machine is
+//! `utter-consensus`, the network [`crate::gossip`]).
+//!
+//! | action              | what the driver does                                        |
+//! |---------------------|-------------------------------------------------------------|
+//! | `Broadcast`/`Send`  | a block → `Announce`; a vote → its signature; a tx → its line |
+//! | `Fetch`             | feeds the block if the ledger has it, else pulls it          |
+//! | `Validate`          | re-executes the block in containers (`Executor::reexecute`)  |
+//! | `Propose`           | builds and signs the block from the pool's lines             |
+//! | `PersistVoteTip`    | writes and syncs the vote tip, then signs the vote           |
+//! | `Commit`            | writes the certificate note, moves main, settles the pool   |
+//!
+//! A block reaches the machine only after it is in the ledger and
+//! [`Ledger::check_block`] passed (signature, signer, height, layout), and
+//! its header is read from the signed commit ([`crate::consensus::header`]);
+//! a vote only after its signature verified, numbered by the key that
+//! signed it. The machine's mempool is an index into the node's pool
+//! (ARCHITECTURE.md §One mempool).
+//!
+//! A node that is not a validator of a chain of several runs the same
+//! thread as a forwarder: it sends its API's transactions to the
+//! validators (and its whole pool again when a channel opens) and follows
+//! main through sync passes, which move main only to certified blocks.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use utter_client::api::{Certified, ConsensusStatus};
+use utter_consensus::{Action, Config, Event, Kind, Machine, Message as Said, NodeId, Vote};
+use utter_executor::{ExecError, Executor, Verdict};
+use utter_ledger::cert::{Certificate, SignedVote};
+use utter_ledger::key::Keypair;
+use utter_ledger::{BlockChecker, BlockId, Ledger, MAIN, TxId};
+use utter_net::wire::Message;
+
+use crate::consensus::{self, VoteTip};
+use crate::gossip::{Input, Outbound, Pull, TXS_PER_FRAME};
+use crate::home::{Home, Opened};
+use crate::run::{NodeError, Shared, lock};
+
+/// Keys numbered for the machine: the genesis validators first, in
+/// `chain.toml` order, then every other key as it is first seen.
+#[derive(Default)]
+struct Keys {
+    ids: HashMap<String, NodeId>,
+    keys: Vec<String>,
+}
+
+impl Keys {
+    fn id(&mut self, key: &str) -> NodeId {
+        if let Some(id) = self.ids.get(key) {
+            return *id;
+        }
+        let id = self.keys.len() as NodeId;
+        self.ids.insert(key.to_string(), id);
+        self.keys.push(key.to_string());
+        id
+    }
+}
+
+/// Whether `key` is a validator of main's chain of several (or of a set
+/// being changed to); `None` when main's chain has one validator (the
+/// producer makes its blocks).
+pub(crate) fn role(ledger: &Ledger, key: &Keypair) -> Result<Option<bool>, NodeError> {
+    let main = ledger.block(ledger.resolve(MAIN)?)?;
+    let config = ledger.chain_config(&main)?;
+    if config.validators.len() <= 1 && config.outgoing.is_empty() {
+        return Ok(None);
+    }
+    let me = key.public().to_openssh();
+    let named = |m: &utter_formats::Member| {
+        utter_ledger::key::Signer::parse(&m.key).map(|k| k.to_openssh()) == Some(me.clone())
+    };
+    Ok(Some(
+        config.validators.iter().chain(&config.outgoing).any(named),
+    ))
+}
+
+struct Driver<'l> {
+    home: &'l Home,
+    ledger: &'l Ledger,
+    key: &'l Keypair,
+    shared: &'l Shared,
+    out: &'l Outbound,
+    executor: Executor<'l>,
+    helper: utter_runtime::Helper,
+    images: crate::NodeImages,
+    machine: Machine,
+    keys: RefCell<Keys>,
+    vote_tip: VoteTip,
+    checker: BlockChecker,
+    /// Vote signatures by block and voter, with the height they sign.
+    votes: HashMap<(BlockId, NodeId), (u64, SignedVote)>,
+    /// Blocks the machine was told of.
+    fed: HashSet<BlockId>,
+    /// Blocks asked of the pull thread, and who announced them.
+    pulling: HashMap<BlockId, NodeId>,
+    /// Where each connected peer serves.
+    addrs: HashMap<NodeId, SocketAddr>,
+    /// Transaction lines to send: to everyone, and to one peer.
+    txs_out: Vec<Vec<u8>>,
+    txs_to: HashMap<SocketAddr, Vec<Vec<u8>>>,
+    started: Instant,
+    /// The last commit, for the status.
+    certified: Option<Certified>,
+    /// The most transactions one proposal carries.
+    block_txs: usize,
+    verbose: bool,
+}
+
+/// Runs the driver until the node stops; on an error, stops the API too.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    home: &Home,
+    opened: Opened,
+    key: Keypair,
+    shared: Arc<Shared>,
+    out: Outbound,
+    inputs: Receiver<Input>,
+    validator: bool,
+    block_txs: usize,
+    verbose: bool,
+) -> Result<(), NodeError> {
+    let result = if validator {
+        drive(
+            home, &opened, &key, &shared, &out, &inputs, block_txs, verbose,
+        )
+    } else {
+        forward(&shared, &out, &inputs)
+    };
+    if let Err(e) = &result {
+        eprintln!("error: consensus stopped: {e}");
+        shared.failed.notify_one();
+    }
+    result
+}
+
+fn now_since(started: Instant) -> Duration {
+    started.elapsed()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    home: &Home,
+    opened: &Opened,
+    key: &Keypair,
+    shared: &Shared,
+    out: &Outbound,
+    inputs: &Receiver<Input>,
+    block_txs: usize,
+    verbose: bool,
+) -> Result<(), NodeError> {
+    let ledger = &opened.ledger;
+    let genesis = ledger.block(ledger.genesis())?;
+    let mut keys = Keys::default();
+    let genesis_set: Vec<NodeId> = ledger
+        .chain_config(&genesis)?
+        .validators
+        .iter()
+        .filter_map(|m| utter_ledger::key::Signer::parse(&m.key))
+        .map(|k| keys.id(&k.to_openssh()))
+        .collect();
+    let me = keys.id(&key.public().to_openssh());
+    let keys = RefCell::new(keys);
+    let vote_tip = VoteTip::at(home.vote_tip_file());
+    let mempool: Vec<TxId> = lock(&shared.pool).ids();
+    let persisted = consensus::restore(ledger, &vote_tip, &[], mempool, |k| {
+        Some(keys.borrow_mut().id(k))
+    })
+    .map_err(|e| NodeError::Consensus(e.to_string()))?;
+    let fed: HashSet<BlockId> = persisted
+        .blocks
+        .iter()
+        .map(|(h, _)| h.id)
+        .chain([persisted.genesis])
+        .collect();
+    let started = Instant::now();
+    let machine = Machine::new(Config::new(me, genesis_set), persisted, Duration::ZERO);
+    let mut d = Driver {
+        home,
+        ledger,
+        key,
+        shared,
+        out,
+        executor: Executor::new(ledger, &home.checkouts())?,
+        helper: home.spawn_helper()?,
+        images: home.node_images(&opened.store)?,
+        machine,
+        keys,
+        vote_tip,
+        checker: BlockChecker::default(),
+        votes: HashMap::new(),
+        fed,
+        pulling: HashMap::new(),
+        addrs: HashMap::new(),
+        txs_out: Vec::new(),
+        txs_to: HashMap::new(),
+        started,
+        certified: None,
+        block_txs,
+        verbose,
+    };
+    if verbose {
+        eprintln!(
+            "validator {me} of {}: main at {}, round {}",
+            d.machine.validators().members.len(),
+            d.machine.main().short(),
+            d.machine.round()
+        );
+    }
+    loop {
+        d.act()?;
+        d.flush();
+        d.report();
+        if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = d.now();
+        let wait = d
+            .machine
+            .poll_timeout()
+            .map_or(Duration::from_millis(500), |t| t.saturating_sub(now))
+            .min(Duration::from_millis(500));
+        match inputs.recv_timeout(wait) {
+            Ok(input) => {
+                d.input(input)?;
+                // Whatever else arrived meanwhile, before acting.
+                while let Ok(input) = inputs.try_recv() {
+                    d.input(input)?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        let now = d.now();
+        if d.machine.poll_timeout().is_some_and(|t| t <= now) {
+            d.machine.handle_timeout(now);
+        }
+    }
+}
+
+/// A non-validator's thread: sends its transactions to the validators.
+fn forward(shared: &Shared, out: &Outbound, inputs: &Receiver<Input>) -> Result<(), NodeError> {
+    let mut peers = HashSet::new();
+    loop {
+        *lock(&shared.consensus) = Some(ConsensusStatus {
+            validator: false,
+            round: 0,
+            peers: peers.len(),
+            certified: None,
+        });
+        if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let input = match inputs.recv_timeout(Duration::from_millis(500)) {
+            Ok(i) => i,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        match input {
+            Input::Admitted { from: None, ids } => {
+                let lines = lines_of(shared, &ids);
+                for frame in frames(lines) {
+                    out.broadcast(&frame);
+                }
+            }
+            Input::Disconnected { key } => {
+                peers.remove(&key);
+            }
+            Input::Connected { addr, key } => {
+                peers.insert(key);
+                let lines: Vec<Vec<u8>> = lock(&shared.pool)
+                    .take(usize::MAX)
+                    .into_iter()
+                    .map(|p| p.line.into_bytes())
+                    .collect();
+                for frame in frames(lines) {
+                    out.send(addr, frame);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The pool's durable lines of `ids` (an id it no longer has is skipped).
+fn lines_of(shared: &Shared, ids: &[TxId]) -> Vec<Vec<u8>> {
+    let pool = lock(&shared.pool);
+    ids.iter()
+        .filter_map(|id| pool.get(id).filter(|p| p.durable))
+        .map(|p| p.line.clone().into_bytes())
+        .collect()
+}
+
+/// `Txs` frames of at most [`TXS_PER_FRAME`] lines.
+fn frames(lines: Vec<Vec<u8>>) -> Vec<Message> {
+    lines
+        .chunks(TXS_PER_FRAME)
+        .map(|c| Message::Txs(c.to_vec()))
+        .collect()
+}
+
+impl Driver<'_> {
+    fn now(&self) -> Duration {
+        now_since(self.started)
+    }
+
+    /// What `/v1/status` shows.
+    fn report(&self) {
+        let mut status = lock(&self.shared.consensus);
+        let certified = status.as_ref().and_then(|s| s.certified.clone());
+        *status = Some(ConsensusStatus {
+            validator: self.machine.is_validator(),
+            round: self.machine.round(),
+            peers: self.addrs.len(),
+            certified: self.certified.clone().or(certified),
+        });
+    }
+
+    fn id_of(&self, key: &str) -> NodeId {
+        self.keys.borrow_mut().id(key)
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = self.now();
+        self.machine.handle(now, event);
+    }
+
+    /// Sends the transaction lines gathered while acting.
+    fn flush(&mut self) {
+        for frame in frames(std::mem::take(&mut self.txs_out)) {
+            self.out.broadcast(&frame);
+        }
+        for (addr, lines) in std::mem::take(&mut self.txs_to) {
+            for frame in frames(lines) {
+                self.out.send(addr, frame);
+            }
+        }
+    }
+
+    fn input(&mut self, input: Input) -> Result<(), NodeError> {
+        match input {
+            Input::Admitted { from, ids } => {
+                let from = from.map(|k| self.id_of(&k));
+                for id in ids {
+                    match from {
+                        None => self.handle(Event::LocalTx(id)),
+                        Some(from) => self.handle(Event::Received {
+                            from,
+                            message: Said::Tx(id),
+                        }),
+                    }
+                }
+            }
+            Input::Announced { from, addr, block } => {
+                let from = self.id_of(&from);
+                self.addrs.entry(from).or_insert(addr);
+                self.want(block, from, Some(addr));
+            }
+            Input::Vote {
+                from,
+                voter,
+                block,
+                height,
+                vote,
+            } => {
+                if self.ledger.has(block) && self.ledger.height(block)? != height {
+                    return Ok(()); // signed for another height: not a vote for this block
+                }
+                let from = self.id_of(&from);
+                let voter = self.id_of(&voter);
+                self.votes.insert((block, voter), (height, vote));
+                self.handle(Event::Received {
+                    from,
+                    message: Said::Vote(Vote { voter, block }),
+                });
+            }
+            Input::Connected { key, addr } => {
+                let peer = self.id_of(&key);
+                self.addrs.insert(peer, addr);
+                self.handle(Event::PeerConnected(peer));
+            }
+            Input::Disconnected { key } => {
+                let peer = self.id_of(&key);
+                self.addrs.remove(&peer);
+            }
+            Input::Pulled { wants, got } => {
+                let from = wants
+                    .iter()
+                    .find_map(|w| self.pulling.get(w).copied())
+                    .unwrap_or(NodeId::MAX);
+                for w in &wants {
+                    self.pulling.remove(w);
+                }
+                match got {
+                    Ok(blocks) => {
+                        if let Some(first) = blocks.first() {
+                            self.ledger.refresh(*first);
+                        }
+                        for b in blocks.iter().chain(&wants) {
+                            self.feed(*b, from)?;
+                        }
+                    }
+                    Err(why) => {
+                        if self.verbose {
+                            eprintln!("pull of {} failed: {why}", wants[0].short());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The machine wants `block` (announced by `from`): fed from the ledger
+    /// if it is here, else pulled.
+    fn want(&mut self, block: BlockId, from: NodeId, addr: Option<SocketAddr>) {
+        if self.fed.contains(&block) {
+            if from != NodeId::MAX {
+                // Known: let the machine see it came from this peer too.
+                return;
+            }
+            return;
+        }
+        if self.ledger.has(block) {
+            if let Err(e) = self.feed(block, from) {
+                eprintln!("block {}: {e}", block.short());
+            }
+            return;
+        }
+        if self.pulling.contains_key(&block) {
+            return;
+        }
+        self.pulling.insert(block, from);
+        let mut peers: Vec<SocketAddr> = addr.into_iter().collect();
+        peers.extend(self.out.addrs().into_iter().filter(|a| Some(*a) != addr));
+        let mut haves = vec![self.machine.main()];
+        haves.extend(self.machine.vote_tip());
+        self.out.pull(Pull {
+            wants: vec![block],
+            haves,
+            from: peers,
+        });
+    }
+
+    /// Checks a block that is in the ledger and tells the machine of it
+    /// (its parents first, if the machine has not heard of them).
+    fn feed(&mut self, block: BlockId, from: NodeId) -> Result<(), NodeError> {
+        let mut stack = vec![block];
+        while let Some(id) = stack.last().copied() {
+            if self.fed.contains(&id) || !self.ledger.has(id) {
+                stack.pop();
+                continue;
+            }
+            let b = self.ledger.block(id)?;
+            let unfed: Vec<BlockId> = b
+                .parents
+                .iter()
+                .filter(|p| !self.fed.contains(p) && self.ledger.has(**p))
+                .copied()
+                .collect();
+            if !unfed.is_empty() {
+                stack.extend(unfed);
+                continue;
+            }
+            stack.pop();
+            self.fed.insert(id);
+            if let Err(e) = self.ledger.check_block(id, &mut self.checker)? {
+                eprintln!("block {} from a peer is refused: {e}", id.short());
+                continue;
+            }
+            let header = consensus::header(self.ledger, &b, |k| Some(self.id_of(k)))
+                .map_err(|e| NodeError::Consensus(e.to_string()))?;
+            if let Some(header) = header {
+                self.handle(Event::Received {
+                    from,
+                    message: Said::Block(header),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the machine's actions, in order.
+    fn act(&mut self) -> Result<(), NodeError> {
+        while let Some(action) = self.machine.poll() {
+            match action {
+                Action::Broadcast(m) => self.say(None, m),
+                Action::Send { to, message } => self.say(Some(to), message),
+                Action::Fetch(block) => self.want(block, NodeId::MAX, None),
+                Action::Validate(block) => self.validate(block)?,
+                Action::Propose {
+                    parents,
+                    round,
+                    kind,
+                    txs,
+                } => self.propose(&parents, round, kind, &txs)?,
+                Action::PersistVoteTip(block) => {
+                    // Durable before the vote can leave (the vote is the
+                    // next action); a tip that cannot be written stops the
+                    // node rather than vote against a lost one.
+                    self.vote_tip
+                        .persist(block)
+                        .map_err(|e| NodeError::Consensus(e.to_string()))?;
+                    let height = self.ledger.height(block)?;
+                    let vote = SignedVote::sign(self.key, &self.shared.chain, block, height)
+                        .map_err(|e| NodeError::Consensus(e.to_string()))?;
+                    let me = self.machine.id();
+                    self.votes.insert((block, me), (height, vote));
+                }
+                Action::Commit { block, voters } => self.commit(block, &voters)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn say(&mut self, to: Option<NodeId>, m: Said) {
+        let addr = match to {
+            Some(peer) => match self.addrs.get(&peer) {
+                Some(a) => Some(*a),
+                None => return,
+            },
+            None => None,
+        };
+        let frame = match m {
+            Said::Block(h) => Message::Announce(h.id),
+            Said::Vote(v) => match self.votes.get(&(v.block, v.voter)) {
+                Some((height, vote)) => Message::Vote {
+                    block: v.block,
+                    height: *height,
+                    signature: vote.signature.clone(),
+                },
+                None => return, // a vote it cannot prove is not sent
+            },
+            Said::Tx(id) => {
+                for line in lines_of(self.shared, &[id]) {
+                    match addr {
+                        Some(a) => self.txs_to.entry(a).or_default().push(line),
+                        None => self.txs_out.push(line),
+                    }
+                }
+                return;
+            }
+            Said::Fetch(block) => {
+                self.want(block, to.unwrap_or(NodeId::MAX), addr);
+                return;
+            }
+        };
+        match addr {
+            Some(a) => self.out.send(a, frame),
+            None => self.out.broadcast(&frame),
+        }
+    }
+
+    fn validate(&mut self, block: BlockId) -> Result<(), NodeError> {
+        let b = self.ledger.block(block)?;
+        let started = Instant::now();
+        let mut tries = 0;
+        let verdict = loop {
+            match self
+                .executor
+                .reexecute(&mut self.helper, &mut self.images, &b)
+            {
+                Ok(v) => break v,
+                Err(ExecError::Host(e)) if tries < 2 => {
+                    eprintln!("the sandbox helper failed ({e}); starting a new one");
+                    self.helper = self.home.spawn_helper()?;
+                    tries += 1;
+                }
+                Err(e) => break Verdict::Invalid(format!("it cannot be re-executed here: {e}")),
+            }
+        };
+        let valid = verdict == Verdict::Valid;
+        if !valid || self.verbose {
+            eprintln!(
+                "block {} at height {}: {verdict:?} ({:.1} ms)",
+                block.short(),
+                b.height,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        self.handle(Event::Validated { block, valid });
+        Ok(())
+    }
+
+    fn propose(
+        &mut self,
+        parents: &[BlockId],
+        round: u64,
+        kind: Kind,
+        txs: &[TxId],
+    ) -> Result<(), NodeError> {
+        // The rest stay in the mempools for the next round.
+        let lines: Vec<String> = lines_of(self.shared, txs)
+            .into_iter()
+            .take(self.block_txs)
+            .map(|l| String::from_utf8(l).expect("lines are UTF-8"))
+            .collect();
+        let mut time = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
+        for p in parents {
+            time = time.max(self.ledger.block(*p)?.time);
+        }
+        let round = (kind == Kind::Proposal).then_some(round);
+        let mut tries = 0;
+        let proposed = loop {
+            match self.executor.propose_on(
+                &mut self.helper,
+                &mut self.images,
+                parents,
+                &lines,
+                round,
+                time,
+                self.key,
+            ) {
+                Ok(p) => break p,
+                Err(ExecError::Host(e)) if tries < 2 => {
+                    eprintln!("the sandbox helper failed ({e}); starting a new one");
+                    self.helper = self.home.spawn_helper()?;
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !proposed.refused.is_empty() {
+            // No block may carry them: out of the pool, not proposed again.
+            let ids: Vec<TxId> = proposed
+                .refused
+                .iter()
+                .map(|r| TxId::of_line(&r.line))
+                .collect();
+            crate::run::forget(self.shared, &ids)?;
+            self.handle(Event::Dropped(ids));
+        }
+        self.fed.insert(proposed.block.id);
+        lock(&self.shared.head).blocks_made += 1;
+        let header = consensus::header(self.ledger, &proposed.block, |k| Some(self.id_of(k)))
+            .map_err(|e| NodeError::Consensus(e.to_string()))?
+            .expect("this node signed it");
+        if self.verbose {
+            eprintln!(
+                "proposed {} at height {} in round {}: {} transactions over {} parents",
+                proposed.block.id.short(),
+                proposed.block.height,
+                header.round,
+                lines.len(),
+                parents.len()
+            );
+        }
+        self.handle(Event::Proposed(header));
+        Ok(())
+    }
+
+    fn commit(&mut self, block: BlockId, voters: &[NodeId]) -> Result<(), NodeError> {
+        let height = self.ledger.height(block)?;
+        let votes = voters
+            .iter()
+            .filter_map(|v| self.votes.get(&(block, *v)))
+            .map(|(_, vote)| vote.clone())
+            .collect();
+        let cert = Certificate {
+            chain: self.shared.chain.clone(),
+            block,
+            height,
+            votes,
+        };
+        self.ledger.write_certificate(&cert)?;
+        let old = self.ledger.resolve(MAIN)?;
+        if old != block {
+            self.ledger.advance(MAIN, old, block)?;
+        }
+        let dropped = crate::run::settle(self.shared, self.ledger, old, block)?;
+        if !dropped.is_empty() {
+            self.handle(Event::Dropped(dropped));
+        }
+        self.certified = Some(Certified {
+            block,
+            height,
+            votes: voters.len(),
+        });
+        self.votes.retain(|_, (h, _)| *h >= height);
+        if self.verbose {
+            eprintln!(
+                "committed {} at height {height} with {} votes",
+                block.short(),
+                voters.len()
+            );
+        }
+        Ok(())
+    }
+}
