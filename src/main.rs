@@ -81,6 +81,10 @@ enum Command {
     /// The demo: a makerspace on a new chain run through a real node (in
     /// --data-dir, default ./demo-data, replaced on the next run)
     Demo(cmd::demo::DemoArgs),
+    /// A chain of several validators (and followers) on this machine, each
+    /// node a real process on loopback: up, status, down
+    #[command(subcommand)]
+    Devnet(cmd::devnet::Command),
     /// The makerspace's credits: balances and a ledger-cli export
     #[command(subcommand)]
     Accounting(cmd::accounting::Command),
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Command::Block(c) => cmd::block::run(&home, c),
         Command::Chain(c) => cmd::chain::run(&home, c),
         Command::Demo(_) => unreachable!("handled above"),
+        Command::Devnet(c) => cmd::devnet::run(c),
         Command::Accounting(c) => cmd::accounting::run(&home, c),
         Command::Node(c) => cmd::node::run(&home, c),
         Command::Clone(args) => cmd::net::clone(&home, args),

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod chunks;
 pub mod dapp;
 pub mod demo;
+pub mod devnet;
 pub mod doors;
 pub mod image;
 pub mod init;

@@ -9,6 +9,7 @@ mod client;
 mod consensus;
 mod crash;
 mod dapps;
+mod devnet;
 mod governance;
 mod image;
 mod key;

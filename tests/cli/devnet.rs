@@ -1,0 +1,240 @@
+//! Proof of merge over the network: `utter devnet up` starts four
+//! validators and a follower as real `utter node run` processes on
+//! loopback, each with its own data dir, talking QUIC. Signed
+//! transactions go to every node's API while one validator is killed with
+//! SIGKILL and started again. Every transaction a node accepted is then
+//! committed exactly once on every node, all mains agree, each commit
+//! carries a certificate of a quorum, and `utter verify --reexecute`
+//! passes on every data dir.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use utter_client::Client;
+use utter_client::api::TxState;
+use utter_formats::tx::{Request, sign_requests};
+use utter_ledger::key::Keypair;
+use utter_ledger::{BlockId, Ledger, MAIN, TxId};
+
+use super::*;
+
+/// Stops the devnet however the test ends.
+struct Devnet(PathBuf);
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_utter"))
+            .args(["devnet", "down", "--dir"])
+            .arg(&self.0)
+            .output();
+    }
+}
+
+fn devnet(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_utter"));
+    c.arg("devnet").args(args);
+    c.env_remove("UTTER_DATA_DIR");
+    c
+}
+
+/// Each node's name and API, from `devnet up --json`.
+fn up(dir: &Path, extra: &[&str]) -> Vec<(String, String)> {
+    let mut cmd = devnet(&["up", "--dir"]);
+    cmd.arg(dir).arg("--json").args(extra);
+    let v: serde_json::Value = serde_json::from_str(&ok(&mut cmd)).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["api"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pid(dir: &Path, node: &str) -> i32 {
+    std::fs::read_to_string(dir.join(node).join("node.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `done` holds, at most `limit`, saying what it waited for.
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Main's first-parent line, newest first: the blocks whose transactions
+/// make main's state (a merge re-executes the other branches' ones).
+fn first_parent_line(ledger: &Ledger) -> Vec<BlockId> {
+    let mut out = Vec::new();
+    let mut at = Some(ledger.resolve(MAIN).unwrap());
+    while let Some(id) = at {
+        out.push(id);
+        at = ledger.block(id).unwrap().parents.first().copied();
+    }
+    out
+}
+
+#[test]
+fn four_validators_and_a_follower_commit_every_accepted_transaction_once_across_a_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let nodes = up(&dir, &["--validators", "4", "--followers", "1"]);
+    let _guard = Devnet(dir.clone());
+    assert_eq!(
+        nodes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["v1", "v2", "v3", "v4", "f1"]
+    );
+    let chain = Client::new(&nodes[0].1).status().unwrap().chain;
+    // Four members-to-be, each signing its own transactions.
+    let users: Vec<Keypair> = (0..4)
+        .map(|i| Keypair::generate(&format!("user{i}")).unwrap())
+        .collect();
+    let mut nonces = [1u64; 4];
+    let mut accepted: Vec<TxId> = Vec::new();
+    let mut submit = |round: usize, to: &[&(String, String)]| {
+        for (i, user) in users.iter().enumerate() {
+            let (_, api) = to[(round + i) % to.len()];
+            let request = Request {
+                dapp: "membership".into(),
+                action: "join".into(),
+                args: serde_json::json!({
+                    "name": format!("u{i}-{round}"),
+                    "key": user.public().to_openssh(),
+                }),
+            };
+            let lines =
+                sign_requests(user, &chain, nonces[i], utter_formats::now(), [request]).unwrap();
+            nonces[i] += 1;
+            for state in Client::new(api).submit(&lines).unwrap() {
+                match state {
+                    TxState::Pending { id } | TxState::Committed { id, .. } => accepted.push(id),
+                    TxState::Refused { id, error } => panic!("{id} refused by {api}: {error}"),
+                }
+            }
+        }
+    };
+    let all: Vec<&(String, String)> = nodes.iter().collect();
+    for round in 0..6 {
+        submit(round, &all);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A validator dies in the middle of the load, with no warning.
+    let v3 = pid(&dir, "v3");
+    let status = Command::new("kill")
+        .args(["-9", &v3.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // What it had persisted as its last vote when it died.
+    let tip_at_kill: Option<BlockId> = std::fs::read_to_string(dir.join("v3/vote-tip"))
+        .ok()
+        .map(|t| t.trim().parse().unwrap());
+    let others: Vec<&(String, String)> = nodes.iter().filter(|(n, _)| n != "v3").collect();
+    for round in 6..12 {
+        submit(round, &others);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `up` on the same dir starts again only the node that is not running.
+    let again = up(&dir, &[]);
+    assert_ne!(pid(&dir, "v3"), v3, "v3 was started again");
+    for round in 12..18 {
+        submit(round, &again.iter().collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(accepted.len(), 18 * 4);
+
+    // Every accepted transaction is answered committed by every node.
+    for (name, api) in &again {
+        let client = Client::new(api);
+        for id in &accepted {
+            match client.wait(*id, Duration::from_secs(60)).unwrap() {
+                TxState::Committed { .. } => {}
+                other => panic!("{name}: {id} is {other:?} after 60 s"),
+            }
+        }
+    }
+    // One main everywhere (the follower syncs it).
+    let head_of = |api: &str| Client::new(api).status().unwrap().head;
+    wait_until("every node on one main", Duration::from_secs(60), || {
+        let heads: HashSet<BlockId> = again.iter().map(|(_, api)| head_of(api)).collect();
+        heads.len() == 1
+    });
+    let main = head_of(&again[0].1);
+    let status = devnet(&["status", "--dir"]).arg(&dir).output().unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(shown.contains("last certificate"), "{shown}");
+    drop(_guard);
+
+    for (name, _) in &again {
+        let data = dir.join(name);
+        let home = utter_node::Home::new(&data);
+        let opened = home.open_read_only().unwrap();
+        let ledger = &opened.ledger;
+        assert_eq!(ledger.resolve(MAIN).unwrap(), main, "{name}'s main");
+        // Exactly once on the line that makes main's state: one result
+        // per accepted transaction that is not a replay rejection.
+        let mut counts: BTreeMap<TxId, usize> = BTreeMap::new();
+        for id in first_parent_line(ledger) {
+            let block = ledger.block(id).unwrap();
+            for text in ledger.result_lines(&block).unwrap() {
+                let r: utter_formats::TxResult = serde_json::from_str(&text).unwrap();
+                let replay = r
+                    .reason
+                    .as_deref()
+                    .is_some_and(|e| e.contains("already used"));
+                if !replay {
+                    *counts.entry(r.tx).or_default() += 1;
+                }
+            }
+        }
+        for id in &accepted {
+            assert_eq!(counts.get(id), Some(&1), "{name}: {id} on main's line");
+        }
+        // The validators certified main; the follower holds their
+        // certificate.
+        let cert = ledger
+            .certificate(main)
+            .unwrap()
+            .expect("main is certified");
+        let voters = ledger
+            .check_certificate(&ledger.block(main).unwrap(), &cert)
+            .unwrap()
+            .unwrap();
+        assert!(voters.len() >= 3, "{name}: {voters:?}");
+        drop(opened);
+        let out = ok(utter(&data).args(["verify", "--reexecute"]));
+        assert!(out.contains("carry a commit certificate"), "{name}: {out}");
+        let fsck = Command::new("git")
+            .arg("--git-dir")
+            .arg(data.join("ledger.git"))
+            .args(["fsck", "--strict"])
+            .output()
+            .unwrap();
+        assert!(fsck.status.success(), "{name}: git fsck: {fsck:?}");
+    }
+    // v3 never voted against its persisted tip: its last vote now
+    // descends from the one it had persisted when it was killed.
+    let tip_now: BlockId = std::fs::read_to_string(dir.join("v3/vote-tip"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if let Some(before) = tip_at_kill {
+        let home = utter_node::Home::new(dir.join("v3"));
+        let opened = home.open_read_only().unwrap();
+        assert!(
+            before == tip_now || opened.ledger.is_ancestor(before, tip_now).unwrap(),
+            "v3 voted for {tip_now}, which does not descend from its persisted tip {before}"
+        );
+    }
+}
