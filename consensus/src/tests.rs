@@ -473,7 +473,7 @@ fn a_relay_that_forges_a_proposals_round_poisons_it_only_under_the_old_rule() {
 #[test]
 fn a_dropped_transaction_is_no_longer_work_to_propose() {
     // Validator 0 leads round 0: a transaction makes it propose.
-    let tx = utter_formats::TxId::of_line("a line");
+    let tx = TxId::of_line("a line");
     let mut m = fresh(0, 4);
     m.handle(Duration::ZERO, Event::LocalTx(tx));
     let proposes = |actions: &[Action]| {

@@ -24,6 +24,9 @@ use crate::wire::{Hash, MAX_IDS, Message, What};
 
 /// Main, the one ref only a certificate moves.
 const MAIN_REF: &str = "refs/heads/main";
+/// How many blocks under an uncertified main a pass looks through for the
+/// highest certified one.
+const CERTIFIED_SEARCH: usize = 10_000;
 
 /// The pack batch a pass asks for.
 pub const BATCH_BYTES: u64 = 32 << 20;
@@ -789,11 +792,15 @@ impl Pass<'_> {
                     None => Relation::Invalid("it is not here".into()),
                     Some(Ok(())) => match ours {
                         Some(o) if o == *id => Relation::Same,
-                        _ if name == MAIN_REF
-                            && !certified.contains(id)
-                            && !self.ledger.is_certified(*id)? =>
-                        {
-                            Relation::Uncertified
+                        _ if name == MAIN_REF && !self.certified(*id, &certified)? => {
+                            match self.certified_under(*id, &certified)? {
+                                Some(c) if ours == Some(c) => Relation::Uncertified,
+                                Some(c) if ours.is_none() => Relation::UpTo(c),
+                                Some(c) if self.ledger.is_ancestor(ours.expect("some"), c)? => {
+                                    Relation::UpTo(c)
+                                }
+                                _ => Relation::Uncertified,
+                            }
                         }
                         None => Relation::New,
                         Some(o) if self.ledger.is_ancestor(o, *id)? => Relation::Ahead,
@@ -805,6 +812,43 @@ impl Pass<'_> {
             out.push((name.clone(), relation));
         }
         Ok(out)
+    }
+
+    /// Whether `id` is committed: a certificate here or among the peer's
+    /// (`theirs`, checked with its notes), or a one-validator chain's block.
+    fn certified(&self, id: BlockId, theirs: &HashSet<BlockId>) -> Result<bool, LedgerError> {
+        Ok(theirs.contains(&id) || self.ledger.is_certified(id)?)
+    }
+
+    /// The highest certified block under `id` (highest first over every
+    /// parent line), looking at most [`CERTIFIED_SEARCH`] blocks down.
+    fn certified_under(
+        &self,
+        id: BlockId,
+        theirs: &HashSet<BlockId>,
+    ) -> Result<Option<BlockId>, LedgerError> {
+        let mut queue = std::collections::BinaryHeap::new();
+        let mut seen = HashSet::new();
+        let block = self.ledger.block(id)?;
+        for p in block.parents {
+            if seen.insert(p) {
+                queue.push((self.ledger.height(p)?, p));
+            }
+        }
+        while let Some((_, b)) = queue.pop() {
+            if self.certified(b, theirs)? {
+                return Ok(Some(b));
+            }
+            if seen.len() > CERTIFIED_SEARCH {
+                return Ok(None);
+            }
+            for p in self.ledger.block(b)?.parents {
+                if seen.insert(p) {
+                    queue.push((self.ledger.height(p)?, p));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The peer's notes: every certificate they add must hold for a block

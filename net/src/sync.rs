@@ -51,11 +51,15 @@ pub enum Relation {
     Diverged,
     /// It, or a block under it, is not valid.
     Invalid(String),
-    /// Main only: it is valid and ahead, but nothing certifies it (no
-    /// certificate here or in the peer's notes, and its validators are
-    /// more than one): main stays where it is, since only a quorum's
-    /// votes commit a block.
+    /// Main only: it is valid but nothing certifies it (no certificate
+    /// here or in the peer's notes, and its validators are more than one),
+    /// and no certified block under it is ahead of ours: main stays where
+    /// it is, since only a quorum's votes commit a block.
     Uncertified,
+    /// Main only: it is valid but not certified; this block under it is
+    /// the highest one that is, and it is ahead of ours (or we have no
+    /// main): main moves there.
+    UpTo(BlockId),
 }
 
 /// A ref move the pass ends with.
@@ -540,6 +544,10 @@ impl Session {
                     };
                     updates.push(RefUpdate::Forward { name, from, to });
                 }
+                Relation::UpTo(to) => match self.local.refs.get(&name) {
+                    None => updates.push(RefUpdate::Create { name, to }),
+                    Some(&from) => updates.push(RefUpdate::Forward { name, from, to }),
+                },
                 Relation::Same | Relation::Behind | Relation::Uncertified => {}
                 Relation::Diverged if name == NOTES_REF => {
                     updates.push(RefUpdate::MergeNotes { theirs: to });

@@ -357,6 +357,9 @@ async fn tx_status(
         &shared,
         q.wait,
         || match lookup(&shared, &id) {
+            // On a chain of several validators it may have gone to
+            // another node: wait for the block that brings it.
+            None if shared.inputs.get().is_some() => Ok(None),
             None => Err(unknown()),
             Some(s @ TxState::Committed { .. }) => Ok(Some(s)),
             Some(_) => Ok(None),

@@ -238,3 +238,123 @@ fn four_validators_and_a_follower_commit_every_accepted_transaction_once_across_
         );
     }
 }
+
+/// A stranger's QUIC client on a validator's consensus protocol: what it
+/// sends is checked before anything trusts it. Another chain's `Hello`, a
+/// vote whose signature does not verify and a frame out of place each get
+/// the channel closed with the reason; unsigned or foreign transactions
+/// are not admitted; an announcement of a block nobody has changes
+/// nothing. The chain goes on committing afterwards.
+#[test]
+fn a_strangers_consensus_frames_are_checked_and_change_nothing() {
+    use utter_net::wire::Message;
+    use utter_net::{ALPN_CONSENSUS, Endpoint, Identity};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let nodes = up(&dir, &["--validators", "2"]);
+    let _guard = Devnet(dir.clone());
+    let devnet: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("devnet.json")).unwrap()).unwrap();
+    let p2p: std::net::SocketAddr = devnet["nodes"][0]["p2p"].as_str().unwrap().parse().unwrap();
+    let client = Client::new(&nodes[0].1);
+    let before = client.status().unwrap();
+
+    let stranger = Keypair::generate("stranger").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = {
+        let _guard = rt.enter();
+        Endpoint::client(Identity::new(&stranger).unwrap(), false).unwrap()
+    };
+    let hello = Message::Hello {
+        chain: before.chain.clone(),
+        genesis: before.head,
+    };
+    // Sends `frames` on a new channel; returns why the node closed it, or
+    // None when it was still open 2 s after the last frame.
+    let send = |frames: Vec<Message>| -> Option<String> {
+        rt.block_on(async {
+            let conn = endpoint.connect(p2p, ALPN_CONSENSUS, None).await.unwrap();
+            let mut channel = conn.open_channel().await.unwrap();
+            for f in &frames {
+                if channel.send(f).await.is_err() {
+                    break;
+                }
+            }
+            let closed = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            conn.close("done");
+            closed.ok()
+        })
+    };
+    let why = send(vec![Message::Hello {
+        chain: "another".into(),
+        genesis: before.head,
+    }])
+    .expect("another chain's Hello is hung up on");
+    assert!(why.contains("not \"another\""), "{why}");
+
+    let why = send(vec![
+        hello.clone(),
+        Message::Vote {
+            block: before.head,
+            height: 0,
+            signature: "-----BEGIN SSH SIGNATURE-----\nnot one\n-----END SSH SIGNATURE-----".into(),
+        },
+    ])
+    .expect("a forged vote is hung up on");
+    assert!(why.contains("does not verify"), "{why}");
+
+    let why = send(vec![hello.clone(), Message::Heads]).expect("a request out of place");
+    assert!(why.contains("on a consensus channel"), "{why}");
+
+    // A line that is not a transaction, and one signed for another chain.
+    let foreign = sign_requests(
+        &stranger,
+        "another",
+        1,
+        utter_formats::now(),
+        [Request {
+            dapp: "membership".into(),
+            action: "join".into(),
+            args: serde_json::json!({}),
+        }],
+    )
+    .unwrap();
+    let stays_open = send(vec![
+        hello.clone(),
+        Message::Txs(vec![
+            b"{not a transaction".to_vec(),
+            foreign[0].clone().into_bytes(),
+        ]),
+        Message::Announce(BlockId::from_sha1([7; 20])),
+    ]);
+    assert_eq!(stays_open, None, "refused lines are not a protocol fault");
+    let after = client.status().unwrap();
+    assert_eq!(after.mempool, 0, "nothing was admitted");
+    assert_eq!(after.head, before.head, "nothing moved");
+
+    // The chain still commits.
+    let lines = sign_requests(
+        &stranger,
+        &before.chain,
+        1,
+        utter_formats::now(),
+        [Request {
+            dapp: "membership".into(),
+            action: "join".into(),
+            args: serde_json::json!({}),
+        }],
+    )
+    .unwrap();
+    let id = client.submit(&lines).unwrap()[0].id();
+    match Client::new(&nodes[1].1)
+        .wait(id, Duration::from_secs(60))
+        .unwrap()
+    {
+        TxState::Committed { .. } => {}
+        other => panic!("{other:?}"),
+    }
+}

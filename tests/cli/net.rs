@@ -511,3 +511,55 @@ fn a_node_following_fetches_a_dapp_deployed_by_transaction_and_reexecutes_its_bl
     assert_eq!(refs(&b), refs(&a));
     fsck(&b);
 }
+
+/// A validator of a chain of two writes a block no quorum voted for (with
+/// `utter block propose`, as a Byzantine validator could) and serves it
+/// as its main. A clone and a later sync take its blocks but never move
+/// their main past what a certificate commits (here: genesis).
+#[test]
+fn a_main_no_quorum_certified_does_not_become_a_followers_main() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    ok(utter(&b).args(["key", "gen"]));
+    ok(utter(&a)
+        .args(["init", "--no-builtin", "--chain", "pair", "--validator"])
+        .arg(format!("b={}", key_of(&b))));
+    let genesis = git_main(&a);
+    let lines = ok(utter(&a).args(["tx", "sign", "chain", "set", "--args", r#"{"text":"x"}"#]));
+    let lines: Vec<String> = lines.lines().map(str::to_string).collect();
+    let block = chain::propose(&a, &lines);
+    let uncertified = block["block"].as_str().unwrap().to_string();
+    assert_eq!(
+        git_main(&a),
+        uncertified,
+        "block propose moved a's own main"
+    );
+
+    let node = Node::start(&a, None, "127.0.0.1:0", &[]);
+    ok(utter(&c).args(["clone", &node.target()]));
+    assert_eq!(
+        git_main(&c),
+        genesis,
+        "the clone's main is what is certified"
+    );
+    let out = ok(utter(&c).args(["sync", &node.addr(), "--json"]));
+    assert_eq!(
+        git_main(&c),
+        genesis,
+        "a sync does not move it either: {out}"
+    );
+    // The block itself is here (it verifies), just not main.
+    assert!(
+        Command::new("git")
+            .arg("--git-dir")
+            .arg(c.join("ledger.git"))
+            .args(["cat-file", "-e", &uncertified])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
