@@ -12,6 +12,7 @@
 //! `git clone`, and counts an image update's bytes on the wire against
 //! casync.
 
+mod cluster;
 mod consensus;
 mod dapps;
 mod executor;
@@ -94,6 +95,26 @@ enum Bench {
         /// Transactions in the counter block
         #[arg(long, default_value_t = 1000)]
         txs: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
+    /// Door access transactions through a devnet of validators (proof of
+    /// merge over QUIC on loopback), every node's API taking its share,
+    /// beside one node alone in the same run
+    Cluster {
+        /// Validators
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Offered load, transactions per second
+        #[arg(long, default_value_t = 2500)]
+        rate: usize,
+        /// Seconds of load
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Transactions per request
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
         /// Work directory (default: a temporary directory, removed afterwards)
         #[arg(long)]
         work: Option<PathBuf>,
@@ -230,6 +251,19 @@ fn main() -> Result<()> {
             batch,
             work,
         } => node::run(node::Options {
+            rate,
+            seconds,
+            batch,
+            work,
+        }),
+        Bench::Cluster {
+            validators,
+            rate,
+            seconds,
+            batch,
+            work,
+        } => cluster::run(cluster::Options {
+            validators,
             rate,
             seconds,
             batch,

@@ -97,7 +97,7 @@ pub struct Status {
 }
 
 /// Proof of merge as one node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsensusStatus {
     /// Whether this node votes (else it forwards and follows).
     pub validator: bool,
@@ -108,6 +108,15 @@ pub struct ConsensusStatus {
     /// The last block this node committed, with the votes of its
     /// certificate.
     pub certified: Option<Certified>,
+    /// Consensus frames this node sent since it started.
+    #[serde(default)]
+    pub frames_sent: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// Bytes of blocks and content it pulled from peers.
+    #[serde(default)]
+    pub bytes_pulled: u64,
 }
 
 /// A committed block and how many votes certify it.

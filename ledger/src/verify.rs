@@ -172,6 +172,8 @@ struct Walk<'l> {
     pre: Option<Prechecked>,
     /// Those of the block being checked.
     pre_now: Option<Verdicts>,
+    /// Transactions whose signatures the caller checked already.
+    verified: Option<&'l dyn Fn(&TxId) -> bool>,
 }
 
 fn layout_err(path: &str, why: impl Into<String>) -> BlockError {
@@ -260,6 +262,7 @@ impl Ledger {
                 nonces: HashMap::new(),
                 pre,
                 pre_now: None,
+                verified: None,
             };
             walk.run(&order, &parents, &unreadable, stop_at_first, &mut progress)
         })
@@ -285,10 +288,14 @@ impl Ledger {
     /// message, height, chain, tree layout, transactions and results, as
     /// [`Ledger::verify`] checks each block. A nonce replayed from an
     /// earlier block is left to re-execution (the executor's nonce set).
+    ///
+    /// `verified` names transactions whose signatures the caller checked
+    /// already (a node's mempool): those are not checked again.
     pub fn check_block(
         &self,
         id: BlockId,
         checker: &mut BlockChecker,
+        verified: &dyn Fn(&TxId) -> bool,
     ) -> Result<Result<(), BlockError>, LedgerError> {
         let parents = match self.commit_parents(id)? {
             Ok(p) => p,
@@ -321,6 +328,7 @@ impl Ledger {
             nonces: HashMap::new(),
             pre: None,
             pre_now: None,
+            verified: Some(verified),
         };
         let report = walk.check(id, height, &parents);
         checker.configs = walk.configs;
@@ -824,7 +832,8 @@ impl Walk<'_> {
             let prechecked = self
                 .pre_now
                 .as_ref()
-                .is_some_and(|v| v.lines.contains(&tx_id));
+                .is_some_and(|v| v.lines.contains(&tx_id))
+                || self.verified.is_some_and(|f| f(&tx_id));
             let nonce_used = |signer: &str, nonce| {
                 let key = (signer.to_string(), nonce);
                 in_block.contains(&key)

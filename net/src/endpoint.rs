@@ -436,8 +436,13 @@ impl Channel {
     /// Sends one frame (at most [`MAX_REQUEST`] bytes, what the other end
     /// accepts).
     pub async fn send(&mut self, m: &Message) -> Result<(), NetError> {
+        self.send_bytes(&m.encode()).await
+    }
+
+    /// Sends a frame already encoded ([`Message::encode`]).
+    pub async fn send_bytes(&mut self, frame: &[u8]) -> Result<(), NetError> {
         self.send
-            .write_all(&m.encode())
+            .write_all(frame)
             .await
             .map_err(|e| NetError::Connection {
                 addr: self.addr,

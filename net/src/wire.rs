@@ -176,6 +176,10 @@ pub enum Message {
         /// The armored signature.
         signature: String,
     },
+    /// Consensus: the sender's round timed out without a commit: "bring me
+    /// up to date" (the receiver sends its main, its vote and its mempool
+    /// as on a new connection).
+    Behind,
     /// The server refuses or failed.
     Error {
         /// A [`code`].
@@ -259,6 +263,7 @@ impl fmt::Debug for Message {
             Message::Txs(lines) => write!(f, "Txs({})", lines.len()),
             Message::Announce(id) => write!(f, "Announce({id:?})"),
             Message::Vote { block, height, .. } => write!(f, "Vote({block:?} at {height})"),
+            Message::Behind => write!(f, "Behind"),
             Message::Error { code, message } => write!(f, "Error({code}, {message:?})"),
         }
     }
@@ -307,6 +312,7 @@ const HELLO: u8 = 0xa0;
 const TXS: u8 = 0xa1;
 const ANNOUNCE: u8 = 0xa2;
 const VOTE: u8 = 0xa3;
+const BEHIND: u8 = 0xa4;
 const ERROR: u8 = 0xff;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -485,6 +491,7 @@ impl Message {
                 put_str(&mut body, signature);
                 VOTE
             }
+            Message::Behind => BEHIND,
             Message::Error { code, message } => {
                 body.extend_from_slice(&code.to_be_bytes());
                 put_str(&mut body, message);
@@ -516,6 +523,7 @@ impl Message {
             TXS => "Txs",
             ANNOUNCE => "Announce",
             VOTE => "Vote",
+            BEHIND => "Behind",
             ERROR => "Error",
             k => return Err(WireError::Kind(k)),
         };
@@ -615,6 +623,7 @@ impl Message {
                 height: r.u64()?,
                 signature: r.str()?,
             },
+            BEHIND => Message::Behind,
             ERROR => Message::Error {
                 code: r.u16()?,
                 message: r.str()?,

@@ -187,7 +187,7 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
             ),
         ));
     }
-    let (states, new) = admit_lines(shared, lines)?;
+    let (states, new) = admit_lines(shared, lines, true)?;
     if !new.is_empty()
         && let Some(inputs) = shared.inputs.get()
     {
@@ -200,12 +200,14 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
 }
 
 /// Admits signed lines (from the API or a peer): each checked, refused
-/// with its reason or waiting in the pool, and the new ones synced to disk
-/// before this returns. Returns each line's state and the ids newly
-/// admitted.
+/// with its reason or waiting in the pool, and with `durable` the new ones
+/// synced to disk before this returns (a peer's are not: the node they
+/// were submitted to keeps them, and sends them again when a channel
+/// reopens). Returns each line's state and the ids newly admitted.
 pub(crate) fn admit_lines(
     shared: &Shared,
     lines: Vec<String>,
+    durable: bool,
 ) -> Result<(Vec<TxState>, Vec<TxId>), ApiError> {
     if !shared.producing.load(std::sync::atomic::Ordering::SeqCst) {
         let states = lines
@@ -273,13 +275,17 @@ pub(crate) fn admit_lines(
     if new.is_empty() {
         return Ok((out, Vec::new()));
     }
+    let seqs: Vec<u64> = new.iter().map(|(seq, ..)| *seq).collect();
+    if !durable {
+        lock(&shared.pool).made_durable(&seqs);
+        return Ok((out, new.into_iter().map(|(_, id, _)| id).collect()));
+    }
     let keys: Vec<Vec<u8>> = new.iter().map(|(seq, ..)| seq_key(*seq)).collect();
     let puts: Vec<(&[u8], &[u8])> = keys
         .iter()
         .zip(&new)
         .map(|(k, (_, _, line))| (k.as_slice(), line.as_bytes()))
         .collect();
-    let seqs: Vec<u64> = new.iter().map(|(seq, ..)| *seq).collect();
     match shared.store.write_records(&puts, &[]) {
         Ok(()) => {
             lock(&shared.pool).made_durable(&seqs);

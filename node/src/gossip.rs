@@ -23,6 +23,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ pub(crate) enum Input {
         /// The signature.
         vote: SignedVote,
     },
+    /// This peer's round timed out: it wants to be brought up to date.
+    Behind {
+        /// Its key.
+        from: String,
+    },
     /// A channel to this peer is open.
     Connected {
         /// Its key.
@@ -92,10 +98,22 @@ pub(crate) enum Input {
 /// The most transaction lines one `Txs` frame carries.
 pub(crate) const TXS_PER_FRAME: usize = 512;
 
+/// What went over the consensus protocol and pulls, for the status.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Frames sent on channels.
+    pub frames: AtomicU64,
+    /// Their bytes.
+    pub bytes: AtomicU64,
+    /// Bytes of packs and chunks pulled.
+    pub pulled: AtomicU64,
+}
+
 /// The sending half of the network, as the driver holds it.
 pub(crate) struct Outbound {
     peers: Vec<(SocketAddr, tokio::sync::mpsc::UnboundedSender<Message>)>,
     pulls: Sender<Pull>,
+    pub counters: Arc<Counters>,
 }
 
 /// A pull for the pull thread.
@@ -149,6 +167,7 @@ pub(crate) fn start(
         chain: shared.chain.clone(),
         genesis: shared.genesis,
     };
+    let counters = Arc::new(Counters::default());
     let mut out = Vec::new();
     for addr in peers {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -158,6 +177,7 @@ pub(crate) fn start(
             hello.clone(),
             rx,
             inputs.clone(),
+            counters.clone(),
         ));
         out.push((*addr, tx));
     }
@@ -167,6 +187,7 @@ pub(crate) fn start(
     let images = home.images(store)?;
     let store = store.clone();
     let key = home.load_key(None)?;
+    let pulled = counters.clone();
     std::thread::Builder::new()
         .name("pull".into())
         .spawn(move || {
@@ -187,6 +208,7 @@ pub(crate) fn start(
             while let Ok(pull) = requests.recv() {
                 let mut got = Err("no peer to pull from".to_string());
                 for addr in &pull.from {
+                    let mut bytes = 0;
                     let pass = Pass {
                         endpoint: &endpoint,
                         addr: *addr,
@@ -195,9 +217,11 @@ pub(crate) fn start(
                         store: &store,
                         images: &images,
                         batch_bytes: utter_net::fetch::BATCH_BYTES,
-                        progress: &mut |_| {},
+                        progress: &mut |p| bytes = p.bytes,
                     };
-                    match rt.block_on(pass.pull(pull.wants.clone(), pull.haves.clone())) {
+                    let result = rt.block_on(pass.pull(pull.wants.clone(), pull.haves.clone()));
+                    pulled.pulled.fetch_add(bytes, Ordering::Relaxed);
+                    match result {
                         Ok(blocks) if pull.wants.iter().all(|w| ledger.has(*w)) => {
                             got = Ok(blocks);
                             break;
@@ -213,7 +237,11 @@ pub(crate) fn start(
             }
         })
         .map_err(|e| crate::p2p::P2pError::Runtime(format!("cannot start the pull thread: {e}")))?;
-    Ok(Outbound { peers: out, pulls })
+    Ok(Outbound {
+        peers: out,
+        pulls,
+        counters,
+    })
 }
 
 /// Keeps a channel open to `addr`, sending what `rx` queues.
@@ -223,6 +251,7 @@ async fn dial(
     hello: Message,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Message>,
     inputs: Sender<Input>,
+    counters: Arc<Counters>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -253,9 +282,12 @@ async fn dial(
                     tokio::select! {
                         m = rx.recv() => {
                             let Some(m) = m else { return };
-                            if channel.send(&m).await.is_err() {
+                            let frame = m.encode();
+                            if channel.send_bytes(&frame).await.is_err() {
                                 break;
                             }
+                            counters.frames.fetch_add(1, Ordering::Relaxed);
+                            counters.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
                         }
                         _ = conn.closed() => break,
                     }
@@ -323,10 +355,11 @@ async fn read(conn: &Conn, shared: &Arc<Shared>, inputs: &Sender<Input>) -> Resu
                     .filter_map(|l| String::from_utf8(l).ok())
                     .collect();
                 let shared = shared.clone();
-                let admitted =
-                    tokio::task::spawn_blocking(move || crate::api::admit_lines(&shared, lines))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                let admitted = tokio::task::spawn_blocking(move || {
+                    crate::api::admit_lines(&shared, lines, false)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 match admitted {
                     Ok((_, new)) if !new.is_empty() => Input::Admitted {
                         from: Some(from.clone()),
@@ -335,6 +368,7 @@ async fn read(conn: &Conn, shared: &Arc<Shared>, inputs: &Sender<Input>) -> Resu
                     _ => continue,
                 }
             }
+            Message::Behind => Input::Behind { from: from.clone() },
             Message::Announce(block) => Input::Announced {
                 from: from.clone(),
                 addr: conn.addr(),

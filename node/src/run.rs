@@ -50,6 +50,9 @@ pub struct Settings {
     pub mempool_max: usize,
     /// Print a line per block.
     pub verbose: bool,
+    /// Proof of merge: a round's first timeout (it doubles per round that
+    /// commits nothing).
+    pub round_timeout: Duration,
     /// Serve and sync over QUIC.
     pub p2p: Option<crate::p2p::P2pSettings>,
 }
@@ -446,6 +449,7 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         let home = home.clone();
         let verbose = settings.verbose;
         let block_txs = settings.block_txs;
+        let round_timeout = settings.round_timeout;
         let settings = producer::Settings {
             block_every: settings.block_every,
             block_txs: settings.block_txs,
@@ -464,6 +468,7 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
                         inputs,
                         role == Some(true),
                         block_txs,
+                        round_timeout,
                         verbose,
                     )
                 })

@@ -28,6 +28,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,9 @@ struct Driver<'l> {
     votes: HashMap<(BlockId, NodeId), (u64, SignedVote)>,
     /// Blocks the machine was told of.
     fed: HashSet<BlockId>,
+    /// This node's own proposals not yet validated: building one executed
+    /// it, so its validation is that execution's verdict.
+    own: HashSet<BlockId>,
     /// Blocks asked of the pull thread, and who announced them.
     pulling: HashMap<BlockId, NodeId>,
     /// Where each connected peer serves.
@@ -125,11 +129,20 @@ pub(crate) fn run(
     inputs: Receiver<Input>,
     validator: bool,
     block_txs: usize,
+    round_timeout: Duration,
     verbose: bool,
 ) -> Result<(), NodeError> {
     let result = if validator {
         drive(
-            home, &opened, &key, &shared, &out, &inputs, block_txs, verbose,
+            home,
+            &opened,
+            &key,
+            &shared,
+            &out,
+            &inputs,
+            block_txs,
+            round_timeout,
+            verbose,
         )
     } else {
         forward(&shared, &out, &inputs)
@@ -154,6 +167,7 @@ fn drive(
     out: &Outbound,
     inputs: &Receiver<Input>,
     block_txs: usize,
+    round_timeout: Duration,
     verbose: bool,
 ) -> Result<(), NodeError> {
     let ledger = &opened.ledger;
@@ -181,14 +195,25 @@ fn drive(
         .chain([persisted.genesis])
         .collect();
     let started = Instant::now();
-    let machine = Machine::new(Config::new(me, genesis_set), persisted, Duration::ZERO);
+    let mut config = Config::new(me, genesis_set);
+    config.round_timeout = round_timeout;
+    config.max_round_timeout = config.max_round_timeout.max(round_timeout * 4);
+    let machine = Machine::new(config, persisted, Duration::ZERO);
+    let mut executor = Executor::new(ledger, &home.checkouts())?;
+    // The pool checked every signature at admission.
+    executor.set_known(Box::new(|id| {
+        lock(&shared.pool)
+            .get(id)
+            .filter(|p| p.durable)
+            .map(|p| p.tx.clone())
+    }));
     let mut d = Driver {
         home,
         ledger,
         key,
         shared,
         out,
-        executor: Executor::new(ledger, &home.checkouts())?,
+        executor,
         helper: home.spawn_helper()?,
         images: home.node_images(&opened.store)?,
         machine,
@@ -197,6 +222,7 @@ fn drive(
         checker: BlockChecker::default(),
         votes: HashMap::new(),
         fed,
+        own: HashSet::new(),
         pulling: HashMap::new(),
         addrs: HashMap::new(),
         txs_out: Vec::new(),
@@ -218,7 +244,7 @@ fn drive(
         d.act()?;
         d.flush();
         d.report();
-        if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        if shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
         let now = d.now();
@@ -240,7 +266,14 @@ fn drive(
         }
         let now = d.now();
         if d.machine.poll_timeout().is_some_and(|t| t <= now) {
+            let round = d.machine.round();
             d.machine.handle_timeout(now);
+            if d.machine.round() > round {
+                // A round went by without a commit: whatever this node
+                // missed (a vote dropped while a channel reopened), the
+                // others send it again.
+                d.out.broadcast(&Message::Behind);
+            }
         }
     }
 }
@@ -254,8 +287,11 @@ fn forward(shared: &Shared, out: &Outbound, inputs: &Receiver<Input>) -> Result<
             round: 0,
             peers: peers.len(),
             certified: None,
+            frames_sent: out.counters.frames.load(Ordering::Relaxed),
+            bytes_sent: out.counters.bytes.load(Ordering::Relaxed),
+            bytes_pulled: 0,
         });
-        if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        if shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
         let input = match inputs.recv_timeout(Duration::from_millis(500)) {
@@ -320,6 +356,9 @@ impl Driver<'_> {
             round: self.machine.round(),
             peers: self.addrs.len(),
             certified: self.certified.clone().or(certified),
+            frames_sent: self.out.counters.frames.load(Ordering::Relaxed),
+            bytes_sent: self.out.counters.bytes.load(Ordering::Relaxed),
+            bytes_pulled: self.out.counters.pulled.load(Ordering::Relaxed),
         });
     }
 
@@ -380,6 +419,10 @@ impl Driver<'_> {
                     from,
                     message: Said::Vote(Vote { voter, block }),
                 });
+            }
+            Input::Behind { from } => {
+                let peer = self.id_of(&from);
+                self.handle(Event::PeerConnected(peer));
             }
             Input::Connected { key, addr } => {
                 let peer = self.id_of(&key);
@@ -471,7 +514,9 @@ impl Driver<'_> {
             }
             stack.pop();
             self.fed.insert(id);
-            if let Err(e) = self.ledger.check_block(id, &mut self.checker)? {
+            let shared = self.shared;
+            let in_pool = |tx: &TxId| lock(&shared.pool).get(tx).is_some_and(|p| p.durable);
+            if let Err(e) = self.ledger.check_block(id, &mut self.checker, &in_pool)? {
                 eprintln!("block {} from a peer is refused: {e}", id.short());
                 continue;
             }
@@ -559,6 +604,10 @@ impl Driver<'_> {
     }
 
     fn validate(&mut self, block: BlockId) -> Result<(), NodeError> {
+        if self.own.remove(&block) {
+            self.handle(Event::Validated { block, valid: true });
+            return Ok(());
+        }
         let b = self.ledger.block(block)?;
         let started = Instant::now();
         let mut tries = 0;
@@ -596,12 +645,22 @@ impl Driver<'_> {
         kind: Kind,
         txs: &[TxId],
     ) -> Result<(), NodeError> {
-        // The rest stay in the mempools for the next round.
-        let lines: Vec<String> = lines_of(self.shared, txs)
-            .into_iter()
-            .take(self.block_txs)
-            .map(|l| String::from_utf8(l).expect("lines are UTF-8"))
-            .collect();
+        // Oldest first, as they arrived here; the rest stay in the
+        // mempools for the next round.
+        let lines: Vec<String> = {
+            let pool = lock(&self.shared.pool);
+            let mut waiting: Vec<(u64, &str)> = txs
+                .iter()
+                .filter_map(|id| pool.get(id).filter(|p| p.durable))
+                .map(|p| (p.seq, p.line.as_str()))
+                .collect();
+            waiting.sort_unstable();
+            waiting
+                .into_iter()
+                .take(self.block_txs)
+                .map(|(_, l)| l.to_string())
+                .collect()
+        };
         let mut time = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
         for p in parents {
             time = time.max(self.ledger.block(*p)?.time);
@@ -638,6 +697,7 @@ impl Driver<'_> {
             self.handle(Event::Dropped(ids));
         }
         self.fed.insert(proposed.block.id);
+        self.own.insert(proposed.block.id);
         lock(&self.shared.head).blocks_made += 1;
         let header = consensus::header(self.ledger, &proposed.block, |k| Some(self.id_of(k)))
             .map_err(|e| NodeError::Consensus(e.to_string()))?

@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// whitespace-separated
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     node_args: Option<String>,
+    /// Make the devnet's data dirs but start no node (to run them
+    /// elsewhere, e.g. each in a network namespace)
+    #[arg(long)]
+    no_start: bool,
     /// Print JSON
     #[arg(long)]
     json: bool,
@@ -276,6 +280,20 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         .filter(|n| n.validator)
         .map(|n| n.p2p)
         .collect();
+    if args.no_start {
+        if args.json {
+            println!("{}", serde_json::to_string(&devnet)?);
+        } else {
+            println!(
+                "devnet {} made in {} ({} nodes); start them with `utter devnet up --dir {}`",
+                devnet.chain,
+                args.dir.display(),
+                devnet.nodes.len(),
+                args.dir.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut started = Vec::new();
     for node in &devnet.nodes {
         let home = Home::new(args.dir.join(&node.name));

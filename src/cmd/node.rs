@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// `utter peers allow` added
     #[arg(long, requires = "p2p")]
     private: bool,
+    /// On a chain of several validators: how long a round waits for a
+    /// commit before the next validator leads (milliseconds; doubles per
+    /// round that commits nothing)
+    #[arg(long, default_value_t = 1500, value_name = "MS", requires = "p2p")]
+    round_ms: u64,
     /// How often to pull from each peer (milliseconds)
     #[arg(long, default_value_t = 2000, value_name = "MS", requires = "p2p")]
     sync_ms: u64,
@@ -74,6 +79,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
             block_txs: args.block_txs,
             mempool_max: args.mempool_max,
             verbose: args.verbose,
+            round_timeout: Duration::from_millis(args.round_ms.max(50)),
             p2p: args.p2p.map(|listen| P2pSettings {
                 listen,
                 peers: args.peers.clone(),

@@ -358,3 +358,210 @@ fn a_strangers_consensus_frames_are_checked_and_change_nothing() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Each transaction on main's first-parent line that is not a replay
+/// rejection, counted, and main itself, read from a data dir (its node
+/// may be running).
+fn committed(data: &Path) -> (BlockId, BTreeMap<TxId, usize>) {
+    let home = utter_node::Home::new(data);
+    let opened = home.open_read_only().unwrap();
+    let ledger = &opened.ledger;
+    let mut counts: BTreeMap<TxId, usize> = BTreeMap::new();
+    for id in first_parent_line(ledger) {
+        let block = ledger.block(id).unwrap();
+        for text in ledger.result_lines(&block).unwrap() {
+            let r: utter_formats::TxResult = serde_json::from_str(&text).unwrap();
+            if !r
+                .reason
+                .as_deref()
+                .is_some_and(|e| e.contains("already used"))
+            {
+                *counts.entry(r.tx).or_default() += 1;
+            }
+        }
+    }
+    (ledger.resolve(MAIN).unwrap(), counts)
+}
+
+fn height(data: &Path) -> u64 {
+    let home = utter_node::Home::new(data);
+    let opened = home.open_read_only().unwrap();
+    let main = opened.ledger.resolve(MAIN).unwrap();
+    opened.ledger.height(main).unwrap()
+}
+
+#[test]
+fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_in_network_namespaces()
+ {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use crate::net::{Lan, Node, in_ns};
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    ok(devnet(&[
+        "up",
+        "--no-start",
+        "--validators",
+        "4",
+        "--followers",
+        "1",
+        "--dir",
+    ])
+    .arg(&dir));
+    let lan = Lan::new(5, &["loss", "10%"]).expect("ip netns works as root");
+    let names = ["v1", "v2", "v3", "v4", "f1"];
+    let data = |i: usize| dir.join(names[i - 1]);
+    let addr = |i: usize| format!("10.77.0.{i}:7448");
+    let start = |i: usize| {
+        let mut extra = vec!["--round-ms".to_string(), "500".to_string()];
+        for v in (1..=4).filter(|v| *v != i) {
+            extra.push("--peer".into());
+            extra.push(addr(v));
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Node::start(&data(i), Some(&lan.ns(i)), &addr(i), &extra)
+    };
+    let mut nodes: Vec<Option<Node>> = (1..=5).map(|i| Some(start(i))).collect();
+
+    // A steady load: one signer per node (so nonces never race), one
+    // transaction to each node that takes load, every round.
+    let keys: Vec<PathBuf> = (1..=5)
+        .map(|i| ssh_key(tmp.path(), &format!("user{i}")).0)
+        .collect();
+    let targets = Arc::new(Mutex::new(vec![1usize, 2, 3, 4, 5]));
+    let accepted = Arc::new(Mutex::new(Vec::<(usize, TxId)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (targets, accepted, stop) = (targets.clone(), accepted.clone(), stop.clone());
+        let dirs: Vec<PathBuf> = (1..=5).map(data).collect();
+        let nss: Vec<String> = (1..=5).map(|i| lan.ns(i)).collect();
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let now: Vec<usize> = targets.lock().unwrap().clone();
+                for i in now {
+                    let args = serde_json::json!({"name": format!("n{i}-{round}"), "key": "k"});
+                    let out = in_ns(Some(&nss[i - 1]), &dirs[i - 1])
+                        .args(["tx", "submit", "membership", "join", "--json", "--key"])
+                        .arg(&keys[i - 1])
+                        .args(["--args", &args.to_string()])
+                        .output()
+                        .unwrap();
+                    if !out.status.success() {
+                        continue; // the node is down (killed): nothing accepted
+                    }
+                    let states: Vec<TxState> = serde_json::from_slice(&out.stdout).unwrap();
+                    for s in states {
+                        match s {
+                            TxState::Pending { id } | TxState::Committed { id, .. } => {
+                                accepted.lock().unwrap().push((i, id));
+                            }
+                            TxState::Refused { id, error } => panic!("{id} refused: {error}"),
+                        }
+                    }
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // Every node has every transaction accepted so far, once.
+    let all_committed = |within: Duration, what: &str| {
+        let wanted: Vec<TxId> = accepted.lock().unwrap().iter().map(|(_, id)| *id).collect();
+        wait_until(what, within, || {
+            (1..=5).all(|i| {
+                let (_, counts) = committed(&data(i));
+                wanted.iter().all(|id| counts.get(id) == Some(&1))
+            })
+        });
+    };
+    let max_height = |nodes: &[usize]| nodes.iter().map(|i| height(&data(*i))).max().unwrap();
+
+    wait_until("the first commits", Duration::from_secs(60), || {
+        (1..=5).all(|i| height(&data(i)) >= 2)
+    });
+
+    // 2 | 2 (the follower with the first two): no side has a quorum.
+    lan.partition(&[&[1, 2, 5], &[3, 4]]);
+    std::thread::sleep(Duration::from_secs(2)); // what was in flight lands
+    let before = max_height(&[1, 2, 3, 4]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        max_height(&[1, 2, 3, 4]),
+        before,
+        "a block committed without a quorum during the 2 | 2 partition"
+    );
+    lan.heal();
+    all_committed(Duration::from_secs(60), "commits after the 2 | 2 heal");
+
+    // 3 | 1: the three go on, the one catches up after the heal.
+    lan.partition(&[&[1, 2, 3, 5], &[4]]);
+    std::thread::sleep(Duration::from_secs(2));
+    let alone = height(&data(4));
+    let three = max_height(&[1, 2, 3]);
+    wait_until(
+        "the three commit on their own",
+        Duration::from_secs(30),
+        || max_height(&[1, 2, 3]) > three + 1,
+    );
+    assert!(height(&data(4)) <= alone + 1, "the one alone committed");
+    lan.heal();
+    all_committed(Duration::from_secs(60), "the one catches up after the heal");
+
+    // The follower cut off keeps accepting; its transactions arrive after.
+    lan.partition(&[&[1, 2, 3, 4]]);
+    std::thread::sleep(Duration::from_secs(3));
+    lan.heal();
+    all_committed(
+        Duration::from_secs(60),
+        "the follower's transactions after the heal",
+    );
+
+    // kill -9 of a validator under load, and a restart.
+    let tip_at_kill: Option<BlockId> = {
+        nodes[1].take().unwrap().kill_9();
+        std::fs::read_to_string(data(2).join("vote-tip"))
+            .ok()
+            .map(|t| t.trim().parse().unwrap())
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    nodes[1] = Some(start(2));
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    all_committed(Duration::from_secs(90), "everything after the restart");
+    wait_until("one main everywhere", Duration::from_secs(60), || {
+        let mains: HashSet<BlockId> = (1..=5).map(|i| committed(&data(i)).0).collect();
+        mains.len() == 1
+    });
+    let n = accepted.lock().unwrap().len();
+    assert!(n > 50, "the load ran: {n} transactions");
+    eprintln!(
+        "5 nodes in network namespaces: {n} transactions accepted, all committed once; main at height {}",
+        height(&data(1))
+    );
+    drop(nodes);
+    if let Some(before) = tip_at_kill {
+        let now: BlockId = std::fs::read_to_string(data(2).join("vote-tip"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let home = utter_node::Home::new(data(2));
+        let opened = home.open_read_only().unwrap();
+        assert!(
+            before == now || opened.ledger.is_ancestor(before, now).unwrap(),
+            "v2 voted for {now}, which does not descend from its persisted tip {before}"
+        );
+    }
+    for i in 1..=5 {
+        let out = ok(utter(&data(i)).args(["verify", "--reexecute"]));
+        assert!(out.contains("carry a commit certificate"), "{out}");
+    }
+}

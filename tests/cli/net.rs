@@ -71,7 +71,7 @@ impl Node {
         self.target().split_once('@').unwrap().1.to_string()
     }
 
-    fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::mem::forget(self);
@@ -91,7 +91,7 @@ impl Drop for Node {
 /// Entered with `nsenter --net` rather than `ip netns exec`, which also
 /// mounts a sysfs of its own and so hides the host's cgroup hierarchies
 /// the containers need.
-fn in_ns(ns: Option<&str>, data: &Path) -> Command {
+pub(crate) fn in_ns(ns: Option<&str>, data: &Path) -> Command {
     match ns {
         None => utter(data),
         Some(ns) => {
@@ -350,7 +350,7 @@ fn a_clone_killed_mid_transfer_resumes_without_fetching_again_what_it_has() {
 
 /// Network namespaces joined by veth pairs to a bridge in a namespace of
 /// their own; all removed on drop.
-struct Lan {
+pub(crate) struct Lan {
     prefix: String,
     nodes: usize,
 }
@@ -364,8 +364,11 @@ impl Lan {
     }
 
     /// `n` hosts 10.77.0.1 … 10.77.0.n, links delayed and lossy by `netem`.
-    fn new(n: usize, netem: &[&str]) -> Option<Self> {
-        let prefix = format!("ut{}", std::process::id() % 100_000);
+    pub(crate) fn new(n: usize, netem: &[&str]) -> Option<Self> {
+        // Unique per LAN: tests run in parallel in one process.
+        static LANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n_lan = LANS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let prefix = format!("ut{}l{n_lan}", std::process::id() % 100_000);
         let lan = Self {
             prefix: prefix.clone(),
             nodes: n,
@@ -419,8 +422,47 @@ impl Lan {
         Some(lan)
     }
 
-    fn ns(&self, i: usize) -> String {
+    pub(crate) fn ns(&self, i: usize) -> String {
         format!("{}n{i}", self.prefix)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}sw", self.prefix)
+    }
+
+    /// Cuts the hosts apart: each group gets a bridge of its own (the
+    /// first keeps `br0`); hosts in no group are cut off alone.
+    pub(crate) fn partition(&self, groups: &[&[usize]]) {
+        let sw = self.switch();
+        for i in 1..=self.nodes {
+            let g = groups.iter().position(|g| g.contains(&i));
+            let bridge = match g {
+                Some(0) => "br0".to_string(),
+                Some(g) => format!("br{g}"),
+                None => format!("cut{i}"),
+            };
+            if bridge != "br0" {
+                let _ = Command::new("ip")
+                    .args(["-n", &sw, "link", "add", &bridge, "type", "bridge"])
+                    .stderr(Stdio::null())
+                    .status();
+                assert!(Self::ip(&["-n", &sw, "link", "set", &bridge, "up"]));
+            }
+            assert!(Self::ip(&[
+                "-n",
+                &sw,
+                "link",
+                "set",
+                &format!("p{i}"),
+                "master",
+                &bridge
+            ]));
+        }
+    }
+
+    /// Every host on `br0` again.
+    pub(crate) fn heal(&self) {
+        self.partition(&[&(1..=self.nodes).collect::<Vec<_>>()]);
     }
 }
 
