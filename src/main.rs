@@ -78,8 +78,9 @@ enum Command {
     /// The makerspace's doors and their access log
     #[command(subcommand)]
     Doors(cmd::doors::Command),
-    /// The demo: a makerspace on a new chain run through a real node (in
-    /// --data-dir, default ./demo-data, replaced on the next run)
+    /// The demo: a makerspace's day on a new chain, run on a devnet of four
+    /// validators and two followers (in --data-dir, default ./demo-data,
+    /// replaced on the next run)
     Demo(cmd::demo::DemoArgs),
     /// A chain of several validators (and followers) on this machine, each
     /// node a real process on loopback: up, status, down

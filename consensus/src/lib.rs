@@ -12,8 +12,8 @@ pub mod machine;
 pub mod sim;
 
 pub use machine::{
-    Action, BlockId, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId,
-    Validators, Vote,
+    Action, BlockId, Config, Event, Footprint, Header, Kind, Machine, Message, NodeId, Persisted,
+    TxId, Validators, Vote,
 };
 
 #[cfg(test)]

@@ -330,6 +330,17 @@ struct Entry {
     sets: Option<(Arc<Validators>, Arc<Validators>)>,
 }
 
+/// What a machine holds in memory ([`Machine::footprint`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Footprint {
+    /// Blocks it knows.
+    pub blocks: usize,
+    /// Transaction ids in their headers.
+    pub header_txs: usize,
+    /// Blocks it holds votes for.
+    pub voted_blocks: usize,
+}
+
 /// How many round timeouts re-fetch a missing block before it is given up.
 pub const MAX_FETCHES: u32 = 3;
 
@@ -587,6 +598,16 @@ impl Machine {
         self.mempool.len()
     }
 
+    /// What this machine holds in memory: blocks, transaction ids in their
+    /// headers (committed blocks keep none), and blocks with votes.
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            blocks: self.blocks.len(),
+            header_txs: self.blocks.values().map(|e| e.header.txs.len()).sum(),
+            voted_blocks: self.votes.len(),
+        }
+    }
+
     /// This node's side-branch head, if it keeps one.
     pub fn side_head(&self) -> Option<BlockId> {
         self.my_side
@@ -637,7 +658,12 @@ impl Machine {
                 continue;
             }
             e.committed = true;
-            txs.extend(e.header.txs.iter().copied());
+            // A committed block's transactions are never read again (what
+            // is proposed looks only at uncommitted ancestry): memory per
+            // committed block stays a header without them. A peer asking
+            // for the block gets it from the ledger, not from here.
+            txs.append(&mut e.header.txs);
+            e.header.txs.shrink_to_fit();
             stack.extend(e.header.parents.iter().copied());
         }
         txs
@@ -1055,6 +1081,10 @@ impl Machine {
             .collect();
         self.main = id;
         self.outbox.push_back(Action::Commit { block: id, voters });
+        // Votes for blocks under main count for nothing any more.
+        let blocks = &self.blocks;
+        self.votes
+            .retain(|b, _| *b == id || !blocks.get(b).is_some_and(|e| e.committed));
         // Mark the newly committed blocks and drop their transactions.
         for tx in self.mark_committed(id) {
             self.mempool.remove(&tx);

@@ -704,9 +704,13 @@ impl Sim {
                 if let Message::Vote(v) = &message {
                     self.check_vote(node, *v);
                 }
+                let message = self.as_stored(message);
                 self.broadcast(node, &message);
             }
-            Action::Send { to, message } => self.send(node, to, message),
+            Action::Send { to, message } => {
+                let message = self.as_stored(message);
+                self.send(node, to, message);
+            }
             Action::Fetch(id) => self.broadcast(node, &Message::Fetch(id)),
             Action::Validate(block) => {
                 let at = self.now
@@ -937,6 +941,19 @@ impl Sim {
                     .rng
                     .between(Duration::from_millis(50), Duration::from_millis(400));
             self.push(next, Ev::ByzantineTick { node });
+        }
+    }
+
+    /// A block an honest node sends is the block as stored (a driver
+    /// announces an id and the peer reads the block, not the machine's
+    /// memory of it, which keeps no transactions of committed blocks).
+    fn as_stored(&self, message: Message) -> Message {
+        match message {
+            Message::Block(h) => match self.blocks.get(&h.id) {
+                Some(g) => Message::Block(g.header.clone()),
+                None => Message::Block(h),
+            },
+            other => other,
         }
     }
 

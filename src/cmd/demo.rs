@@ -1,18 +1,20 @@
-//! `utter demo`: a makerspace on a new chain, run through a real node.
+//! `utter demo`: a makerspace on a new chain, run through a real devnet.
 //!
-//! Creates the data dir (`utter init`), starts `utter node run` as a child
-//! process, and sends signed transactions to its API (through the client
-//! crate) as the people of a makerspace would: the first admin, members
-//! and their badges, doors and their controllers, a trainer's
-//! certification, credits, dues, a transfer and an overdraft. Then the
-//! door controllers, which were offline, decide a day of badges with
-//! `may_open` over the rules bundle the node serves, and upload it. It
-//! prints who came in, who was denied and why, the balances, and shows the
-//! ledger with `git log` and `utter verify`.
+//! Starts a devnet in the data dir (`utter devnet up`: four validators
+//! that re-execute and vote on every block, and two followers, the door
+//! controllers' nodes), and sends signed transactions to the first
+//! validator's API (through the client crate) as the people of a
+//! makerspace would: the first admin, members and their badges, doors and
+//! their controllers, a trainer's certification, credits, dues, a transfer
+//! and an overdraft. Then the door controllers, which were offline, decide
+//! a day of badges with `may_open` over the rules bundle their own node
+//! serves, and upload it through that node. It prints who came in, who
+//! was denied and why, the balances, and shows the ledger with `git log`
+//! and `utter verify`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -35,19 +37,25 @@ const MARKER: &str = ".utter-demo";
 /// `utter demo`
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Leave the node running at the end (stop it with ctrl-c)
+    /// Leave the devnet running at the end (stop it with `utter devnet
+    /// down`)
     #[arg(long)]
     keep_running: bool,
 }
 
-/// Stops the node when the demo ends, however it ends.
-struct NodeProcess(Child);
+/// Stops the devnet when the demo ends, however it ends.
+struct DevnetProcess {
+    exe: PathBuf,
+    dir: PathBuf,
+}
 
-impl Drop for NodeProcess {
+impl Drop for DevnetProcess {
     fn drop(&mut self) {
-        let pid = rustix::process::Pid::from_child(&self.0);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let _ = self.0.wait();
+        let _ = Command::new(&self.exe)
+            .args(["devnet", "down", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .output();
     }
 }
 
@@ -120,11 +128,16 @@ impl Cast {
     }
 }
 
-/// The demo's node and what it measured.
+/// The demo's chain and what it measured.
 struct Demo {
     exe: PathBuf,
+    /// The first validator's data dir.
     dir: PathBuf,
+    /// The first validator's API: the people's transactions go there.
     client: Client,
+    /// The front door's and the workshop's follower nodes.
+    front: Client,
+    shop: Client,
     latencies: Vec<Duration>,
     txs: usize,
 }
@@ -150,8 +163,19 @@ impl Demo {
     /// Signs `requests` with `key`, sends them, waits for their block;
     /// returns each one's result.
     fn send(&mut self, key: &Keypair, requests: Vec<Request>) -> Result<Vec<TxResult>> {
+        let client = self.client.clone();
+        self.send_via(&client, key, requests)
+    }
+
+    /// Like `send`, through the node `client` talks to.
+    fn send_via(
+        &mut self,
+        client: &Client,
+        key: &Keypair,
+        requests: Vec<Request>,
+    ) -> Result<Vec<TxResult>> {
         let sent = Instant::now();
-        let states = self.client.sign_and_submit(key, requests)?;
+        let states = client.sign_and_submit(key, requests)?;
         let mut ids = Vec::with_capacity(states.len());
         for (_, state) in &states {
             if let TxState::Refused { error, .. } = state {
@@ -159,9 +183,7 @@ impl Demo {
             }
             ids.push(state.id());
         }
-        let done = self
-            .client
-            .wait_all(&ids, Duration::from_secs(120), |_| {})?;
+        let done = client.wait_all(&ids, Duration::from_secs(120), |_| {})?;
         let took = sent.elapsed();
         self.latencies.extend(std::iter::repeat_n(took, done.len()));
         self.txs += done.len();
@@ -173,8 +195,20 @@ impl Demo {
 
     /// Like `send`, and every transaction must be accepted.
     fn must(&mut self, what: &str, key: &Keypair, requests: Vec<Request>) -> Result<()> {
+        let client = self.client.clone();
+        self.must_via(&client, what, key, requests)
+    }
+
+    /// Like `must`, through the node `client` talks to.
+    fn must_via(
+        &mut self,
+        client: &Client,
+        what: &str,
+        key: &Keypair,
+        requests: Vec<Request>,
+    ) -> Result<()> {
         let n = requests.len();
-        for r in self.send(key, requests)? {
+        for r in self.send_via(client, key, requests)? {
             if r.status != Status::Accepted {
                 bail!(
                     "{what}: a transaction was rejected: {}",
@@ -210,48 +244,40 @@ fn prepare(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts `utter node run` on the demo's data dir and waits until it
-/// serves.
-fn start_node(exe: &Path, home: &Home) -> Result<(NodeProcess, Client)> {
-    let log_path = home.root().join("node.log");
-    let log = std::fs::File::create(&log_path)?;
-    let child = Command::new(exe)
-        .arg("--data-dir")
-        .arg(home.root())
-        .args([
-            "node",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--block-ms",
-            "50",
-            "--verbose",
-        ])
+/// Starts the demo's devnet in `dir`: four validators and two followers
+/// (the front door's and the workshop's nodes); returns the guard that
+/// stops it and each node's API, by name.
+fn start_devnet(exe: &Path, dir: &Path) -> Result<(DevnetProcess, Vec<(String, String)>)> {
+    let out = Command::new(exe)
+        .args(["devnet", "up", "--validators", "4", "--followers", "2"])
+        .args(["--chain", "makerspace", "--json", "--dir"])
+        .arg(dir)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start `utter node run`")?;
-    let mut node = NodeProcess(child);
-    let started = Instant::now();
-    let url = loop {
-        if let Some(url) = home.node_url() {
-            break url;
-        }
-        if let Some(status) = node.0.try_wait()? {
-            bail!(
-                "the node exited ({status}) before it served: see {}",
-                log_path.display()
-            );
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("the node did not start within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        .output()
+        .context("cannot run `utter devnet up`")?;
+    let guard = DevnetProcess {
+        exe: exe.to_path_buf(),
+        dir: dir.to_path_buf(),
     };
-    let client = Client::new(&url);
-    client.status()?;
-    Ok((node, client))
+    if !out.status.success() {
+        bail!(
+            "utter devnet up failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let up: Value = serde_json::from_slice(&out.stdout).context("devnet up --json")?;
+    let nodes = up["nodes"]
+        .as_array()
+        .context("devnet up --json lists its nodes")?
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n["name"].as_str()?.to_string(),
+                n["api"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    Ok((guard, nodes))
 }
 
 /// The makerspace's first day: members, badges, doors, credits, dues.
@@ -386,7 +412,17 @@ struct Visit {
 /// Yesterday, as the controllers decided it offline with `may_open` over
 /// the rules bundle they last had from the node.
 fn offline_day(d: &Demo, cast: &Cast) -> Result<Vec<Visit>> {
-    let bundle = d.client.rules()?;
+    // The controllers' node follows main by sync: the rules it serves are
+    // main's once it is there.
+    let main = d.client.status()?.head;
+    let started = Instant::now();
+    while d.front.status()?.head != main {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the front door's node did not reach main {main} within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bundle = d.front.rules()?;
     let rules_dir = tempfile::tempdir()?;
     bundle.write_to(rules_dir.path())?;
     let mut rules = Rules::at(rules_dir.path());
@@ -446,13 +482,16 @@ fn upload(d: &mut Demo, cast: &Cast, day: &[Visit]) -> Result<()> {
             })
             .collect()
     };
-    d.must(
-        "the front door's controller uploads its log",
+    let (front, shop) = (d.front.clone(), d.shop.clone());
+    d.must_via(
+        &front,
+        "the front door's controller uploads its log through its own node",
         &cast.front_bot,
         events(true),
     )?;
-    d.must(
-        "the workshop's controller uploads its log",
+    d.must_via(
+        &shop,
+        "the workshop's controller uploads its log through its own node",
         &cast.shop_bot,
         events(false),
     )
@@ -496,9 +535,9 @@ fn report(d: &Demo, day: &mut [Visit]) -> Result<()> {
     let p50 = lat.get(lat.len() / 2).copied().unwrap_or_default();
     let status = d.client.status()?;
     println!(
-        "\n{} transactions in {} blocks; submit to committed p50 {:.0} ms",
+        "\n{} transactions in {} blocks, each re-executed and voted for by 4 validators; submit to committed p50 {:.0} ms",
         d.txs,
-        status.blocks_made,
+        status.height,
         p50.as_secs_f64() * 1e3
     );
     println!(
@@ -513,35 +552,45 @@ pub fn run(dir: &Path, args: DemoArgs) -> Result<ExitCode> {
     let home = Home::new(dir);
     prepare(home.root())?;
     println!("== a makerspace on a new chain, in {}", dir.display());
+    let net = home.root().join("net");
+    let (devnet, nodes) = start_devnet(&exe, &net)?;
+    let api = |name: &str| -> Result<Client> {
+        nodes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| Client::new(a))
+            .with_context(|| format!("devnet up started no node {name}"))
+    };
+    println!(
+        "  utter devnet up: 4 validators (v1…v4) that re-execute and vote on every block, and 2 followers (f1 for the front door, f2 for the workshop), in {}",
+        net.display()
+    );
+    println!(
+        "  one genesis with the built-in dapps membership, certifications, doors, accounting and the test dapp invariants; v1's API on {}",
+        api("v1")?.base()
+    );
     let mut d = Demo {
         exe: exe.clone(),
-        dir: home.root().to_path_buf(),
-        client: Client::new(utter_client::DEFAULT_ADDR),
+        dir: net.join("v1"),
+        client: api("v1")?,
+        front: api("f1")?,
+        shop: api("f2")?,
         latencies: Vec::new(),
         txs: 0,
     };
-    d.utter(&["init", "--chain", "makerspace", "--name", "node1"])?;
-    println!(
-        "  utter init: genesis with the built-in dapps membership, certifications, doors, accounting and the test dapp invariants"
-    );
-    let (node, client) = start_node(&exe, &home)?;
-    println!(
-        "  utter node run: API on {} (log: {})",
-        client.base(),
-        home.root().join("node.log").display()
-    );
-    d.client = client;
     let cast = Cast::new(home.root())?;
     set_up(&mut d, &cast)?;
     let mut day = offline_day(&d, &cast)?;
     upload(&mut d, &cast, &day)?;
     report(&d, &mut day)?;
     if args.keep_running {
-        println!("the node keeps running; stop it with ctrl-c");
-        let mut node = node;
-        let _ = node.0.wait();
+        println!(
+            "the devnet keeps running: `utter devnet status --dir {0}`; stop it with `utter devnet down --dir {0}`",
+            net.display()
+        );
+        std::mem::forget(devnet);
     } else {
-        drop(node);
+        drop(devnet);
     }
     std::io::stdout().flush()?;
     Ok(ExitCode::SUCCESS)
