@@ -116,6 +116,9 @@ struct Driver<'l> {
     /// The most transactions one proposal carries.
     block_txs: usize,
     verbose: bool,
+    /// Test-only Byzantine behaviour (the `byzantine` feature).
+    #[cfg(feature = "byzantine")]
+    equivocate: bool,
 }
 
 /// Runs the driver until the node stops; on an error, stops the API too.
@@ -231,6 +234,8 @@ fn drive(
         certified: None,
         block_txs,
         verbose,
+        #[cfg(feature = "byzantine")]
+        equivocate: std::env::var_os("UTTER_TEST_EQUIVOCATE").is_some(),
     };
     if verbose {
         eprintln!(
@@ -712,7 +717,49 @@ impl Driver<'_> {
                 parents.len()
             );
         }
+        #[cfg(feature = "byzantine")]
+        if self.equivocate && kind == Kind::Proposal {
+            self.equivocate(parents, &lines, round, time + 1, proposed.block.id)?;
+        }
         self.handle(Event::Proposed(header));
+        Ok(())
+    }
+
+    /// Test-only: a second proposal for the same round over the same
+    /// parents (another time, so another block), announced to every peer,
+    /// and a vote for it beside the vote for the first.
+    #[cfg(feature = "byzantine")]
+    fn equivocate(
+        &mut self,
+        parents: &[BlockId],
+        lines: &[String],
+        round: Option<u64>,
+        time: i64,
+        first: BlockId,
+    ) -> Result<(), NodeError> {
+        let other = self.executor.propose_on(
+            &mut self.helper,
+            &mut self.images,
+            parents,
+            lines,
+            round,
+            time,
+            self.key,
+        )?;
+        let id = other.block.id;
+        let height = other.block.height;
+        let vote = SignedVote::sign(self.key, &self.shared.chain, id, height)
+            .map_err(|e| NodeError::Consensus(e.to_string()))?;
+        self.out.broadcast(&Message::Announce(id));
+        self.out.broadcast(&Message::Vote {
+            block: id,
+            height,
+            signature: vote.signature,
+        });
+        eprintln!(
+            "equivocating in round {}: {first} and {id}",
+            round.unwrap_or(0)
+        );
         Ok(())
     }
 

@@ -565,3 +565,128 @@ fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_
         assert!(out.contains("carry a commit certificate"), "{out}");
     }
 }
+
+/// A Byzantine validator (the test-only `byzantine` build, with
+/// `UTTER_TEST_EQUIVOCATE`) proposes two blocks in every round it leads
+/// and votes for both. The three honest validators commit every accepted
+/// transaction once, agree on one main, and re-execute it.
+#[test]
+fn an_equivocating_validator_cannot_split_the_honest_ones() {
+    use crate::net::Node;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let made: serde_json::Value = serde_json::from_str(&ok(devnet(&[
+        "up",
+        "--no-start",
+        "--json",
+        "--validators",
+        "4",
+        "--dir",
+    ])
+    .arg(&dir)))
+    .unwrap();
+    let p2p: Vec<String> = made["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["p2p"].as_str().unwrap().to_string())
+        .collect();
+    let start = |i: usize, env: &[(&str, &str)]| {
+        let mut extra = vec!["--round-ms".to_string(), "500".to_string()];
+        for (j, a) in p2p.iter().enumerate() {
+            if j != i {
+                extra.push("--peer".into());
+                extra.push(a.clone());
+            }
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Node::start_env(&dir.join(format!("v{}", i + 1)), None, &p2p[i], &extra, env)
+    };
+    let honest: Vec<Node> = (0..3).map(|i| start(i, &[])).collect();
+    let byzantine = start(3, &[("UTTER_TEST_EQUIVOCATE", "1")]);
+    let chain = honest[0].client().status().unwrap().chain;
+
+    let users: Vec<Keypair> = (0..3)
+        .map(|i| Keypair::generate(&format!("user{i}")).unwrap())
+        .collect();
+    let mut accepted = Vec::new();
+    for round in 0..12u64 {
+        for (i, user) in users.iter().enumerate() {
+            let lines = sign_requests(
+                user,
+                &chain,
+                round + 1,
+                utter_formats::now(),
+                [Request {
+                    dapp: "membership".into(),
+                    action: "join".into(),
+                    args: serde_json::json!({"name": format!("u{i}-{round}")}),
+                }],
+            )
+            .unwrap();
+            for state in honest[i].client().submit(&lines).unwrap() {
+                match state {
+                    TxState::Pending { id } | TxState::Committed { id, .. } => accepted.push(id),
+                    TxState::Refused { id, error } => panic!("{id} refused: {error}"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    for node in &honest {
+        let client = node.client();
+        for id in &accepted {
+            match client.wait(*id, Duration::from_secs(60)).unwrap() {
+                TxState::Committed { .. } => {}
+                other => panic!("{id} is {other:?} after 60 s"),
+            }
+        }
+    }
+    wait_until("one main on the honest", Duration::from_secs(60), || {
+        let heads: HashSet<BlockId> = honest
+            .iter()
+            .map(|n| n.client().status().unwrap().head)
+            .collect();
+        heads.len() == 1
+    });
+    let said = byzantine.stop();
+    for node in honest {
+        drop(node);
+    }
+    let pairs: Vec<(BlockId, BlockId)> = said
+        .lines()
+        .filter_map(|l| l.split_once("equivocating in round "))
+        .filter_map(|(_, rest)| {
+            let (_, ids) = rest.split_once(": ")?;
+            let (a, b) = ids.split_once(" and ")?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        !pairs.is_empty(),
+        "the Byzantine validator equivocated:\n{said}"
+    );
+    let mut seen_both = 0;
+    for i in 1..=3 {
+        let data = dir.join(format!("v{i}"));
+        let (_, counts) = committed(&data);
+        for id in &accepted {
+            assert_eq!(counts.get(id), Some(&1), "v{i}: {id} on main's line");
+        }
+        let home = utter_node::Home::new(&data);
+        let opened = home.open_read_only().unwrap();
+        for (a, b) in &pairs {
+            if opened.ledger.has(*a) && opened.ledger.has(*b) {
+                seen_both += 1;
+            }
+        }
+        drop(opened);
+        let out = ok(utter(&data).args(["verify", "--reexecute"]));
+        assert!(out.contains("carry a commit certificate"), "v{i}: {out}");
+    }
+    assert!(
+        seen_both > 0,
+        "an honest validator received both proposals of a round"
+    );
+}

@@ -24,10 +24,22 @@ impl Node {
     /// `utter node run` on loopback with `--p2p` (and `extra`), optionally
     /// inside network namespace `ns`.
     pub(crate) fn start(data: &Path, ns: Option<&str>, p2p: &str, extra: &[&str]) -> Self {
+        Self::start_env(data, ns, p2p, extra, &[])
+    }
+
+    /// Like `start`, with these environment variables set for the node.
+    pub(crate) fn start_env(
+        data: &Path,
+        ns: Option<&str>,
+        p2p: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         for f in ["node.addr", "node.p2p"] {
             let _ = std::fs::remove_file(data.join(f));
         }
         let mut cmd = in_ns(ns, data);
+        cmd.envs(env.iter().copied());
         cmd.args(["node", "run", "--listen", "127.0.0.1:0", "--block-ms", "20"])
             .args(["--p2p", p2p, "--sync-ms", "200"])
             .args(extra)
@@ -69,6 +81,29 @@ impl Node {
 
     pub(crate) fn addr(&self) -> String {
         self.target().split_once('@').unwrap().1.to_string()
+    }
+
+    /// SIGTERM, wait, and what it wrote to stderr.
+    pub(crate) fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        std::mem::forget(self);
+        err
+    }
+
+    /// The node's API.
+    pub(crate) fn client(&self) -> utter_client::Client {
+        utter_client::Client::new(
+            std::fs::read_to_string(self.data.join("node.addr"))
+                .unwrap()
+                .trim(),
+        )
     }
 
     pub(crate) fn kill_9(mut self) {
