@@ -11,6 +11,7 @@ mod builtin;
 mod cmd;
 mod container;
 mod early;
+mod files;
 mod ui;
 
 use std::path::PathBuf;

@@ -21,6 +21,7 @@ use utter_node::Home;
 use utter_node::init::{InitOptions, init};
 
 use crate::builtin::{BUILTIN, BUILTIN_TEST_DAPP};
+use crate::files::copy_tree;
 
 /// The devnet's description in its directory.
 const FILE: &str = "devnet.json";
@@ -141,27 +142,6 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
 fn free_udp() -> Result<SocketAddr> {
     let socket = UdpSocket::bind("127.0.0.1:0").context("cannot find a free UDP port")?;
     Ok(socket.local_addr()?)
-}
-
-/// Copies a directory tree (a data dir's parts before any node runs).
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for entry in
-        std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))?
-    {
-        let entry = entry?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst)
-                .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Makes a new devnet in `dir`: keys, one genesis, a data dir per node.

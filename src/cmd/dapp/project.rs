@@ -268,27 +268,6 @@ pub fn tree(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     Ok(out)
 }
 
-/// Copies a directory tree (files, directories, symlinks) into `to`.
-pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in
-        std::fs::read_dir(from).with_context(|| format!("cannot list {}", from.display()))?
-    {
-        let entry = entry?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst).with_context(|| format!("cannot copy {}", src.display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// One line of a fixture's `txs.jsonl`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,10 +15,11 @@ use utter_runtime::Helper;
 use utter_runtime::dapp::Entry;
 
 use super::project::{
-    Keys, PROJECT_FILE, Project, Runnable, Scratch, copy_tree, diff_results, diff_trees,
-    expected_results, fixture_txs, result_lines, tree,
+    Keys, PROJECT_FILE, Project, Runnable, Scratch, diff_results, diff_trees, expected_results,
+    fixture_txs, result_lines, tree,
 };
 use crate::container::finished_json;
+use crate::files::copy_tree;
 
 /// Arguments of `utter dapp test`.
 #[derive(Args, Debug)]
