@@ -388,14 +388,7 @@ impl Conn {
     /// Opens the connection's channel: a stream of frames to the peer
     /// that stays open while the connection does.
     pub async fn open_channel(&self) -> Result<Channel, NetError> {
-        let (send, _recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| NetError::Connection {
-                addr: self.addr,
-                why: describe_connection_error(&e),
-            })?;
+        let (send, _recv) = self.conn.open_bi().await.map_err(|e| self.lost(&e))?;
         Ok(Channel {
             send,
             addr: self.addr,
@@ -404,19 +397,19 @@ impl Conn {
 
     /// Waits for the peer to open its channel.
     pub async fn accept_channel(&self) -> Result<Inbound, NetError> {
-        let (_send, recv) = self
-            .conn
-            .accept_bi()
-            .await
-            .map_err(|e| NetError::Connection {
-                addr: self.addr,
-                why: describe_connection_error(&e),
-            })?;
+        let (_send, recv) = self.conn.accept_bi().await.map_err(|e| self.lost(&e))?;
         Ok(Inbound {
             recv,
             decoder: Decoder::new(MAX_REQUEST),
             addr: self.addr,
         })
+    }
+
+    fn lost(&self, e: &quinn::ConnectionError) -> NetError {
+        NetError::Connection {
+            addr: self.addr,
+            why: describe_connection_error(e),
+        }
     }
 
     /// Waits until the connection is closed, by either side.

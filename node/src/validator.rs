@@ -470,10 +470,6 @@ impl Driver<'_> {
     /// if it is here, else pulled.
     fn want(&mut self, block: BlockId, from: NodeId, addr: Option<SocketAddr>) {
         if self.fed.contains(&block) {
-            if from != NodeId::MAX {
-                // Known: let the machine see it came from this peer too.
-                return;
-            }
             return;
         }
         if self.ledger.has(block) {

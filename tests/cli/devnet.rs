@@ -177,29 +177,16 @@ fn four_validators_and_a_follower_commit_every_accepted_transaction_once_across_
 
     for (name, _) in &again {
         let data = dir.join(name);
-        let home = utter_node::Home::new(&data);
-        let opened = home.open_read_only().unwrap();
-        let ledger = &opened.ledger;
-        assert_eq!(ledger.resolve(MAIN).unwrap(), main, "{name}'s main");
         // Exactly once on the line that makes main's state: one result
         // per accepted transaction that is not a replay rejection.
-        let mut counts: BTreeMap<TxId, usize> = BTreeMap::new();
-        for id in first_parent_line(ledger) {
-            let block = ledger.block(id).unwrap();
-            for text in ledger.result_lines(&block).unwrap() {
-                let r: utter_formats::TxResult = serde_json::from_str(&text).unwrap();
-                let replay = r
-                    .reason
-                    .as_deref()
-                    .is_some_and(|e| e.contains("already used"));
-                if !replay {
-                    *counts.entry(r.tx).or_default() += 1;
-                }
-            }
-        }
+        let (on_main, counts) = committed(&data);
+        assert_eq!(on_main, main, "{name}'s main");
         for id in &accepted {
             assert_eq!(counts.get(id), Some(&1), "{name}: {id} on main's line");
         }
+        let home = utter_node::Home::new(&data);
+        let opened = home.open_read_only().unwrap();
+        let ledger = &opened.ledger;
         // The validators certified main; the follower holds their
         // certificate.
         let cert = ledger
