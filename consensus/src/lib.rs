@@ -9,6 +9,7 @@
 //! [`Action`]s and hears their outcome as [`Event`]s.
 
 pub mod machine;
+mod mempool;
 pub mod sim;
 
 pub use machine::{

@@ -34,6 +34,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mempool::Mempool;
+
 pub use utter_formats::{BlockId, TxId};
 
 /// A node: validators and other nodes share one numbering.
@@ -367,7 +369,7 @@ pub struct Machine {
     deadline: Option<Duration>,
     proposed_round: Option<u64>,
     proposing: bool,
-    mempool: BTreeSet<TxId>,
+    mempool: Mempool,
     /// Valid side blocks not yet under main, without a known child.
     side_heads: BTreeSet<BlockId>,
     /// This node's own side branch head (non-validators).

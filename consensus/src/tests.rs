@@ -471,6 +471,59 @@ fn a_relay_that_forges_a_proposals_round_poisons_it_only_under_the_old_rule() {
 }
 
 #[test]
+fn a_peer_that_connects_and_a_proposal_get_the_mempool_in_arrival_order() {
+    // Ids whose hash order is not their arrival order: a signer's batch
+    // handed on sorted by id would run its later transactions first.
+    let txs: Vec<TxId> = (0..16).map(|i| TxId::of_line(format!("tx {i}"))).collect();
+    let mut sorted = txs.clone();
+    sorted.sort();
+    assert_ne!(sorted, txs, "the ids are not already in hash order");
+    // Validator 1 does not lead round 0: it only collects.
+    let mut m = fresh(1, 4);
+    for tx in &txs {
+        m.handle(Duration::ZERO, Event::LocalTx(*tx));
+    }
+    m.drain().for_each(drop);
+    m.handle(Duration::ZERO, Event::PeerConnected(2));
+    let sent: Vec<TxId> = m
+        .drain()
+        .filter_map(|a| match a {
+            Action::Send {
+                to: 2,
+                message: Message::Tx(tx),
+            } => Some(tx),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, txs);
+    // The leader of round 0, restarted with them waiting, proposes them in
+    // the order they reached it once one more arrives.
+    let mut m = Machine::new(
+        Config::new(0, (0..4).collect()),
+        Persisted {
+            genesis: id(0),
+            main: id(0),
+            vote_tip: None,
+            blocks: Vec::new(),
+            mempool: txs[..15].to_vec(),
+        },
+        Duration::ZERO,
+    );
+    m.handle(
+        Duration::ZERO,
+        Event::Received {
+            from: 1,
+            message: Message::Tx(txs[15]),
+        },
+    );
+    let proposed = m.drain().find_map(|a| match a {
+        Action::Propose { txs, .. } => Some(txs),
+        _ => None,
+    });
+    assert_eq!(proposed.expect("the leader proposes"), txs);
+}
+
+#[test]
 fn a_dropped_transaction_is_no_longer_work_to_propose() {
     // Validator 0 leads round 0: a transaction makes it propose.
     let tx = TxId::of_line("a line");

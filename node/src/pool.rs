@@ -196,12 +196,13 @@ impl Pool {
 
     /// Copies of the first `n` durable transactions, in arrival order.
     pub fn take(&self, n: usize) -> Vec<Pending> {
-        self.queue
+        let picked: Vec<&Pending> = self
+            .queue
             .values()
             .take_while(|p| p.durable)
             .take(n)
-            .cloned()
-            .collect()
+            .collect();
+        block_order(picked).into_iter().cloned().collect()
     }
 
     /// Settles a committed block: `txs` are its transactions' ids with
@@ -236,6 +237,30 @@ impl Pool {
             }
         }
     }
+}
+
+/// The order transactions picked in arrival order go into a block: each
+/// signer's in nonce order, in the places its transactions hold. A signer
+/// numbers what it means to run in order (`sign_and_submit` gives a batch
+/// rising nonces); arrival at a node that heard them from several peers
+/// may have mixed them up, and a block that ran a later one first would
+/// reject what depends on the earlier.
+pub fn block_order(mut picked: Vec<&Pending>) -> Vec<&Pending> {
+    let mut by_signer: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, p) in picked.iter().enumerate() {
+        by_signer
+            .entry(p.tx.tx.signer.as_str())
+            .or_default()
+            .push(i);
+    }
+    for places in by_signer.into_values().filter(|v| v.len() > 1) {
+        let mut txs: Vec<&Pending> = places.iter().map(|i| picked[*i]).collect();
+        txs.sort_by_key(|p| p.tx.tx.nonce);
+        for (i, p) in places.into_iter().zip(txs) {
+            picked[i] = p;
+        }
+    }
+    picked
 }
 
 #[cfg(test)]
@@ -301,5 +326,30 @@ mod tests {
         pool.forget(&[1, 2]);
         assert_eq!(pool.len(), 0);
         assert_eq!(pool.next_nonce(&signer), 3);
+    }
+
+    #[test]
+    fn a_block_takes_each_signers_transactions_in_nonce_order() {
+        let (a, b) = (
+            Keypair::generate("a").expect("key"),
+            Keypair::generate("b").expect("key"),
+        );
+        let mut pool = Pool::new(Nonces::default(), 10, 0);
+        // Arrival: a5, b2, a3, b1, a4.
+        for (key, nonce) in [(&a, 5), (&b, 2), (&a, 3), (&b, 1), (&a, 4)] {
+            let (id, line, tx) = signed(key, nonce);
+            pool.admit(id, line, tx).expect("admitted");
+        }
+        pool.made_durable(&[0, 1, 2, 3, 4]);
+        let order: Vec<(bool, u64)> = pool
+            .take(10)
+            .iter()
+            .map(|p| (p.tx.tx.signer == a.public().to_openssh(), p.tx.tx.nonce))
+            .collect();
+        // Each signer keeps its places; within them, nonces rise.
+        assert_eq!(
+            order,
+            vec![(true, 3), (false, 1), (true, 4), (false, 2), (true, 5)]
+        );
     }
 }

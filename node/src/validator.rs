@@ -43,6 +43,7 @@ use utter_net::wire::Message;
 use crate::consensus::{self, VoteTip};
 use crate::gossip::{Input, Outbound, Pull, TXS_PER_FRAME};
 use crate::home::{Home, Opened};
+use crate::pool::{Pending, block_order};
 use crate::run::{NodeError, Shared, lock};
 
 /// Keys numbered for the machine: the genesis validators first, in
@@ -650,16 +651,15 @@ impl Driver<'_> {
         // mempools for the next round.
         let lines: Vec<String> = {
             let pool = lock(&self.shared.pool);
-            let mut waiting: Vec<(u64, &str)> = txs
+            let mut waiting: Vec<&Pending> = txs
                 .iter()
                 .filter_map(|id| pool.get(id).filter(|p| p.durable))
-                .map(|p| (p.seq, p.line.as_str()))
                 .collect();
-            waiting.sort_unstable();
-            waiting
+            waiting.sort_unstable_by_key(|p| p.seq);
+            waiting.truncate(self.block_txs);
+            block_order(waiting)
                 .into_iter()
-                .take(self.block_txs)
-                .map(|(_, l)| l.to_string())
+                .map(|p| p.line.clone())
                 .collect()
         };
         let mut time = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
