@@ -29,6 +29,9 @@ pub struct InitOptions<'a> {
     pub key: Option<PathBuf>,
     /// Other validators (the quorum is ⌊2n/3⌋+1 of all of them).
     pub validators: Vec<Member>,
+    /// Devices (door controllers' nodes): keys that may sign blocks on
+    /// their own side branch, merged into main by the validators.
+    pub devices: Vec<Member>,
     /// Built-in dapps to package and install: (name, static executable).
     pub builtin: &'a [(&'a str, &'a [u8])],
     /// The built-in test dapp to list in `chain.toml`, if installed.
@@ -204,6 +207,7 @@ pub fn init(home: &Home, options: InitOptions<'_>) -> Result<Created, InitError>
     let key = node_key(home, options.key.as_deref())?;
     let mut config = ChainConfig::single(&options.chain, &options.name, &key.public());
     config.validators.extend(options.validators.iter().cloned());
+    config.devices.extend(options.devices.iter().cloned());
     config.quorum = ChainConfig::min_quorum(config.validators.len());
     config.check().map_err(InitError::Validators)?;
 

@@ -32,6 +32,7 @@ pub mod pool;
 mod producer;
 pub mod query;
 mod run;
+mod side;
 mod validator;
 pub mod verify;
 

@@ -162,6 +162,12 @@ pub(crate) struct Recent {
 impl Recent {
     pub fn insert(&mut self, c: Committed) {
         let id = c.result.tx;
+        // A transaction of a merged branch has a result in its own block
+        // and in the merge that re-executed it on main's state: the
+        // higher block is what main says.
+        if self.by_id.get(&id).is_some_and(|old| old.height > c.height) {
+            return;
+        }
         if self.by_id.insert(id, c).is_none() {
             self.order.push_back(id);
         }
@@ -427,9 +433,14 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         Some(true) => eprintln!(
             "this node is a validator: it proposes, re-executes and votes with the other validators (proof of merge)"
         ),
-        Some(false) => eprintln!(
-            "this node is not a validator: it sends its transactions to the validators and follows their commits"
-        ),
+        Some(false) => match crate::validator::device(&opened.ledger, &key)? {
+            Some(name) => eprintln!(
+                "this node is device {name}: what it is given goes on its branch {name}, which the validators merge into main; it follows their commits"
+            ),
+            None => eprintln!(
+                "this node is not a validator: it sends its transactions to the validators and follows their commits"
+            ),
+        },
         None => {}
     }
     if !shared.producing.load(Ordering::SeqCst) {

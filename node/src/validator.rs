@@ -84,6 +84,20 @@ pub(crate) fn role(ledger: &Ledger, key: &Keypair) -> Result<Option<bool>, NodeE
     ))
 }
 
+/// The name main's `chain.toml` gives `key` as a device, if it does.
+pub(crate) fn device(ledger: &Ledger, key: &Keypair) -> Result<Option<String>, NodeError> {
+    let main = ledger.block(ledger.resolve(MAIN)?)?;
+    let config = ledger.chain_config(&main)?;
+    let me = key.public().to_openssh();
+    Ok(config
+        .devices
+        .iter()
+        .find(|m| {
+            utter_ledger::key::Signer::parse(&m.key).map(|k| k.to_openssh()) == Some(me.clone())
+        })
+        .map(|m| m.name.clone()))
+}
+
 struct Driver<'l> {
     home: &'l Home,
     ledger: &'l Ledger,
@@ -147,6 +161,10 @@ pub(crate) fn run(
             block_txs,
             round_timeout,
             verbose,
+        )
+    } else if let Some(name) = device(&opened.ledger, &key)? {
+        crate::side::run(
+            home, &opened, &key, &name, &shared, &out, &inputs, block_txs, verbose,
         )
     } else {
         forward(&shared, &out, &inputs)

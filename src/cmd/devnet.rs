@@ -161,6 +161,7 @@ fn create(args: &UpArgs) -> Result<Devnet> {
         nodes.push((format!("f{i}"), false));
     }
     let mut validators = Vec::new();
+    let mut devices = Vec::new();
     for (name, validator) in &nodes {
         let home = Home::new(args.dir.join(name));
         if home.root().exists() {
@@ -172,11 +173,16 @@ fn create(args: &UpArgs) -> Result<Devnet> {
         }
         std::fs::create_dir_all(home.key_path().parent().expect("keys/node has a parent"))?;
         let key = Home::generate_key(&home.key_path())?;
-        if *validator && name != "v1" {
-            validators.push(Member {
-                name: name.clone(),
-                key: key.public().to_openssh(),
-            });
+        let member = Member {
+            name: name.clone(),
+            key: key.public().to_openssh(),
+        };
+        if !*validator {
+            // A follower is a device: it keeps what it is given offline
+            // on its own branch, which the validators merge into main.
+            devices.push(member);
+        } else if name != "v1" {
+            validators.push(member);
         }
     }
     let first = Home::new(args.dir.join("v1"));
@@ -187,6 +193,7 @@ fn create(args: &UpArgs) -> Result<Devnet> {
             name: "v1".into(),
             key: None,
             validators,
+            devices,
             builtin: &BUILTIN,
             test_dapp: Some(BUILTIN_TEST_DAPP),
             dapps: Vec::new(),

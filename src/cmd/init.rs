@@ -41,27 +41,39 @@ pub struct InitArgs {
     /// The quorum is ⌊2n/3⌋+1 of the n validators, this node included
     #[arg(long = "validator", value_name = "NAME=KEY")]
     validators: Vec<String>,
+    /// A device (a door controller's node): NAME=KEY; repeatable. Its key
+    /// signs blocks on its own branch (`refs/heads/NAME`) while it is cut
+    /// off, and the validators merge them into main
+    #[arg(long = "device", value_name = "NAME=KEY")]
+    devices: Vec<String>,
     /// Print JSON: chain, genesis block, public key
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(home: &Home, args: InitArgs) -> Result<ExitCode> {
-    let mut validators = Vec::new();
-    for v in &args.validators {
+/// `NAME=KEY` pairs of `flag`, each KEY an OpenSSH ed25519 public key.
+fn members(flag: &str, pairs: &[String]) -> Result<Vec<Member>> {
+    let mut out = Vec::new();
+    for v in pairs {
         let Some((name, key)) = v.split_once('=') else {
-            bail!("--validator {v:?} is not NAME=KEY (KEY as `utter key show` prints it)");
+            bail!("{flag} {v:?} is not NAME=KEY (KEY as `utter key show` prints it)");
         };
         let Some(signer) = Signer::parse(key.trim()) else {
             bail!(
-                "--validator {name}: {key:?} is not an OpenSSH ed25519 public key (ssh-ed25519 AAAA…)"
+                "{flag} {name}: {key:?} is not an OpenSSH ed25519 public key (ssh-ed25519 AAAA…)"
             );
         };
-        validators.push(Member {
+        out.push(Member {
             name: name.to_string(),
             key: signer.to_openssh(),
         });
     }
+    Ok(out)
+}
+
+pub fn run(home: &Home, args: InitArgs) -> Result<ExitCode> {
+    let validators = members("--validator", &args.validators)?;
+    let devices = members("--device", &args.devices)?;
     let mut dapps = Vec::new();
     for pair in &args.dapps {
         let Some((name, reference)) = pair.split_once('=') else {
@@ -74,6 +86,7 @@ pub fn run(home: &Home, args: InitArgs) -> Result<ExitCode> {
         name: args.name.clone(),
         key: args.key.clone(),
         validators,
+        devices,
         builtin: if args.no_builtin { &[] } else { &BUILTIN },
         test_dapp: Some(BUILTIN_TEST_DAPP),
         dapps,

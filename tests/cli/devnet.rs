@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use utter_client::Client;
 use utter_client::api::TxState;
+use utter_formats::Status;
 use utter_formats::tx::{Request, sign_requests};
 use utter_ledger::key::Keypair;
 use utter_ledger::{BlockId, Ledger, MAIN, TxId};
@@ -224,6 +225,173 @@ fn four_validators_and_a_follower_commit_every_accepted_transaction_once_across_
             "v3 voted for {tip_now}, which does not descend from its persisted tip {before}"
         );
     }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie not yet reaped).
+fn ended(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// The transactions on the part of `branch` that main does not hold,
+/// oldest first.
+fn unmerged(data: &Path, branch: &str) -> Vec<TxId> {
+    let home = utter_node::Home::new(data);
+    let opened = home.open_read_only().unwrap();
+    let ledger = &opened.ledger;
+    let main = ledger.resolve(MAIN).unwrap();
+    let mut blocks = Vec::new();
+    let Some(mut at) = ledger.branch(branch).unwrap() else {
+        return Vec::new();
+    };
+    while at != main && !ledger.is_ancestor(at, main).unwrap() {
+        let block = ledger.block(at).unwrap();
+        at = block.parents[0];
+        blocks.push(block);
+    }
+    blocks
+        .iter()
+        .rev()
+        .flat_map(|b| ledger.tx_lines(b).unwrap())
+        .map(|line| TxId::of_line(&line))
+        .collect()
+}
+
+/// A device's node (a follower `chain.toml` names under `devices`) with
+/// every validator stopped goes on taking transactions: it signs them
+/// into blocks on its own branch, `refs/heads/f1`, in the order they were
+/// signed, while main stays where it was. When the validators are back
+/// they pull the branch and merge it into main: each transaction
+/// committed once on every node, git sees the branch under main, and
+/// re-execution agrees.
+#[test]
+fn a_device_with_no_validator_records_on_its_branch_and_the_validators_merge_it_into_main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let nodes = up(&dir, &["--validators", "4", "--followers", "1"]);
+    let _guard = Devnet(dir.clone());
+    let f1 = Client::new(&nodes[4].1);
+    let chain = f1.status().unwrap().chain;
+    let door = Keypair::generate("door").unwrap();
+    let admin = Request {
+        dapp: "membership".into(),
+        action: "add-member".into(),
+        args: serde_json::json!({"name": "Ada", "key": door.public().to_openssh(),
+                                 "roles": [], "salt": "ab".repeat(16)}),
+    };
+    // A new member each, added by the admin.
+    let join = |n: usize| Request {
+        dapp: "membership".into(),
+        action: "add-member".into(),
+        args: serde_json::json!({
+            "name": format!("visitor {n}"),
+            "key": Keypair::generate("visitor").unwrap().public().to_openssh(),
+        }),
+    };
+    // Online first: the branch is merged as it grows.
+    let lines = sign_requests(&door, &chain, 1, utter_formats::now(), [admin]).unwrap();
+    let mut ids: Vec<TxId> = f1.submit(&lines).unwrap().iter().map(TxState::id).collect();
+    match f1.wait(ids[0], Duration::from_secs(60)).unwrap() {
+        TxState::Committed { result, .. } if result.status == Status::Accepted => {}
+        other => panic!("the device's first transaction is {other:?} after 60 s"),
+    }
+
+    // Every validator stops.
+    for v in ["v1", "v2", "v3", "v4"] {
+        let p = pid(&dir, v);
+        assert!(
+            Command::new("kill")
+                .arg(p.to_string())
+                .status()
+                .unwrap()
+                .success()
+        );
+        wait_until(&format!("{v} stops"), Duration::from_secs(30), || ended(p));
+    }
+    let main_before = f1.status().unwrap().head;
+    // One signer's batch, and then more: all on the branch, in order.
+    let batch = sign_requests(
+        &door,
+        &chain,
+        2,
+        utter_formats::now(),
+        [join(2), join(3), join(4)],
+    )
+    .unwrap();
+    let more = sign_requests(&door, &chain, 5, utter_formats::now(), [join(5)]).unwrap();
+    let offline: Vec<TxId> = f1
+        .submit(&batch)
+        .unwrap()
+        .iter()
+        .chain(f1.submit(&more).unwrap().iter())
+        .map(TxState::id)
+        .collect();
+    wait_until(
+        "the device's branch carries what it took offline",
+        Duration::from_secs(30),
+        || unmerged(&dir.join("f1"), "f1").len() == offline.len(),
+    );
+    assert_eq!(
+        unmerged(&dir.join("f1"), "f1"),
+        offline,
+        "the branch keeps the order they were signed in"
+    );
+    assert_eq!(
+        f1.status().unwrap().head,
+        main_before,
+        "main moved with no validator"
+    );
+    // Stock git: the branch's blocks are signed commits beside main.
+    let git_dir = dir.join("f1/ledger.git");
+    let ahead = Command::new("git")
+        .arg("--git-dir")
+        .arg(&git_dir)
+        .args(["rev-list", "--count", "main..f1"])
+        .output()
+        .unwrap();
+    let ahead: usize = String::from_utf8_lossy(&ahead.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ahead >= 1, "f1 is {ahead} blocks ahead of main");
+
+    // The validators come back: the branch is merged into main.
+    let again = up(&dir, &[]);
+    ids.extend(&offline);
+    for id in &offline {
+        match f1.wait(*id, Duration::from_secs(90)).unwrap() {
+            TxState::Committed { result, .. } if result.status == Status::Accepted => {}
+            other => panic!("{id} is {other:?} 90 s after the validators came back"),
+        }
+    }
+    let head_of = |api: &str| Client::new(api).status().unwrap().head;
+    wait_until("every node on one main", Duration::from_secs(60), || {
+        let heads: HashSet<BlockId> = again.iter().map(|(_, api)| head_of(api)).collect();
+        heads.len() == 1
+    });
+    drop(_guard);
+    for (name, _) in &again {
+        let data = dir.join(name);
+        let (_, counts) = committed(&data);
+        for id in &ids {
+            assert_eq!(counts.get(id), Some(&1), "{name}: {id} on main's line");
+        }
+        assert!(
+            unmerged(&data, "f1").is_empty(),
+            "{name}: f1's branch is not all under main"
+        );
+        let out = ok(utter(&data).args(["verify", "--reexecute"]));
+        assert!(out.contains("carry a commit certificate"), "{name}: {out}");
+    }
+    let merge = Command::new("git")
+        .arg("--git-dir")
+        .arg(&git_dir)
+        .args(["merge-base", "--is-ancestor", "f1", "main"])
+        .status()
+        .unwrap();
+    assert!(merge.success(), "git: f1 is not an ancestor of main");
 }
 
 /// A stranger's QUIC client on a validator's consensus protocol: what it
