@@ -669,13 +669,29 @@ fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_
     lan.heal();
     all_committed(Duration::from_secs(60), "the one catches up after the heal");
 
-    // The follower cut off keeps accepting; its transactions arrive after.
+    // The follower cut off keeps accepting and records on its branch;
+    // after the heal the branch is merged into main.
     lan.partition(&[&[1, 2, 3, 4]]);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until(
+        "the cut-off follower records blocks on its branch",
+        Duration::from_secs(30),
+        || unmerged(&data(5), "f1").len() >= 3,
+    );
+    let recorded = unmerged(&data(5), "f1");
     lan.heal();
     all_committed(
         Duration::from_secs(60),
         "the follower's transactions after the heal",
+    );
+    wait_until(
+        "main holds, once, what the follower recorded offline",
+        Duration::from_secs(30),
+        || {
+            (1..=5).all(|i| {
+                let (_, counts) = committed(&data(i));
+                recorded.iter().all(|id| counts.get(id) == Some(&1))
+            })
+        },
     );
 
     // kill -9 of a validator under load, and a restart.
