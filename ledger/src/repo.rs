@@ -496,6 +496,18 @@ impl Ledger {
     /// and results, signs the commit as `git commit -S` with
     /// `gpg.format=ssh` would, and makes it durable. Moves no branch.
     pub fn write_block(&self, draft: &Draft, key: &Keypair) -> Result<Block, LedgerError> {
+        // Chain time never goes back (`BlockError::Time`).
+        for p in &draft.parents {
+            let parent = self.block(*p)?;
+            if draft.time < parent.time {
+                return Err(LedgerError::Draft(format!(
+                    "its time {} is before its parent {}'s {}; a block's time is at least its parents'",
+                    draft.time,
+                    p.short(),
+                    parent.time
+                )));
+            }
+        }
         let (tree, height, chain) = self.write_tree(draft)?;
         let message = block::message_in_round(&draft.text, height, &chain, draft.round);
         let id = self.write_commit(tree, &draft.parents, &message, draft.time, Some(key))?;

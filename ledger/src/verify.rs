@@ -63,6 +63,16 @@ pub enum BlockError {
         /// What the block says.
         found: String,
     },
+    /// Dated before one of its parents: chain time never goes back.
+    #[error("is dated {time}, before its parent {parent} ({parent_time})")]
+    Time {
+        /// The block's time, Unix seconds.
+        time: i64,
+        /// The later parent.
+        parent: String,
+        /// That parent's time.
+        parent_time: i64,
+    },
     /// A block without parents that is not the genesis block.
     #[error("has no parents but is not the genesis block {0}")]
     SecondGenesis(String),
@@ -156,6 +166,7 @@ impl Verification {
 struct Checked {
     ok: bool,
     height: u64,
+    time: i64,
     first_parent: Option<BlockId>,
     config: Option<Arc<ChainConfig>>,
 }
@@ -314,6 +325,7 @@ impl Ledger {
                 Checked {
                     ok: true,
                     height: block.height,
+                    time: block.time,
                     first_parent: block.parents.first().copied(),
                     config: Some(Arc::new(self.chain_config(&block)?)),
                 },
@@ -450,6 +462,7 @@ impl Walk<'_> {
             Checked {
                 ok: report.verdict.is_ok(),
                 height,
+                time: report.time.unwrap_or(i64::MIN),
                 first_parent: parents.first().copied(),
                 config,
             },
@@ -486,8 +499,16 @@ impl Walk<'_> {
             return Ok(Err(BlockError::SecondGenesis(ledger.genesis().to_string())));
         }
         for parent in &report.parents {
-            if !self.done.get(parent).is_some_and(|c| c.ok) {
+            let Some(checked) = self.done.get(parent).filter(|c| c.ok) else {
                 return Ok(Err(BlockError::BadParent(parent.to_string())));
+            };
+            let time = report.time.unwrap_or(i64::MIN);
+            if time < checked.time {
+                return Ok(Err(BlockError::Time {
+                    time,
+                    parent: parent.to_string(),
+                    parent_time: checked.time,
+                }));
             }
         }
 

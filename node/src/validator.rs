@@ -134,7 +134,16 @@ struct Driver<'l> {
     /// Test-only Byzantine behaviour (the `byzantine` feature).
     #[cfg(feature = "byzantine")]
     equivocate: bool,
+    /// Test-only: seconds this node's clock is set ahead (the `byzantine`
+    /// feature, `UTTER_TEST_CLOCK_AHEAD`).
+    #[cfg(feature = "byzantine")]
+    clock_ahead: i64,
 }
+
+/// How far after a validator's clock a block may be dated: one dated
+/// later is refused (its proposer's clock is wrong, and chain time, which
+/// dapps and lease billing read, would jump ahead with it).
+pub const MAX_AHEAD_SECS: i64 = 10;
 
 /// Runs the driver until the node stops; on an error, stops the API too.
 #[allow(clippy::too_many_arguments)]
@@ -255,6 +264,11 @@ fn drive(
         verbose,
         #[cfg(feature = "byzantine")]
         equivocate: std::env::var_os("UTTER_TEST_EQUIVOCATE").is_some(),
+        #[cfg(feature = "byzantine")]
+        clock_ahead: std::env::var("UTTER_TEST_CLOCK_AHEAD")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
     };
     if verbose {
         eprintln!(
@@ -369,6 +383,15 @@ fn frames(lines: Vec<Vec<u8>>) -> Vec<Message> {
 impl Driver<'_> {
     fn now(&self) -> Duration {
         now_since(self.started)
+    }
+
+    /// This node's wall clock, Unix seconds: what it dates its blocks
+    /// with and bounds others' by.
+    fn clock(&self) -> i64 {
+        let now = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
+        #[cfg(feature = "byzantine")]
+        let now = now.saturating_add(self.clock_ahead);
+        now
     }
 
     /// What `/v1/status` shows.
@@ -631,7 +654,13 @@ impl Driver<'_> {
         let b = self.ledger.block(block)?;
         let started = Instant::now();
         let mut tries = 0;
+        let ahead = b.time.saturating_sub(self.clock());
         let verdict = loop {
+            if ahead > MAX_AHEAD_SECS {
+                break Verdict::Invalid(format!(
+                    "it is dated {ahead} s after this node's clock (at most {MAX_AHEAD_SECS} s): its proposer's clock is ahead, or this node's is behind"
+                ));
+            }
             match self
                 .executor
                 .reexecute(&mut self.helper, &mut self.images, &b)
@@ -680,7 +709,7 @@ impl Driver<'_> {
                 .map(|p| p.line.clone())
                 .collect()
         };
-        let mut time = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
+        let mut time = self.clock();
         for p in parents {
             time = time.max(self.ledger.block(*p)?.time);
         }

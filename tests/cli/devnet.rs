@@ -18,6 +18,7 @@ use utter_ledger::key::Keypair;
 use utter_ledger::{BlockId, Ledger, MAIN, TxId};
 
 use super::*;
+use crate::net::Node;
 
 /// Stops the devnet however the test ends.
 struct Devnet(PathBuf);
@@ -551,7 +552,7 @@ fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use crate::net::{Lan, Node, in_ns};
+    use crate::net::{Lan, in_ns};
 
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: network namespaces need root");
@@ -737,45 +738,164 @@ fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_
     }
 }
 
-/// A Byzantine validator (the test-only `byzantine` build, with
-/// `UTTER_TEST_EQUIVOCATE`) proposes two blocks in every round it leads
-/// and votes for both. The three honest validators commit every accepted
-/// transaction once, agree on one main, and re-execute it.
-#[test]
-fn an_equivocating_validator_cannot_split_the_honest_ones() {
-    use crate::net::Node;
+/// A devnet's validators made by `devnet up --no-start`, started one by
+/// one on loopback (each with its own environment).
+struct Validators {
+    dir: PathBuf,
+    p2p: Vec<String>,
+}
 
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    let made: serde_json::Value = serde_json::from_str(&ok(devnet(&[
-        "up",
-        "--no-start",
-        "--json",
-        "--validators",
-        "4",
-        "--dir",
-    ])
-    .arg(&dir)))
-    .unwrap();
-    let p2p: Vec<String> = made["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["p2p"].as_str().unwrap().to_string())
-        .collect();
-    let start = |i: usize, env: &[(&str, &str)]| {
+impl Validators {
+    fn made(dir: &Path, n: usize) -> Self {
+        let made: serde_json::Value = serde_json::from_str(&ok(devnet(&[
+            "up",
+            "--no-start",
+            "--json",
+            "--validators",
+            &n.to_string(),
+            "--dir",
+        ])
+        .arg(dir)))
+        .unwrap();
+        let p2p = made["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["p2p"].as_str().unwrap().to_string())
+            .collect();
+        Validators {
+            dir: dir.to_path_buf(),
+            p2p,
+        }
+    }
+
+    /// Starts validator `i` (from 0) with `env`.
+    fn start(&self, i: usize, env: &[(&str, &str)]) -> Node {
         let mut extra = vec!["--round-ms".to_string(), "500".to_string()];
-        for (j, a) in p2p.iter().enumerate() {
+        for (j, a) in self.p2p.iter().enumerate() {
             if j != i {
                 extra.push("--peer".into());
                 extra.push(a.clone());
             }
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        Node::start_env(&dir.join(format!("v{}", i + 1)), None, &p2p[i], &extra, env)
-    };
-    let honest: Vec<Node> = (0..3).map(|i| start(i, &[])).collect();
-    let byzantine = start(3, &[("UTTER_TEST_EQUIVOCATE", "1")]);
+        Node::start_env(
+            &self.dir.join(format!("v{}", i + 1)),
+            None,
+            &self.p2p[i],
+            &extra,
+            env,
+        )
+    }
+}
+
+/// One validator's clock 30 s ahead (the test-only `byzantine` build,
+/// `UTTER_TEST_CLOCK_AHEAD`): the others refuse its proposals, dated after
+/// their clocks by more than the bound, and go on committing; what it was
+/// sent still reaches the chain, every transaction once, and no block on
+/// main is dated ahead of the real clock beyond the bound.
+#[test]
+fn a_validator_whose_clock_is_30_s_ahead_cannot_date_the_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let four = Validators::made(&dir, 4);
+    let mut nodes: Vec<Node> = (0..3).map(|i| four.start(i, &[])).collect();
+    nodes.push(four.start(3, &[("UTTER_TEST_CLOCK_AHEAD", "30")]));
+    let chain = nodes[0].client().status().unwrap().chain;
+    let users: Vec<Keypair> = (0..4)
+        .map(|i| Keypair::generate(&format!("user{i}")).unwrap())
+        .collect();
+    let mut accepted = Vec::new();
+    // At least 12 rounds of load, and on until the fast clock has led two
+    // rounds (its first block then long announced and judged).
+    let mut round = 0u64;
+    let started = Instant::now();
+    while round < 12 || nodes[3].client().status().unwrap().blocks_made < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the fast clock never led a round"
+        );
+        round += 1;
+        // Each user through its own node, the fast clock's included.
+        for (i, user) in users.iter().enumerate() {
+            let lines = sign_requests(
+                user,
+                &chain,
+                round,
+                utter_formats::now(),
+                [Request {
+                    dapp: "membership".into(),
+                    action: "join".into(),
+                    args: serde_json::json!({"name": format!("u{i}-{round}")}),
+                }],
+            )
+            .unwrap();
+            for state in nodes[i].client().submit(&lines).unwrap() {
+                match state {
+                    TxState::Pending { id } | TxState::Committed { id, .. } => accepted.push(id),
+                    TxState::Refused { id, error } => panic!("{id} refused: {error}"),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    for node in &nodes {
+        let client = node.client();
+        for id in &accepted {
+            match client.wait(*id, Duration::from_secs(60)).unwrap() {
+                TxState::Committed { .. } => {}
+                other => panic!("{id} is {other:?} after 60 s"),
+            }
+        }
+    }
+    wait_until("one main everywhere", Duration::from_secs(60), || {
+        let heads: HashSet<BlockId> = nodes
+            .iter()
+            .map(|n| n.client().status().unwrap().head)
+            .collect();
+        heads.len() == 1
+    });
+    let latest = i64::try_from(utter_formats::now()).unwrap() + 10;
+    let said: Vec<String> = nodes.into_iter().map(Node::stop).collect();
+    assert!(
+        said[..3]
+            .iter()
+            .any(|s| s.contains("s after this node's clock")),
+        "an honest validator refused a proposal of the fast clock:\n{}",
+        said[..3].join("\n")
+    );
+    for i in 1..=4 {
+        let data = dir.join(format!("v{i}"));
+        let (_, counts) = committed(&data);
+        for id in &accepted {
+            assert_eq!(counts.get(id), Some(&1), "v{i}: {id} on main's line");
+        }
+        let home = utter_node::Home::new(&data);
+        let opened = home.open_read_only().unwrap();
+        for id in first_parent_line(&opened.ledger) {
+            let time = opened.ledger.block(id).unwrap().time;
+            assert!(
+                time <= latest,
+                "v{i}: block {id} is dated {time}, after {latest}"
+            );
+        }
+        drop(opened);
+        let out = ok(utter(&data).args(["verify", "--reexecute"]));
+        assert!(out.contains("carry a commit certificate"), "v{i}: {out}");
+    }
+}
+
+/// A Byzantine validator (the test-only `byzantine` build, with
+/// `UTTER_TEST_EQUIVOCATE`) proposes two blocks in every round it leads
+/// and votes for both. The three honest validators commit every accepted
+/// transaction once, agree on one main, and re-execute it.
+#[test]
+fn an_equivocating_validator_cannot_split_the_honest_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let four = Validators::made(&dir, 4);
+    let honest: Vec<Node> = (0..3).map(|i| four.start(i, &[])).collect();
+    let byzantine = four.start(3, &[("UTTER_TEST_EQUIVOCATE", "1")]);
     let chain = honest[0].client().status().unwrap().chain;
 
     let users: Vec<Keypair> = (0..3)

@@ -9,7 +9,7 @@ use crate::key::{Keypair, SignatureError};
 use crate::layout::StatePath;
 use crate::pointer::Pointer;
 use crate::tx::{MAX_LINE, SignedTx, TxError};
-use crate::{BlockError, Change, Changes, TxResult};
+use crate::{BlockError, Change, Changes, Draft, TxResult};
 
 /// A tree edit: (path, kind, bytes); `None` bytes removes the path.
 type Edit<'a> = (&'a str, EntryKind, Option<&'a [u8]>);
@@ -47,7 +47,7 @@ fn forge(
     let message = message.unwrap_or_else(|| block::message("forged", base.height + 1, CHAIN));
     let id = f
         .ledger
-        .write_commit(tree, &[parent], &message, T0 + 9, key)
+        .write_commit(tree, &[parent], &message, T0 + base.height as i64 + 1, key)
         .unwrap();
     f.force_main(id);
     id
@@ -457,7 +457,7 @@ fn a_pointer_to_a_missing_manifest_is_refused() {
         Change::Pointer(Pointer::decode(&pointer).unwrap()),
     )
     .unwrap();
-    let draft = crate::Draft {
+    let draft = Draft {
         parents: vec![f.genesis.id],
         changes: c,
         txs: vec![],
@@ -497,6 +497,42 @@ fn a_second_genesis_and_children_of_bad_blocks_are_refused() {
             Err(BlockError::NotSigned),
             Err(BlockError::BadParent(unsigned.to_string()))
         ]
+    );
+}
+
+#[test]
+fn a_block_dated_before_its_parent_is_refused_and_never_written() {
+    let f = Fixture::new();
+    let b1 = f.block(&[f.genesis.id], Changes::new(), vec![]);
+    // The ledger does not write one.
+    let draft = Draft {
+        parents: vec![b1.id],
+        changes: Changes::new(),
+        txs: vec![],
+        results: vec![],
+        text: "back in time".into(),
+        time: b1.time - 1,
+        round: None,
+    };
+    let err = f.ledger.write_block(&draft, &f.key).unwrap_err();
+    assert!(err.to_string().contains("before its parent"), "{err}");
+    // One made by hand is refused by verification, naming both times.
+    let message = block::message("back in time", 2, CHAIN);
+    let early = f
+        .ledger
+        .write_commit(b1.tree, &[b1.id], &message, b1.time - 1, Some(&f.key))
+        .unwrap();
+    f.force_main(early);
+    assert_eq!(
+        first_bad(&f),
+        (
+            early,
+            BlockError::Time {
+                time: b1.time - 1,
+                parent: b1.id.to_string(),
+                parent_time: b1.time,
+            }
+        )
     );
 }
 
