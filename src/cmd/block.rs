@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use utter_executor::{Executor, Proposed};
-use utter_ledger::{MAIN, Status};
+use utter_ledger::{BlockId, Ledger, MAIN, Status};
 use utter_node::Home;
 
 use crate::ui::ms;
@@ -77,8 +77,14 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
 }
 
 /// Now, as a block's time.
-fn block_time() -> i64 {
-    i64::try_from(utter_formats::now()).unwrap_or(i64::MAX)
+/// Now, or the latest parent's time if that is later (chain time never
+/// goes back; a parent made on a clock a little ahead is no error).
+fn block_time(ledger: &Ledger, parents: &[BlockId]) -> Result<i64> {
+    let mut time = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
+    for p in parents {
+        time = time.max(ledger.block(*p)?.time);
+    }
+    Ok(time)
 }
 
 /// Signed lines from a file, or stdin for `-`.
@@ -132,7 +138,10 @@ fn propose(home: &Home, args: ProposeArgs) -> Result<ExitCode> {
             main
         }
     };
-    let time = args.time.unwrap_or_else(block_time);
+    let time = match args.time {
+        Some(t) => t,
+        None => block_time(ledger, &[tip])?,
+    };
     let proposed = executor
         .propose(&mut helper, &mut images, tip, &lines, time, &key)
         .context("cannot make a block")?;
@@ -179,7 +188,10 @@ fn merge(home: &Home, args: MergeArgs) -> Result<ExitCode> {
     let mut images = home.node_images(&opened.store)?;
     let mut helper = home.spawn_helper()?;
     let mut executor = Executor::new(ledger, &home.checkouts())?;
-    let time = args.time.unwrap_or_else(block_time);
+    let time = match args.time {
+        Some(t) => t,
+        None => block_time(ledger, &parents)?,
+    };
     let proposed = executor
         .propose_on(&mut helper, &mut images, &parents, &lines, None, time, &key)
         .context("cannot make the merge block")?;

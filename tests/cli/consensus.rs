@@ -420,7 +420,9 @@ fn act(
             let keys: Vec<String> = vs.iter().map(|v| v.key.public().to_openssh()).collect();
             let v = &mut vs[i];
             let lines: Vec<String> = txs.iter().map(|t| v.lines[t].clone()).collect();
-            let time = T0 + now.as_secs() as i64;
+            // Chain time: the genesis's (made now), on the machines' clock.
+            let t0 = v.ledger.block(v.ledger.genesis()).unwrap().time;
+            let time = t0 + now.as_secs() as i64;
             let proposed = v
                 .executor
                 .propose_on(

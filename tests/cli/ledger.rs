@@ -11,9 +11,14 @@ use utter_ledger::{BlockId, Change, Changes, Draft, Ledger, TxResult};
 use super::*;
 
 fn git(repo: &Path) -> Command {
+    // Commits made here are dated a minute on, after the blocks `grow`
+    // dates a few seconds after genesis (chain time never goes back).
+    let date = format!("{} +0000", utter_formats::now() + 60);
     let mut c = Command::new("git");
     c.arg("--git-dir")
         .arg(repo)
+        .env("GIT_COMMITTER_DATE", &date)
+        .env("GIT_AUTHOR_DATE", &date)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", repo)
         .env("GIT_AUTHOR_NAME", "someone")
@@ -57,6 +62,8 @@ fn grow(data: &Path, key: &Keypair) -> Vec<BlockId> {
     let chunks = Arc::new(Store::open(data.join("db"), &OpenOptions::default()).unwrap());
     let ledger = Ledger::open(&data.join("ledger.git"), chunks).unwrap();
     let genesis = ledger.genesis();
+    // Chain time never goes back: after genesis (made now).
+    let t0 = ledger.block(genesis).unwrap().time;
     let write = |parents: Vec<BlockId>, text: &str, nonce: u64, file: &str| {
         let t = tx(key, nonce);
         let mut changes = Changes::new();
@@ -87,7 +94,7 @@ fn grow(data: &Path, key: &Keypair) -> Vec<BlockId> {
                     results: vec![TxResult::accepted(t.id())],
                     txs: vec![t.to_line()],
                     text: text.into(),
-                    time: 1_790_000_000 + nonce as i64,
+                    time: t0 + nonce as i64,
                     round: None,
                 },
                 key,
