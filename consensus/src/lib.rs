@@ -13,8 +13,8 @@ mod mempool;
 pub mod sim;
 
 pub use machine::{
-    Action, BlockId, Config, Event, Footprint, Header, Kind, Machine, Message, NodeId, Persisted,
-    TxId, Validators, Vote,
+    Action, Anchor, BlockId, Config, Event, Footprint, Header, Kind, Machine, Message, NodeId,
+    Persisted, TxId, Validators, Vote,
 };
 
 #[cfg(test)]

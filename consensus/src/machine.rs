@@ -211,6 +211,25 @@ pub enum Event {
     /// transaction with the same signer and nonce was committed): they
     /// are no longer work to propose.
     Dropped(Vec<TxId>),
+    /// The answer to a [`Action::Fetch`] for a block the driver's ledger
+    /// holds under main: committed, perhaps long ago and pruned here. It
+    /// comes back as a committed entry without parents, so a late block
+    /// over it (a device's branch from an old main) needs nothing older.
+    Anchored(Anchor),
+    /// A peer's connection ended. Nothing it said is forgotten; what it
+    /// is sent meanwhile is lost, and its `PeerConnected` catches it up.
+    PeerDisconnected(NodeId),
+}
+
+/// A committed block as the driver's ledger knows it ([`Event::Anchored`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Anchor {
+    /// The block.
+    pub block: BlockId,
+    /// Its height.
+    pub height: u64,
+    /// The validator set its state names (`chain.toml` at the block).
+    pub validators: Arc<Validators>,
 }
 
 /// An output, for the driver to carry out in order.
@@ -268,6 +287,10 @@ pub struct Config {
     pub max_round_timeout: Duration,
     /// How often a non-validator cuts a side block of its events.
     pub side_interval: Duration,
+    /// Heights of main's history kept in memory; what lies further below
+    /// main is pruned ([`Machine::footprint`] stays flat however long the
+    /// chain grows) and comes back as an [`Anchor`] when a block names it.
+    pub keep: u64,
     /// Test-only weakening: vote for any valid proposal, ignoring the vote
     /// rule. Exists to show the simulator catches the safety violation
     /// this causes; not reachable from the product.
@@ -276,6 +299,9 @@ pub struct Config {
 }
 
 impl Config {
+    /// The default [`Config::keep`].
+    pub const KEEP: u64 = 64;
+
     /// A config with utter's default timings.
     pub fn new(me: NodeId, validators: Vec<NodeId>) -> Self {
         Self {
@@ -284,6 +310,7 @@ impl Config {
             round_timeout: Duration::from_millis(500),
             max_round_timeout: Duration::from_secs(8),
             side_interval: Duration::from_millis(200),
+            keep: Self::KEEP,
             #[cfg(test)]
             unsafe_ignore_vote_rule: false,
         }
@@ -381,6 +408,8 @@ pub struct Machine {
     /// Every node some block has named a validator; votes from others are
     /// dropped.
     known_voters: BTreeSet<NodeId>,
+    /// Peers whose connection is up (as the driver last said).
+    connected: BTreeSet<NodeId>,
     outbox: VecDeque<Action>,
 }
 
@@ -419,6 +448,7 @@ impl Machine {
             side_deadline: None,
             later: BTreeMap::new(),
             known_voters: genesis_set.members.iter().copied().collect(),
+            connected: BTreeSet::new(),
             outbox: VecDeque::new(),
         };
         m.blocks.insert(
@@ -498,6 +528,7 @@ impl Machine {
                 .max_by_key(|e| e.height)
                 .map(|e| e.header.id);
         }
+        m.prune();
         m.arm(now);
         m
     }
@@ -642,6 +673,13 @@ impl Machine {
         false
     }
 
+    /// The vote rule's "descends from `tip`": a committed tip lies under
+    /// main, so a block over main descends from it however far below the
+    /// kept history it is.
+    fn descends_voted(&self, id: BlockId, tip: BlockId) -> bool {
+        self.descends(id, tip) || (self.is_committed(tip) && self.descends(id, self.main))
+    }
+
     /// Whether `id` is main or an ancestor of it.
     pub fn is_committed(&self, id: BlockId) -> bool {
         self.blocks.get(&id).is_some_and(|e| e.committed)
@@ -669,6 +707,81 @@ impl Machine {
             stack.extend(e.header.parents.iter().copied());
         }
         txs
+    }
+
+    /// A committed block from the driver's ledger, for a block that names
+    /// it: a committed, valid entry without parents.
+    fn on_anchored(&mut self, now: Duration, a: Anchor) {
+        if self.blocks.contains_key(&a.block) {
+            return;
+        }
+        self.blocks.insert(
+            a.block,
+            Entry {
+                header: Header {
+                    id: a.block,
+                    parents: Vec::new(),
+                    round: 0,
+                    proposer: NodeId::MAX,
+                    kind: Kind::Proposal,
+                    txs: Vec::new(),
+                    validators: None,
+                },
+                height: a.height,
+                status: Status::Valid,
+                committed: true,
+                sets: Some((a.validators.clone(), a.validators)),
+            },
+        );
+        self.fetches.remove(&a.block);
+        self.wake_children(now, a.block);
+    }
+
+    /// Forgets what lies more than `keep` heights below main: committed
+    /// blocks, and proposals beside main that no one's latest vote or
+    /// this node's vote tip names (a block still named stays, so a merge
+    /// can bring its voter back). Side blocks stay until they are merged,
+    /// however low: a device's branch built on an old main is low and
+    /// still to be merged. A block that later names a forgotten committed
+    /// one gets it back as an [`Anchor`].
+    fn prune(&mut self) {
+        let Some(floor) = self
+            .blocks
+            .get(&self.main)
+            .map(|e| e.height.saturating_sub(self.cfg.keep))
+        else {
+            return;
+        };
+        let named: BTreeSet<BlockId> = self
+            .latest_vote
+            .values()
+            .chain(self.vote_tip.iter())
+            .chain(self.side_heads.iter())
+            .chain([&self.main, &self.genesis])
+            .copied()
+            .collect();
+        let gone: BTreeSet<BlockId> = self
+            .blocks
+            .iter()
+            .filter(|(id, e)| {
+                e.height < floor
+                    && !named.contains(id)
+                    && (e.committed || e.header.kind == Kind::Proposal)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.blocks.retain(|id, _| !gone.contains(id));
+        self.votes.retain(|id, _| !gone.contains(id));
+        for children in self.waiting.values_mut() {
+            children.retain(|c| !gone.contains(c));
+        }
+        self.waiting.retain(|_, children| !children.is_empty());
+        if self.my_side.is_some_and(|s| gone.contains(&s)) {
+            self.my_side = None;
+        }
     }
 
     /// When [`Machine::handle_timeout`] should next be called.
@@ -705,7 +818,14 @@ impl Machine {
                     }
                 }
             }
-            Event::PeerConnected(peer) => self.on_connected(peer),
+            Event::PeerConnected(peer) => {
+                self.connected.insert(peer);
+                self.on_connected(peer);
+            }
+            Event::PeerDisconnected(peer) => {
+                self.connected.remove(&peer);
+            }
+            Event::Anchored(anchor) => self.on_anchored(now, anchor),
             Event::Dropped(txs) => {
                 for tx in txs {
                     self.mempool.remove(&tx);
@@ -995,7 +1115,7 @@ impl Machine {
         let ignore_rule = false;
         if !ignore_rule
             && let Some(tip) = self.vote_tip
-            && (id == tip || !self.descends(id, tip))
+            && (id == tip || !self.descends_voted(id, tip))
         {
             return;
         }
@@ -1104,6 +1224,7 @@ impl Machine {
                 self.side_heads.remove(&h);
             }
         }
+        self.prune();
         let round = self.blocks[&id].header.round.saturating_add(1);
         self.failed_rounds = 0;
         if round > self.round {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use utter_formats::BlockId;
 
 use crate::machine::{
-    Action, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId, Validators,
-    Vote,
+    Action, Anchor, Config, Event, Header, Kind, Machine, Message, NodeId, Persisted, TxId,
+    Validators, Vote,
 };
 
 /// SplitMix64: small, fast, and the same everywhere.
@@ -230,6 +230,12 @@ enum Ev {
         life: u32,
         header: Header,
     },
+    /// The node's ledger answers a fetch for a block under its main.
+    Anchored {
+        node: NodeId,
+        life: u32,
+        block: BlockId,
+    },
     LocalTx {
         node: NodeId,
         tx: TxId,
@@ -267,6 +273,9 @@ struct Node {
     persisted_main: BlockId,
     last_vote: Option<BlockId>,
     group: u32,
+    /// Blocks in its ledger (everything it received or made): what its
+    /// driver serves to a fetch, whatever its machine pruned.
+    ledger: BTreeSet<BlockId>,
 }
 
 /// A simulation in progress.
@@ -404,6 +413,7 @@ impl Sim {
                 persisted_main: genesis,
                 last_vote: None,
                 group: 0,
+                ledger: BTreeSet::new(),
             });
         }
         sim.plan();
@@ -422,6 +432,8 @@ impl Sim {
         cfg.round_timeout = Duration::from_millis(200);
         cfg.max_round_timeout = Duration::from_secs(3);
         cfg.side_interval = Duration::from_millis(100);
+        // Little history, so every run prunes and late blocks need anchors.
+        cfg.keep = 6;
         #[cfg(test)]
         {
             cfg.unsafe_ignore_vote_rule = self.sc.weaken_vote_rule;
@@ -711,7 +723,25 @@ impl Sim {
                 let message = self.as_stored(message);
                 self.send(node, to, message);
             }
-            Action::Fetch(id) => self.broadcast(node, &Message::Fetch(id)),
+            Action::Fetch(id) => {
+                // A block under what the node committed is in its ledger
+                // (the driver answers from there; the machine may have
+                // pruned it).
+                let main = self.nodes[node as usize].persisted_main;
+                if self.blocks.contains_key(&id) && self.descends(main, id) {
+                    let at = self.now + Duration::from_micros(100);
+                    self.push(
+                        at,
+                        Ev::Anchored {
+                            node,
+                            life,
+                            block: id,
+                        },
+                    );
+                } else {
+                    self.broadcast(node, &Message::Fetch(id));
+                }
+            }
             Action::Validate(block) => {
                 let at = self.now
                     + self
@@ -817,6 +847,11 @@ impl Sim {
         n.machine = None;
         n.life += 1;
         n.timer = None;
+        for peer in 0..self.nodes.len() as NodeId {
+            if peer != node && self.honest(peer) {
+                self.feed(peer, Event::PeerDisconnected(node));
+            }
+        }
     }
 
     fn restart(&mut self, node: NodeId, stored: Vec<(Header, bool)>, mempool: Vec<TxId>) {
@@ -1031,6 +1066,22 @@ impl Sim {
                     } else if self.forged(&message) {
                         self.report.forged_dropped += 1;
                     } else {
+                        // A fetch is answered from the ledger too (a
+                        // node's driver serves every block it stored;
+                        // its machine may have pruned old ones).
+                        match &message {
+                            Message::Fetch(id)
+                                if self.nodes[to as usize].machine.is_some()
+                                    && self.nodes[to as usize].ledger.contains(id) =>
+                            {
+                                let header = self.blocks[id].header.clone();
+                                self.send(to, from, Message::Block(header));
+                            }
+                            Message::Block(h) if self.nodes[to as usize].machine.is_some() => {
+                                self.nodes[to as usize].ledger.insert(h.id);
+                            }
+                            _ => {}
+                        }
                         self.feed(to, Event::Received { from, message });
                     }
                 }
@@ -1055,7 +1106,19 @@ impl Sim {
                 }
                 Ev::Proposed { node, life, header } => {
                     if self.nodes[node as usize].life == life {
+                        self.nodes[node as usize].ledger.insert(header.id);
                         self.feed(node, Event::Proposed(header));
+                    }
+                }
+                Ev::Anchored { node, life, block } => {
+                    if self.nodes[node as usize].life == life {
+                        let g = &self.blocks[&block];
+                        let anchor = Anchor {
+                            block,
+                            height: g.height,
+                            validators: g.sets.1.clone(),
+                        };
+                        self.feed(node, Event::Anchored(anchor));
                     }
                 }
                 Ev::LocalTx { node, tx } => {

@@ -1,5 +1,6 @@
 //! The state machine's rules, and the simulator over many seeds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::machine::*;
@@ -296,7 +297,7 @@ fn change(block: u8, parents: &[u8], round: u64, proposer: NodeId, to: &Validato
         proposer,
         kind: Kind::Proposal,
         txs: Vec::new(),
-        validators: Some(std::sync::Arc::new(to.clone())),
+        validators: Some(Arc::new(to.clone())),
     }
 }
 
@@ -572,4 +573,100 @@ fn committed_blocks_keep_no_transactions_and_their_votes_are_let_go() {
     let f = m.footprint();
     assert_eq!(f.header_txs, 0, "{f:?}");
     assert!(f.voted_blocks <= 1, "{f:?}");
+}
+
+/// A block id from a number (`id` has only 256).
+fn bid(n: u32) -> BlockId {
+    let mut b = [0xb1u8; 20];
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    BlockId::from_sha1(b)
+}
+
+#[test]
+fn memory_stays_flat_over_20000_blocks_and_a_late_block_over_a_pruned_one_gets_an_anchor() {
+    // Validator 0 of 4 sees 20,000 blocks committed by the votes of 1, 2
+    // and 3, each proposed by its round's leader in the rounds 0 does not
+    // lead (a leader whose proposal the script would not answer stalls).
+    let n = 4;
+    let mut m = fresh(0, n);
+    let round_of = |b: u32| u64::from((b - 1) / 3 * 4 + (b - 1) % 3 + 1);
+    let header = |b: u32, parent: BlockId| Header {
+        id: bid(b),
+        parents: vec![parent],
+        round: round_of(b),
+        proposer: (round_of(b) % u64::from(n)) as NodeId,
+        kind: Kind::Proposal,
+        txs: vec![TxId::of_line(format!("tx {b}"))],
+        validators: None,
+    };
+    // The last block's round is 3 mod 4: the next is validator 0's.
+    let last = 20_001u32;
+    let mut parent = id(0);
+    let mut at_1000 = None;
+    for b in 1..=last {
+        deliver(&mut m, header(b, parent), true);
+        for v in 1..4 {
+            receive_vote(&mut m, v, bid(b));
+        }
+        m.drain().for_each(drop);
+        assert_eq!(m.main(), bid(b), "block {b} committed");
+        parent = bid(b);
+        if b == 1_000 {
+            at_1000 = Some(m.footprint());
+        }
+    }
+    let (early, late) = (at_1000.unwrap(), m.footprint());
+    assert_eq!(early, late, "the footprint after 1,000 and 20,001 blocks");
+    assert!(late.blocks <= 64 + 2, "{late:?}");
+
+    // A device's block over block 10, pruned long ago: the machine asks
+    // for it, the driver's ledger answers with an anchor, and the block is
+    // validated and merged by the proposal of the round this validator
+    // leads.
+    let side = Header {
+        id: bid(1_000_000),
+        parents: vec![bid(10)],
+        round: 0,
+        proposer: 9,
+        kind: Kind::Side,
+        txs: vec![TxId::of_line("door event")],
+        validators: None,
+    };
+    m.handle(
+        Duration::ZERO,
+        Event::Received {
+            from: 9,
+            message: Message::Block(side.clone()),
+        },
+    );
+    let asked: Vec<Action> = m.drain().collect();
+    assert!(asked.contains(&Action::Fetch(bid(10))), "{asked:?}");
+    m.handle(
+        Duration::ZERO,
+        Event::Anchored(Anchor {
+            block: bid(10),
+            height: 10,
+            validators: Arc::new(Validators::new((0..n).collect())),
+        }),
+    );
+    let after: Vec<Action> = m.drain().collect();
+    assert!(after.contains(&Action::Validate(side.id)), "{after:?}");
+    m.handle(
+        Duration::ZERO,
+        Event::Validated {
+            block: side.id,
+            valid: true,
+        },
+    );
+    let merge = m.drain().find_map(|a| match a {
+        Action::Propose { parents, .. } => Some(parents),
+        _ => None,
+    });
+    let mut both = vec![bid(last), side.id];
+    both.sort();
+    assert_eq!(
+        merge,
+        Some(both),
+        "the next proposal merges the device's block"
+    );
 }

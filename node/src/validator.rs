@@ -33,7 +33,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use utter_client::api::{Certified, ConsensusStatus};
-use utter_consensus::{Action, Config, Event, Kind, Machine, Message as Said, NodeId, Vote};
+use utter_consensus::{
+    Action, Anchor, Config, Event, Kind, Machine, Message as Said, NodeId, Validators, Vote,
+};
 use utter_executor::{ExecError, Executor, Verdict};
 use utter_ledger::cert::{Certificate, SignedVote};
 use utter_ledger::key::Keypair;
@@ -113,8 +115,9 @@ struct Driver<'l> {
     checker: BlockChecker,
     /// Vote signatures by block and voter, with the height they sign.
     votes: HashMap<(BlockId, NodeId), (u64, SignedVote)>,
-    /// Blocks the machine was told of.
-    fed: HashSet<BlockId>,
+    /// Blocks the machine was told of, with their heights; those far
+    /// under main are let go as the machine prunes them.
+    fed: HashMap<BlockId, u64>,
     /// This node's own proposals not yet validated: building one executed
     /// it, so its validation is that execution's verdict.
     own: HashSet<BlockId>,
@@ -219,12 +222,15 @@ fn drive(
         Some(keys.borrow_mut().id(k))
     })
     .map_err(|e| NodeError::Consensus(e.to_string()))?;
-    let fed: HashSet<BlockId> = persisted
+    let mut fed: HashMap<BlockId, u64> = HashMap::new();
+    for id in persisted
         .blocks
         .iter()
         .map(|(h, _)| h.id)
         .chain([persisted.genesis])
-        .collect();
+    {
+        fed.insert(id, ledger.height(id)?);
+    }
     let started = Instant::now();
     let mut config = Config::new(me, genesis_set);
     config.round_timeout = round_timeout;
@@ -479,6 +485,7 @@ impl Driver<'_> {
             Input::Disconnected { key } => {
                 let peer = self.id_of(&key);
                 self.addrs.remove(&peer);
+                self.handle(Event::PeerDisconnected(peer));
             }
             Input::Pulled { wants, got } => {
                 let from = wants
@@ -511,7 +518,18 @@ impl Driver<'_> {
     /// The machine wants `block` (announced by `from`): fed from the ledger
     /// if it is here, else pulled.
     fn want(&mut self, block: BlockId, from: NodeId, addr: Option<SocketAddr>) {
-        if self.fed.contains(&block) {
+        // Under main here: committed, perhaps pruned from the machine.
+        match self.committed_here(block) {
+            Ok(true) => {
+                if let Err(e) = self.anchor(block) {
+                    eprintln!("block {}: {e}", block.short());
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => eprintln!("block {}: {e}", block.short()),
+        }
+        if self.fed.contains_key(&block) {
             return;
         }
         if self.ledger.has(block) {
@@ -535,12 +553,41 @@ impl Driver<'_> {
         });
     }
 
+    /// Whether the ledger's main is `block` or descends from it.
+    fn committed_here(&self, block: BlockId) -> Result<bool, NodeError> {
+        if !self.ledger.has(block) {
+            return Ok(false);
+        }
+        let main = self.machine.main();
+        if block == main {
+            return Ok(true);
+        }
+        if self.ledger.height(block)? >= self.ledger.height(main)? {
+            return Ok(false);
+        }
+        Ok(self.ledger.is_ancestor(block, main)?)
+    }
+
+    /// Tells the machine of a committed block as an anchor: its height and
+    /// the validator set its `chain.toml` names.
+    fn anchor(&mut self, block: BlockId) -> Result<(), NodeError> {
+        let b = self.ledger.block(block)?;
+        let config = self.ledger.chain_config(&b)?;
+        let validators = Validators::from_config(&config, |k| Some(self.id_of(k)));
+        self.handle(Event::Anchored(Anchor {
+            block,
+            height: b.height,
+            validators: Arc::new(validators),
+        }));
+        Ok(())
+    }
+
     /// Checks a block that is in the ledger and tells the machine of it
     /// (its parents first, if the machine has not heard of them).
     fn feed(&mut self, block: BlockId, from: NodeId) -> Result<(), NodeError> {
         let mut stack = vec![block];
         while let Some(id) = stack.last().copied() {
-            if self.fed.contains(&id) || !self.ledger.has(id) {
+            if self.fed.contains_key(&id) || !self.ledger.has(id) {
                 stack.pop();
                 continue;
             }
@@ -548,7 +595,11 @@ impl Driver<'_> {
             let unfed: Vec<BlockId> = b
                 .parents
                 .iter()
-                .filter(|p| !self.fed.contains(p) && self.ledger.has(**p))
+                .filter(|p| {
+                    !self.fed.contains_key(p)
+                        && self.ledger.has(**p)
+                        && !self.committed_here(**p).unwrap_or(true)
+                })
                 .copied()
                 .collect();
             if !unfed.is_empty() {
@@ -556,7 +607,7 @@ impl Driver<'_> {
                 continue;
             }
             stack.pop();
-            self.fed.insert(id);
+            self.fed.insert(id, b.height);
             let shared = self.shared;
             let in_pool = |tx: &TxId| lock(&shared.pool).get(tx).is_some_and(|p| p.durable);
             if let Err(e) = self.ledger.check_block(id, &mut self.checker, &in_pool)? {
@@ -744,7 +795,7 @@ impl Driver<'_> {
             crate::run::forget(self.shared, &ids)?;
             self.handle(Event::Dropped(ids));
         }
-        self.fed.insert(proposed.block.id);
+        self.fed.insert(proposed.block.id, proposed.block.height);
         self.own.insert(proposed.block.id);
         lock(&self.shared.head).blocks_made += 1;
         let header = consensus::header(self.ledger, &proposed.block, |k| Some(self.id_of(k)))
@@ -834,6 +885,10 @@ impl Driver<'_> {
             votes: voters.len(),
         });
         self.votes.retain(|_, (h, _)| *h >= height);
+        // What the machine pruned (and more) need not be remembered here:
+        // asked for again, a block under main comes back as an anchor.
+        let floor = height.saturating_sub(2 * Config::KEEP);
+        self.fed.retain(|_, h| *h >= floor);
         if self.verbose {
             eprintln!(
                 "committed {} at height {height} with {} votes",
