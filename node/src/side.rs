@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use utter_client::api::ConsensusStatus;
 use utter_executor::{ExecError, Executor};
 use utter_ledger::key::Keypair;
 use utter_ledger::{BlockId, Ledger, MAIN, TxId};
@@ -130,15 +129,7 @@ pub(crate) fn run(
         );
     }
     loop {
-        *lock(&shared.consensus) = Some(ConsensusStatus {
-            validator: false,
-            round: 0,
-            peers: peers.len(),
-            certified: None,
-            frames_sent: out.counters.frames.load(Ordering::Relaxed),
-            bytes_sent: out.counters.bytes.load(Ordering::Relaxed),
-            bytes_pulled: 0,
-        });
+        crate::validator::report_follower(shared, out, peers.len());
         if shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }

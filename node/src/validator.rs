@@ -322,19 +322,24 @@ fn drive(
     }
 }
 
+/// What `/v1/status` shows of a node that is not a validator.
+pub(crate) fn report_follower(shared: &Shared, out: &Outbound, peers: usize) {
+    *lock(&shared.consensus) = Some(ConsensusStatus {
+        validator: false,
+        round: 0,
+        peers,
+        certified: None,
+        frames_sent: out.counters.frames.load(Ordering::Relaxed),
+        bytes_sent: out.counters.bytes.load(Ordering::Relaxed),
+        bytes_pulled: 0,
+    });
+}
+
 /// A non-validator's thread: sends its transactions to the validators.
 fn forward(shared: &Shared, out: &Outbound, inputs: &Receiver<Input>) -> Result<(), NodeError> {
     let mut peers = HashSet::new();
     loop {
-        *lock(&shared.consensus) = Some(ConsensusStatus {
-            validator: false,
-            round: 0,
-            peers: peers.len(),
-            certified: None,
-            frames_sent: out.counters.frames.load(Ordering::Relaxed),
-            bytes_sent: out.counters.bytes.load(Ordering::Relaxed),
-            bytes_pulled: 0,
-        });
+        report_follower(shared, out, peers.len());
         if shared.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }

@@ -738,6 +738,54 @@ fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_
     }
 }
 
+/// One `membership join` per user, user `i` through `nodes[i]` with nonce
+/// `nonce`; returns the ids the nodes accepted.
+fn join_round(nodes: &[&Node], users: &[Keypair], chain: &str, nonce: u64) -> Vec<TxId> {
+    let mut accepted = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let lines = sign_requests(
+            user,
+            chain,
+            nonce,
+            utter_formats::now(),
+            [Request {
+                dapp: "membership".into(),
+                action: "join".into(),
+                args: serde_json::json!({"name": format!("u{i}-{nonce}")}),
+            }],
+        )
+        .unwrap();
+        for state in nodes[i].client().submit(&lines).unwrap() {
+            match state {
+                TxState::Pending { id } | TxState::Committed { id, .. } => accepted.push(id),
+                TxState::Refused { id, error } => panic!("{id} refused: {error}"),
+            }
+        }
+    }
+    accepted
+}
+
+/// Every node answers every one of `accepted` committed, and all are on
+/// one main.
+fn committed_everywhere(nodes: &[&Node], accepted: &[TxId]) {
+    for node in nodes {
+        let client = node.client();
+        for id in accepted {
+            match client.wait(*id, Duration::from_secs(60)).unwrap() {
+                TxState::Committed { .. } => {}
+                other => panic!("{id} is {other:?} after 60 s"),
+            }
+        }
+    }
+    wait_until("one main everywhere", Duration::from_secs(60), || {
+        let heads: HashSet<BlockId> = nodes
+            .iter()
+            .map(|n| n.client().status().unwrap().head)
+            .collect();
+        heads.len() == 1
+    });
+}
+
 /// A devnet's validators made by `devnet up --no-start`, started one by
 /// one on loopback (each with its own environment).
 struct Validators {
@@ -810,6 +858,7 @@ fn a_validator_whose_clock_is_30_s_ahead_cannot_date_the_chain() {
     // rounds (its first block then long announced and judged).
     let mut round = 0u64;
     let started = Instant::now();
+    let all: Vec<&Node> = nodes.iter().collect();
     while round < 12 || nodes[3].client().status().unwrap().blocks_made < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
@@ -817,44 +866,10 @@ fn a_validator_whose_clock_is_30_s_ahead_cannot_date_the_chain() {
         );
         round += 1;
         // Each user through its own node, the fast clock's included.
-        for (i, user) in users.iter().enumerate() {
-            let lines = sign_requests(
-                user,
-                &chain,
-                round,
-                utter_formats::now(),
-                [Request {
-                    dapp: "membership".into(),
-                    action: "join".into(),
-                    args: serde_json::json!({"name": format!("u{i}-{round}")}),
-                }],
-            )
-            .unwrap();
-            for state in nodes[i].client().submit(&lines).unwrap() {
-                match state {
-                    TxState::Pending { id } | TxState::Committed { id, .. } => accepted.push(id),
-                    TxState::Refused { id, error } => panic!("{id} refused: {error}"),
-                }
-            }
-        }
+        accepted.extend(join_round(&all, &users, &chain, round));
         std::thread::sleep(Duration::from_millis(150));
     }
-    for node in &nodes {
-        let client = node.client();
-        for id in &accepted {
-            match client.wait(*id, Duration::from_secs(60)).unwrap() {
-                TxState::Committed { .. } => {}
-                other => panic!("{id} is {other:?} after 60 s"),
-            }
-        }
-    }
-    wait_until("one main everywhere", Duration::from_secs(60), || {
-        let heads: HashSet<BlockId> = nodes
-            .iter()
-            .map(|n| n.client().status().unwrap().head)
-            .collect();
-        heads.len() == 1
-    });
+    committed_everywhere(&all, &accepted);
     let latest = i64::try_from(utter_formats::now()).unwrap() + 10;
     let said: Vec<String> = nodes.into_iter().map(Node::stop).collect();
     assert!(
@@ -902,45 +917,12 @@ fn an_equivocating_validator_cannot_split_the_honest_ones() {
         .map(|i| Keypair::generate(&format!("user{i}")).unwrap())
         .collect();
     let mut accepted = Vec::new();
-    for round in 0..12u64 {
-        for (i, user) in users.iter().enumerate() {
-            let lines = sign_requests(
-                user,
-                &chain,
-                round + 1,
-                utter_formats::now(),
-                [Request {
-                    dapp: "membership".into(),
-                    action: "join".into(),
-                    args: serde_json::json!({"name": format!("u{i}-{round}")}),
-                }],
-            )
-            .unwrap();
-            for state in honest[i].client().submit(&lines).unwrap() {
-                match state {
-                    TxState::Pending { id } | TxState::Committed { id, .. } => accepted.push(id),
-                    TxState::Refused { id, error } => panic!("{id} refused: {error}"),
-                }
-            }
-        }
+    let honest_ones: Vec<&Node> = honest.iter().collect();
+    for round in 1..=12u64 {
+        accepted.extend(join_round(&honest_ones, &users, &chain, round));
         std::thread::sleep(Duration::from_millis(150));
     }
-    for node in &honest {
-        let client = node.client();
-        for id in &accepted {
-            match client.wait(*id, Duration::from_secs(60)).unwrap() {
-                TxState::Committed { .. } => {}
-                other => panic!("{id} is {other:?} after 60 s"),
-            }
-        }
-    }
-    wait_until("one main on the honest", Duration::from_secs(60), || {
-        let heads: HashSet<BlockId> = honest
-            .iter()
-            .map(|n| n.client().status().unwrap().head)
-            .collect();
-        heads.len() == 1
-    });
+    committed_everywhere(&honest_ones, &accepted);
     let said = byzantine.stop();
     for node in honest {
         drop(node);
