@@ -39,7 +39,7 @@ use utter_consensus::{
 use utter_executor::{ExecError, Executor, Verdict};
 use utter_ledger::cert::{Certificate, SignedVote};
 use utter_ledger::key::Keypair;
-use utter_ledger::{BlockChecker, BlockId, Ledger, MAIN, TxId};
+use utter_ledger::{BlockChecker, BlockError, BlockId, Ledger, MAIN, TxId};
 use utter_net::wire::Message;
 
 use crate::consensus::{self, VoteTip};
@@ -118,6 +118,10 @@ struct Driver<'l> {
     /// Blocks the machine was told of, with their heights; those far
     /// under main are let go as the machine prunes them.
     fed: HashMap<BlockId, u64>,
+    /// Blocks in the ledger whose values are not in the chunk store yet:
+    /// pulled again (a pull fetches what a block lacks) before they are
+    /// fed.
+    lacking: HashSet<BlockId>,
     /// This node's own proposals not yet validated: building one executed
     /// it, so its validation is that execution's verdict.
     own: HashSet<BlockId>,
@@ -260,6 +264,7 @@ fn drive(
         votes: HashMap::new(),
         fed,
         own: HashSet::new(),
+        lacking: HashSet::new(),
         pulling: HashMap::new(),
         addrs: HashMap::new(),
         txs_out: Vec::new(),
@@ -537,7 +542,7 @@ impl Driver<'_> {
         if self.fed.contains_key(&block) {
             return;
         }
-        if self.ledger.has(block) {
+        if self.ledger.has(block) && !self.lacking.contains(&block) {
             if let Err(e) = self.feed(block, from) {
                 eprintln!("block {}: {e}", block.short());
             }
@@ -615,9 +620,24 @@ impl Driver<'_> {
             self.fed.insert(id, b.height);
             let shared = self.shared;
             let in_pool = |tx: &TxId| lock(&shared.pool).get(tx).is_some_and(|p| p.durable);
-            if let Err(e) = self.ledger.check_block(id, &mut self.checker, &in_pool)? {
-                eprintln!("block {} from a peer is refused: {e}", id.short());
-                continue;
+            match self.ledger.check_block(id, &mut self.checker, &in_pool)? {
+                Ok(()) => {
+                    self.lacking.remove(&id);
+                }
+                Err(BlockError::MissingValue { .. }) => {
+                    // Its pack is indexed but the values it names are
+                    // not here yet (another pull's content fetch is under
+                    // way, or failed): not refused, pulled with content.
+                    self.fed.remove(&id);
+                    if self.lacking.insert(id) {
+                        self.want(id, from, None);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("block {} from a peer is refused: {e}", id.short());
+                    continue;
+                }
             }
             let header = consensus::header(self.ledger, &b, |k| Some(self.id_of(k)))
                 .map_err(|e| NodeError::Consensus(e.to_string()))?;
