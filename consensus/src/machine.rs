@@ -160,6 +160,22 @@ pub struct Header {
     pub validators: Option<Arc<Validators>>,
 }
 
+impl Header {
+    /// The header of a block taken as given, with no parents and no
+    /// proposer: the genesis, or an [`Anchor`].
+    pub fn root(id: BlockId) -> Self {
+        Header {
+            id,
+            parents: Vec::new(),
+            round: 0,
+            proposer: NodeId::MAX,
+            kind: Kind::Proposal,
+            txs: Vec::new(),
+            validators: None,
+        }
+    }
+}
+
 /// A validator's vote for a block (an SSH signature over chain, block and
 /// height; the driver checks the signature before the machine sees it).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -416,15 +432,7 @@ pub struct Machine {
 impl Machine {
     /// A node starting from what it persisted (a new node: genesis only).
     pub fn new(cfg: Config, persisted: Persisted, now: Duration) -> Self {
-        let genesis_header = Header {
-            id: persisted.genesis,
-            parents: Vec::new(),
-            round: 0,
-            proposer: NodeId::MAX,
-            kind: Kind::Proposal,
-            txs: Vec::new(),
-            validators: None,
-        };
+        let genesis_header = Header::root(persisted.genesis);
         let genesis_set = Arc::new(Validators::new(cfg.validators.clone()));
         let mut m = Self {
             cfg,
@@ -718,15 +726,7 @@ impl Machine {
         self.blocks.insert(
             a.block,
             Entry {
-                header: Header {
-                    id: a.block,
-                    parents: Vec::new(),
-                    round: 0,
-                    proposer: NodeId::MAX,
-                    kind: Kind::Proposal,
-                    txs: Vec::new(),
-                    validators: None,
-                },
+                header: Header::root(a.block),
                 height: a.height,
                 status: Status::Valid,
                 committed: true,

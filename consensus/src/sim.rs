@@ -356,15 +356,7 @@ impl Sim {
         blocks.insert(
             genesis,
             Global {
-                header: Header {
-                    id: genesis,
-                    parents: Vec::new(),
-                    round: 0,
-                    proposer: NodeId::MAX,
-                    kind: Kind::Proposal,
-                    txs: Vec::new(),
-                    validators: None,
-                },
+                header: Header::root(genesis),
                 valid: true,
                 height: 0,
                 sets: (genesis_set.clone(), genesis_set.clone()),

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use utter_executor::{ExecError, Executor};
+use utter_executor::Executor;
 use utter_ledger::key::Keypair;
 use utter_ledger::{BlockId, Ledger, MAIN, TxId};
 use utter_net::wire::Message;
@@ -175,28 +175,20 @@ pub(crate) fn run(
         let parent = branch.head.unwrap_or(main);
         let mut time = i64::try_from(utter_formats::now()).unwrap_or(i64::MAX);
         time = time.max(ledger.block(parent)?.time);
-        let mut tries = 0;
-        let proposed = loop {
-            match executor.propose_on(&mut helper, &mut images, &[parent], &lines, None, time, key)
-            {
-                Ok(p) => break p,
-                Err(ExecError::Host(e)) if tries < 2 => {
-                    eprintln!("the sandbox helper failed ({e}); starting a new one");
-                    helper = home.spawn_helper()?;
-                    tries += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if !proposed.refused.is_empty() {
-            // No block may carry them: out of the pool.
-            let ids: Vec<TxId> = proposed
-                .refused
-                .iter()
-                .map(|r| TxId::of_line(&r.line))
-                .collect();
-            crate::run::forget(shared, &ids)?;
-        }
+        let (proposed, _refused) = crate::validator::build(
+            home,
+            shared,
+            &mut executor,
+            &mut helper,
+            &mut images,
+            crate::validator::Build {
+                parents: &[parent],
+                lines: &lines,
+                round: None,
+                time,
+                key,
+            },
+        )?;
         let id = proposed.block.id;
         match ledger.branch(name)? {
             Some(old) => ledger.advance(name, old, id)?,

@@ -86,6 +86,49 @@ pub(crate) fn role(ledger: &Ledger, key: &Keypair) -> Result<Option<bool>, NodeE
     ))
 }
 
+/// What to build: a proposal (`round`) or a side block (`None`).
+pub(crate) struct Build<'a> {
+    pub parents: &'a [BlockId],
+    pub lines: &'a [String],
+    pub round: Option<u64>,
+    pub time: i64,
+    pub key: &'a Keypair,
+}
+
+/// Builds and signs a block over `b.parents` (a failed sandbox helper is
+/// started again, twice at most); lines no block may carry leave the
+/// pool, and their ids are returned beside the block.
+pub(crate) fn build(
+    home: &Home,
+    shared: &Shared,
+    executor: &mut Executor<'_>,
+    helper: &mut utter_runtime::Helper,
+    images: &mut crate::NodeImages,
+    b: Build<'_>,
+) -> Result<(utter_executor::Proposed, Vec<TxId>), NodeError> {
+    let mut tries = 0;
+    let proposed = loop {
+        match executor.propose_on(helper, images, b.parents, b.lines, b.round, b.time, b.key) {
+            Ok(p) => break p,
+            Err(ExecError::Host(e)) if tries < 2 => {
+                eprintln!("the sandbox helper failed ({e}); starting a new one");
+                *helper = home.spawn_helper()?;
+                tries += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let refused: Vec<TxId> = proposed
+        .refused
+        .iter()
+        .map(|r| TxId::of_line(&r.line))
+        .collect();
+    if !refused.is_empty() {
+        crate::run::forget(shared, &refused)?;
+    }
+    Ok((proposed, refused))
+}
+
 /// The name main's `chain.toml` gives `key` as a device, if it does.
 pub(crate) fn device(ledger: &Ledger, key: &Keypair) -> Result<Option<String>, NodeError> {
     let main = ledger.block(ledger.resolve(MAIN)?)?;
@@ -790,35 +833,23 @@ impl Driver<'_> {
             time = time.max(self.ledger.block(*p)?.time);
         }
         let round = (kind == Kind::Proposal).then_some(round);
-        let mut tries = 0;
-        let proposed = loop {
-            match self.executor.propose_on(
-                &mut self.helper,
-                &mut self.images,
+        let (proposed, refused) = build(
+            self.home,
+            self.shared,
+            &mut self.executor,
+            &mut self.helper,
+            &mut self.images,
+            Build {
                 parents,
-                &lines,
+                lines: &lines,
                 round,
                 time,
-                self.key,
-            ) {
-                Ok(p) => break p,
-                Err(ExecError::Host(e)) if tries < 2 => {
-                    eprintln!("the sandbox helper failed ({e}); starting a new one");
-                    self.helper = self.home.spawn_helper()?;
-                    tries += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if !proposed.refused.is_empty() {
-            // No block may carry them: out of the pool, not proposed again.
-            let ids: Vec<TxId> = proposed
-                .refused
-                .iter()
-                .map(|r| TxId::of_line(&r.line))
-                .collect();
-            crate::run::forget(self.shared, &ids)?;
-            self.handle(Event::Dropped(ids));
+                key: self.key,
+            },
+        )?;
+        if !refused.is_empty() {
+            // Not proposed again.
+            self.handle(Event::Dropped(refused));
         }
         self.fed.insert(proposed.block.id, proposed.block.height);
         self.own.insert(proposed.block.id);
