@@ -8,7 +8,7 @@
 //! log/<door>/<YYYY-MM-DD>.jsonl  one event per line, in block order (a
 //!                                day past 256 KiB goes on in
 //!                                <YYYY-MM-DD>~001.jsonl, ~002, …):
-//!                                {"time","badge","member","granted","reason","controller"}
+//!                                {"time","badge","member","granted","reason","controller","session"?}
 //! ```
 //! A door opens for an active member's badge when the member has one of
 //! `roles` (none listed: any member), every certification in `certs`
@@ -24,9 +24,11 @@
 //! - `define-door {name, roles?, certs?, schedule?, dues?}` (admin; keeps the
 //!   door's controllers)
 //! - `authorize-controller {door, key}`, `revoke-controller {door, key}` (admin)
-//! - `access {door, badge, time, granted, reason}` (an authorized
-//!   controller of that door): logs an event the controller decided,
-//!   offline or not; events are never refused for being old.
+//! - `access {door, badge, time, granted, reason, member?, session?}` (an
+//!   authorized controller of that door): logs an event the controller
+//!   decided, offline or not; events are never refused for being old.
+//!   `session` is `"start"` or `"end"` for a tool's session (a lockout
+//!   controller's power on and off).
 //!
 //! Depends on `utter-dapp-sdk`, `utter-membership`,
 //! `utter-certifications` and `utter-accounting` (to read their states).
@@ -202,6 +204,35 @@ impl Rules {
             certs: State::at(root.join("certifications")),
             accounts: State::at(root.join("accounting")),
             bookings: State::at(root.join("reservations")),
+        }
+    }
+
+    /// The rules held in memory: `files` maps `<dapp>/<path>` to the
+    /// file's bytes (a node's rules bundle); names of other dapps, or
+    /// without a dapp, are left out.
+    pub fn in_memory<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut by_dapp: [Vec<(String, Vec<u8>)>; 5] = Default::default();
+        for (name, bytes) in files {
+            let Some((dapp, path)) = name.split_once('/') else {
+                continue;
+            };
+            let i = match dapp {
+                "doors" => 0,
+                "membership" => 1,
+                "certifications" => 2,
+                "accounting" => 3,
+                "reservations" => 4,
+                _ => continue,
+            };
+            by_dapp[i].push((path.to_string(), bytes.to_vec()));
+        }
+        let [doors, members, certs, accounts, bookings] = by_dapp.map(State::in_memory);
+        Self {
+            doors,
+            members,
+            certs,
+            accounts,
+            bookings,
         }
     }
 }
@@ -467,9 +498,14 @@ fn access(now: u64, tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
             .get("member")
             .and_then(Value::as_str)
             .map(str::to_string);
-        Ok((name, badge, time, granted, reason, member))
+        let session = match tx.args.get("session") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "start" || s == "end" => Some(s.clone()),
+            Some(_) => return Err("args.session must be \"start\" or \"end\"".to_string()),
+        };
+        Ok((name, badge, time, granted, reason, member, session))
     })();
-    let (name, badge, time, granted, reason, member) = match parsed {
+    let (name, badge, time, granted, reason, member, session) = match parsed {
         Ok(p) => p,
         Err(e) => return Ok(Err(e)),
     };
@@ -482,7 +518,7 @@ fn access(now: u64, tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
         )));
     }
     let path = log_part(state, &name, &date(time))?;
-    let event = json!({
+    let mut event = json!({
         "time": time,
         "badge": badge,
         "member": member,
@@ -490,6 +526,9 @@ fn access(now: u64, tx: &Tx, state: &mut State) -> Result<Verdict, Error> {
         "reason": reason,
         "controller": tx.signer,
     });
+    if let Some(session) = session {
+        event["session"] = json!(session);
+    }
     let mut line = event.to_string().into_bytes();
     line.push(b'\n');
     state.append(&path, &line)?;
@@ -803,6 +842,7 @@ mod tests {
                     })
                 {
                     let mut w = world(active, has_role, cert, dues, &badge);
+                    let mut copy = in_memory(w._dir.path());
                     for door in (0..16).map(Some).chain([None]) {
                         let name = door.map_or("nope".to_string(), |n| format!("d{n}"));
                         for (b, badge_ok, known) in [
@@ -812,6 +852,7 @@ mod tests {
                         ] {
                             for time in [MONDAY, SATURDAY] {
                                 let d = may_open(&mut w.rules, &name, b, time);
+                                assert_eq!(d, may_open(&mut copy, &name, b, time), "in memory");
                                 let (granted, why) = oracle(
                                     door, badge_ok, known, active, has_role, cert, dues, time,
                                 );
@@ -829,6 +870,26 @@ mod tests {
             }
         }
         assert_eq!(checked, 2 * 2 * 3 * 3 * 17 * 3 * 2);
+    }
+
+    /// Every file under `dir`, as `<dapp>/<path>` (a rules bundle), in
+    /// memory.
+    fn in_memory(dir: &std::path::Path) -> Rules {
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+            for e in std::fs::read_dir(dir).expect("read_dir") {
+                let path = e.expect("entry").path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else {
+                    let name = path.strip_prefix(root).expect("inside").to_string_lossy();
+                    out.push((name.into_owned(), std::fs::read(&path).expect("read")));
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(dir, dir, &mut files);
+        assert!(files.len() > 3, "the world has files");
+        Rules::in_memory(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())))
     }
 
     #[test]
@@ -965,6 +1026,17 @@ mod tests {
         let future = json!({"door": "d0", "badge": badge, "time": MONDAY + 3600,
                             "granted": true, "reason": "x"});
         rejected(&mut w, &tx(&ctl, "access", future), "clock");
+        // A tool's session: its start and end are marked; nothing else is.
+        let mut session = json!({"door": "d0", "badge": badge, "time": MONDAY - 86_400 * 3 + 60,
+                                 "granted": true, "reason": "session started", "session": "start"});
+        accepted(apply(
+            MONDAY,
+            &tx(&ctl, "access", session.clone()),
+            &mut w.rules.doors,
+            &mut w.rules.members,
+        ));
+        session["session"] = json!("middle");
+        rejected(&mut w, &tx(&ctl, "access", session), "args.session");
         w.rules.doors.flush().expect("flush");
         let log = w
             .rules
@@ -972,7 +1044,13 @@ mod tests {
             .get("log/d0/2026-11-20.jsonl")
             .expect("read")
             .expect("logged");
-        assert_eq!(String::from_utf8_lossy(log).lines().count(), 1);
+        let lines: Vec<Value> = String::from_utf8_lossy(log)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].get("session"), None, "{}", lines[0]);
+        assert_eq!(lines[1]["session"], "start");
         test(&mut w.rules.doors).expect("invariants hold");
     }
 

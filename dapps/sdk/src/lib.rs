@@ -285,7 +285,9 @@ pub fn date(time: u64) -> String {
 /// writes it once.
 #[derive(Debug)]
 pub struct State {
-    root: PathBuf,
+    /// The directory (`None`: a state held in memory, see
+    /// [`State::in_memory`]).
+    root: Option<PathBuf>,
     cache: BTreeMap<String, Option<Vec<u8>>>,
     dirty: BTreeMap<String, Option<Vec<u8>>>,
     /// How to undo the current transaction's changes, newest last (see
@@ -327,12 +329,31 @@ impl State {
     /// A state directory.
     pub fn at(root: impl Into<PathBuf>) -> Self {
         Self {
-            root: root.into(),
+            root: Some(root.into()),
             cache: BTreeMap::new(),
             dirty: BTreeMap::new(),
             undo: None,
             touched: BTreeMap::new(),
         }
+    }
+
+    /// A state held in memory alone: `files` (relative path → bytes) is
+    /// the whole of it, reads never touch a disk and [`State::flush`]
+    /// writes nothing. A door controller decides over one of these.
+    pub fn in_memory(files: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        let mut state = Self {
+            root: None,
+            cache: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            undo: None,
+            touched: BTreeMap::new(),
+        };
+        for (path, bytes) in files {
+            if Self::check(&path).is_ok() {
+                state.cache.insert(path, Some(bytes));
+            }
+        }
+        state
     }
 
     fn check(path: &str) -> Result<(), Error> {
@@ -354,7 +375,10 @@ impl State {
             return Ok(v.as_deref());
         }
         if !self.cache.contains_key(path) {
-            let full = self.root.join(path);
+            let Some(root) = &self.root else {
+                return Ok(None);
+            };
+            let full = root.join(path);
             let value = match fs::read(&full) {
                 Ok(bytes) => Some(bytes),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -478,18 +502,33 @@ impl State {
         if !dir.is_empty() {
             Self::check(dir)?;
         }
-        let full = self.root.join(dir);
-        let mut names: Vec<String> = match fs::read_dir(&full) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io_error("list", &full)(e)),
-        };
         let prefix = if dir.is_empty() {
             String::new()
         } else {
             format!("{dir}/")
+        };
+        let mut names: Vec<String> = match &self.root {
+            None => self
+                .cache
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .filter_map(|(path, _)| path.strip_prefix(&prefix))
+                // A file deeper down shows its directory, as on disk.
+                .filter_map(|name| name.split('/').next())
+                .map(str::to_string)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            Some(root) => {
+                let full = root.join(dir);
+                match fs::read_dir(&full) {
+                    Ok(entries) => entries
+                        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(io_error("list", &full)(e)),
+                }
+            }
         };
         for (path, value) in &self.dirty {
             if let Some(name) = path.strip_prefix(&prefix).filter(|n| !n.contains('/')) {
@@ -503,10 +542,15 @@ impl State {
         Ok(names)
     }
 
-    /// Writes pending changes to the directory.
+    /// Writes pending changes to the directory (a state in memory keeps
+    /// them in memory).
     pub fn flush(&mut self) -> Result<(), Error> {
         for (path, value) in std::mem::take(&mut self.dirty) {
-            let full = self.root.join(&path);
+            let Some(root) = &self.root else {
+                self.cache.insert(path, value);
+                continue;
+            };
+            let full = root.join(&path);
             match &value {
                 Some(bytes) => {
                     if let Some(parent) = full.parent() {
@@ -687,5 +731,46 @@ mod tests {
             assert!(state.put(bad, "x").is_err(), "{bad}");
             assert!(state.get(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_state_in_memory_reads_and_lists_like_the_same_files_on_disk() {
+        let files = [
+            ("doors/front.json", "{}"),
+            ("bookings/front/1.json", "{}"),
+            ("bookings/lathe/2.json", "{}"),
+            ("salt", "ab"),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (path, text) in files {
+            let full = dir.path().join(path);
+            fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            fs::write(full, text).expect("write");
+        }
+        let mut disk = State::at(dir.path());
+        let mut memory = State::in_memory(
+            files
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.as_bytes().to_vec()))
+                .chain([("../escape".to_string(), b"x".to_vec())]),
+        );
+        for dir in ["", "bookings", "bookings/front", "doors", "nothing"] {
+            assert_eq!(
+                memory.list(dir).expect("list"),
+                disk.list(dir).expect("list"),
+                "{dir:?}"
+            );
+        }
+        for path in ["salt", "doors/front.json", "missing", "bookings"] {
+            assert_eq!(
+                memory.get(path).expect("get").map(<[u8]>::to_vec),
+                disk.get(path).ok().flatten().map(<[u8]>::to_vec),
+                "{path}"
+            );
+        }
+        assert!(memory.get("../escape").is_err());
+        memory.put("new", "n").expect("put");
+        memory.flush().expect("flush");
+        assert_eq!(memory.get("new").expect("get"), Some(&b"n"[..]));
     }
 }
