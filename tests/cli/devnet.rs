@@ -32,7 +32,7 @@ impl Drop for Devnet {
     }
 }
 
-fn devnet(args: &[&str]) -> Command {
+pub(crate) fn devnet(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_utter"));
     c.arg("devnet").args(args);
     c.env_remove("UTTER_DATA_DIR");
@@ -66,7 +66,7 @@ fn pid(dir: &Path, node: &str) -> i32 {
 }
 
 /// Waits until `done` holds, at most `limit`, saying what it waited for.
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
@@ -518,7 +518,7 @@ fn a_strangers_consensus_frames_are_checked_and_change_nothing() {
 /// Each transaction on main's first-parent line that is not a replay
 /// rejection, counted, and main itself, read from a data dir (its node
 /// may be running).
-fn committed(data: &Path) -> (BlockId, BTreeMap<TxId, usize>) {
+pub(crate) fn committed(data: &Path) -> (BlockId, BTreeMap<TxId, usize>) {
     let home = utter_node::Home::new(data);
     let opened = home.open_read_only().unwrap();
     let ledger = &opened.ledger;
@@ -539,7 +539,7 @@ fn committed(data: &Path) -> (BlockId, BTreeMap<TxId, usize>) {
     (ledger.resolve(MAIN).unwrap(), counts)
 }
 
-fn height(data: &Path) -> u64 {
+pub(crate) fn height(data: &Path) -> u64 {
     let home = utter_node::Home::new(data);
     let opened = home.open_read_only().unwrap();
     let main = opened.ledger.resolve(MAIN).unwrap();

@@ -10,6 +10,7 @@ mod consensus;
 mod crash;
 mod dapps;
 mod devnet;
+mod doorbot;
 mod governance;
 mod image;
 mod key;
