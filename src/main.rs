@@ -107,7 +107,30 @@ enum Command {
     SandboxHelper,
 }
 
+/// glibc's malloc makes up to 8 arenas per core, one for each thread that
+/// finds the others busy, and each keeps what was freed in it: a node's
+/// tokio, RocksDB and pull threads ended up holding 8 of them, 15-25 MiB of
+/// a follower's resident memory (`./x bench doorbot`), which on a 1 GiB
+/// board is what matters. Two are enough for 2-4 cores. An explicit
+/// `MALLOC_ARENA_MAX` is left alone.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn fewer_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt sets an allocator parameter; it is called first
+        // thing in main, before any other thread exists, and takes no
+        // pointers.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fewer_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    fewer_malloc_arenas();
     let cli = Cli::parse();
     if let Command::Demo(args) = cli.command {
         let dir = cli.data_dir.unwrap_or_else(|| PathBuf::from("demo-data"));

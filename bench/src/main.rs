@@ -10,11 +10,13 @@
 //! counter-dapp block against an empty container run. `utter-bench net`
 //! times sync between two nodes over QUIC against a raw QUIC stream and
 //! `git clone`, and counts an image update's bytes on the wire against
-//! casync.
+//! casync. `utter-bench doorbot` times a badge to the relay on a door's
+//! follower node, idle and under load, beside the decision alone.
 
 mod cluster;
 mod consensus;
 mod dapps;
+mod doorbot;
 mod executor;
 mod images;
 mod ledger;
@@ -115,6 +117,23 @@ enum Bench {
         /// Transactions per request
         #[arg(long, default_value_t = 100)]
         batch: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
+    /// The door controller beside its follower node: badge to relay
+    /// decision, idle and while the follower syncs blocks under load, and
+    /// the resident memory of both, with a makerspace of many members
+    Doorbot {
+        /// Members with badges
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Badge reads under load (half as many idle)
+        #[arg(long, default_value_t = 200)]
+        reads: usize,
+        /// Load offered to the validators meanwhile, transactions per second
+        #[arg(long, default_value_t = 300)]
+        rate: usize,
         /// Work directory (default: a temporary directory, removed afterwards)
         #[arg(long)]
         work: Option<PathBuf>,
@@ -267,6 +286,17 @@ fn main() -> Result<()> {
             rate,
             seconds,
             batch,
+            work,
+        }),
+        Bench::Doorbot {
+            members,
+            reads,
+            rate,
+            work,
+        } => doorbot::run(doorbot::Options {
+            members,
+            reads,
+            rate,
             work,
         }),
         Bench::Executor { blocks, txs, work } => {

@@ -46,7 +46,17 @@ pub(crate) fn utter(bin: &Path, data: &Path, args: &[&str]) -> Result<String> {
         .args(args)
         .output()?;
     if !out.status.success() {
-        bail!("utter {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let tail: Vec<&str> = stdout
+            .lines()
+            .filter(|l| !l.contains(" accepted "))
+            .take(5)
+            .collect();
+        bail!(
+            "utter {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n")
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

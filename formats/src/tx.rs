@@ -116,6 +116,17 @@ pub enum TxError {
     },
 }
 
+/// Whether a rejection's reason is [`TxError::Replayed`]'s: the
+/// transaction (or another with its signer and nonce) was applied before,
+/// so this rejection is not its fate (a merge re-executing a sibling's
+/// copy records one).
+pub fn is_replay(reason: &str) -> bool {
+    reason
+        .strip_prefix("nonce ")
+        .and_then(|r| r.split_once(" was already used by "))
+        .is_some_and(|(n, _)| n.parse::<u64>().is_ok())
+}
+
 fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json_canonicalizer::to_vec(value).expect("plain data always serializes")
 }

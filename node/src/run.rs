@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use utter_chunkstore::Store;
 use utter_executor::Nonces;
+use utter_formats::Status;
 use utter_ledger::{BlockId, Ledger, MAIN, TxId, TxResult};
 
 use crate::home::{Home, HomeError, Opened};
@@ -164,9 +165,25 @@ impl Recent {
         let id = c.result.tx;
         // A transaction of a merged branch has a result in its own block
         // and in the merge that re-executed it on main's state: the
-        // higher block is what main says.
-        if self.by_id.get(&id).is_some_and(|old| old.height > c.height) {
-            return;
+        // higher block is what main says. But a replay rejection (a merge
+        // re-executing a copy already applied in a sibling) is never a
+        // transaction's fate when it has another result.
+        let replay = |c: &Committed| {
+            c.result.status == Status::Rejected
+                && c.result
+                    .reason
+                    .as_deref()
+                    .is_some_and(utter_formats::tx::is_replay)
+        };
+        if let Some(old) = self.by_id.get(&id) {
+            let keep_old = match (replay(old), replay(&c)) {
+                (false, true) => true,
+                (true, false) => false,
+                _ => old.height > c.height,
+            };
+            if keep_old {
+                return;
+            }
         }
         if self.by_id.insert(id, c).is_none() {
             self.order.push_back(id);
@@ -527,5 +544,60 @@ async fn shutdown_signal(shared: Arc<Shared>) {
         _ = ctrl_c => eprintln!("stopping: finishing the block in progress"),
         () = term => eprintln!("stopping: finishing the block in progress"),
         () = shared.failed.notified() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(height: u64, result: &TxResult) -> Committed {
+        Committed {
+            block: format!("{height:040x}").parse().expect("id"),
+            height,
+            result: result.clone(),
+        }
+    }
+
+    #[test]
+    fn a_merges_replay_rejection_never_hides_the_result_that_applied_the_transaction() {
+        let id = TxId::of_line("a line");
+        let accepted = TxResult {
+            tx: id,
+            status: Status::Accepted,
+            reason: None,
+            output: None,
+        };
+        let replay = TxResult {
+            status: Status::Rejected,
+            reason: Some(
+                utter_formats::TxError::Replayed {
+                    signer: "ssh-ed25519 AAAA".into(),
+                    nonce: 4,
+                }
+                .to_string(),
+            ),
+            ..accepted.clone()
+        };
+        let no_longer = TxResult {
+            status: Status::Rejected,
+            reason: Some("the door is gone".into()),
+            ..accepted.clone()
+        };
+        // Sibling blocks both carried it; the merge above them re-executed
+        // the second copy: main applied it once, in the sibling.
+        for order in [[5, 6], [6, 5]] {
+            let mut r = Recent::default();
+            for h in order {
+                r.insert(at(h, if h == 6 { &replay } else { &accepted }));
+            }
+            assert_eq!(r.get(&id).expect("known").height, 5, "{order:?}");
+        }
+        // A device's side block, then the merge that re-executed it on
+        // main's state: the merge is what main says.
+        let mut r = Recent::default();
+        r.insert(at(3, &accepted));
+        r.insert(at(6, &no_longer));
+        assert_eq!(r.get(&id).expect("known").result, no_longer);
     }
 }

@@ -140,7 +140,10 @@ fn decide(bot: &mut Doorbot, state: &Path, card: u64) -> Value {
     let before = journal(state).len();
     let started = Instant::now();
     while journal(state).len() == before {
-        assert!(started.elapsed() < Duration::from_secs(20), "the door never decided");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the door never decided"
+        );
         bot.card(card);
         let shown = Instant::now();
         while journal(state).len() == before && shown.elapsed() < Duration::from_secs(1) {
@@ -246,14 +249,19 @@ fn a_door_cut_off_keeps_deciding_offline_and_every_event_reaches_main_once() {
     });
     let e = decide(&mut bot, &state, max);
     assert_eq!(e["granted"], true, "{e}");
-    wait_until("the strike", Duration::from_secs(5), || bot.strike_ons() == 1);
+    wait_until("the strike", Duration::from_secs(5), || {
+        bot.strike_ons() == 1
+    });
 
     // The door's node is cut off from the validators.
     lan.partition(&[&[1, 2, 3, 4]]);
     let e = decide(&mut bot, &state, max);
     assert_eq!(e["granted"], true, "offline, a member opens: {e}");
     let e = decide(&mut bot, &state, sue);
-    assert_eq!(e["granted"], false, "offline, the suspended are denied: {e}");
+    assert_eq!(
+        e["granted"], false,
+        "offline, the suspended are denied: {e}"
+    );
     assert!(e["reason"].as_str().unwrap().contains("suspended"), "{e}");
     // Max is suspended while the door is offline.
     submit(&[json!({"dapp": "membership", "action": "suspend", "args": {"key": keys[0]}})]);
@@ -278,7 +286,10 @@ fn a_door_cut_off_keeps_deciding_offline_and_every_event_reaches_main_once() {
     );
     let e = decide(&mut bot, &state, max);
     assert_eq!(e["granted"], false, "denied once the block came: {e}");
-    assert!(e["reason"].as_str().unwrap().contains("Max is suspended"), "{e}");
+    assert!(
+        e["reason"].as_str().unwrap().contains("Max is suspended"),
+        "{e}"
+    );
     let every_event_once = |what: &str, ids: &[TxId], on: &[usize]| {
         wait_until(what, Duration::from_secs(90), || {
             on.iter().all(|i| {
@@ -305,17 +316,26 @@ fn a_door_cut_off_keeps_deciding_offline_and_every_event_reaches_main_once() {
 
     // The door's node is killed: the door keeps deciding, and queues.
     nodes[4].take().unwrap().kill_9();
-    wait_until("the door sees its node gone", Duration::from_secs(30), || {
-        status(&config)["node_reachable"] == false
-    });
+    wait_until(
+        "the door sees its node gone",
+        Duration::from_secs(30),
+        || status(&config)["node_reachable"] == false,
+    );
     let e = decide(&mut bot, &state, cy);
-    assert_eq!(e["granted"], true, "the node is down, the door still decides: {e}");
+    assert_eq!(
+        e["granted"], true,
+        "the node is down, the door still decides: {e}"
+    );
     wait_until("the event queued", Duration::from_secs(10), || {
         status(&config)["queued"].as_u64() >= Some(1)
     });
     nodes[4] = Some(start(5));
     let ids: Vec<TxId> = journal(&state).into_iter().map(|(id, _)| id).collect();
-    every_event_once("every event on main once, on every node", &ids, &[1, 2, 3, 4, 5]);
+    every_event_once(
+        "every event on main once, on every node",
+        &ids,
+        &[1, 2, 3, 4, 5],
+    );
     wait_until("the door's queue empties", Duration::from_secs(60), || {
         let s = status(&config);
         s["queued"] == 0 && s["unconfirmed"] == 0
@@ -329,9 +349,17 @@ fn a_door_cut_off_keeps_deciding_offline_and_every_event_reaches_main_once() {
     assert_eq!(log.lines().count(), ids.len(), "{log}");
     let badges: Vec<String> = log
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["badge"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["badge"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert!(badges.iter().all(|b| b.len() == 64), "only hashes on the ledger");
+    assert!(
+        badges.iter().all(|b| b.len() == 64),
+        "only hashes on the ledger"
+    );
     let printed = bot.log.lock().unwrap().join("\n");
     for card in 2..=4u64 {
         assert!(

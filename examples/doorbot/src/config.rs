@@ -263,4 +263,11 @@ contact = { line = 24, active_low = true }
         }
         assert_eq!(parse_duration("7w"), None);
     }
+
+    #[test]
+    fn the_example_config_shipped_beside_the_unit_parses() {
+        let c = Config::parse(include_str!("../doorbot.toml")).expect("the example parses");
+        assert_eq!((c.door.as_str(), c.max_offline), ("front", 7 * 86_400));
+        assert_eq!(c.reader, ReaderConfig::Stdin);
+    }
 }

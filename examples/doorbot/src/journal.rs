@@ -1,7 +1,10 @@
 //! The event journal: every decided event, signed with the controller's
-//! key, appended to `events.jsonl` and synced **before** the door opens,
-//! so an event the door acted on is never lost, even to a kill -9 a
-//! moment later. `events.cursor` counts how many lines the node holds
+//! key, is written to `events.jsonl` **before** the door opens, so an
+//! event the door acted on is never lost to a crash, a kill -9 or a
+//! watchdog restart a moment later (the kernel holds the write); it is
+//! synced to the disk right after the outputs moved, so the strike does
+//! not wait for an SD card's flush (tens of milliseconds), and only a
+//! power cut inside those few milliseconds could lose that one event. `events.cursor` counts how many lines the node holds
 //! (its mempool is durable; offline, its side branch keeps them) and how
 //! many are on main. Lines are sent again from the cursor after a
 //! restart; the node answers a line it has with its state, so nothing is
@@ -166,7 +169,8 @@ impl Journal {
     }
 
     /// Signs `event` (decided at `time`, for `door` on `chain`) and
-    /// appends it, synced. Returns its id once it is on disk.
+    /// appends it; returns its id once the kernel has it (a crash of
+    /// this process cannot lose it). [`Journal::sync`] puts it on disk.
     pub fn record(
         &mut self,
         key: &Keypair,
@@ -198,7 +202,6 @@ impl Journal {
         let mut bytes = line.clone().into_bytes();
         bytes.push(b'\n');
         self.file.write_all(&bytes).map_err(io(&path))?;
-        self.file.sync_data().map_err(io(&path))?;
         self.last_nonce = nonce;
         let id = Recorded::of(&line)
             .map(|r| r.id)
@@ -227,20 +230,23 @@ impl Journal {
             .collect()
     }
 
-    /// The node holds every line before `upto`.
-    pub fn sent(&mut self, upto: usize) -> Result<(), JournalError> {
-        if upto > self.cursor.sent {
-            self.cursor.sent = upto.min(self.lines.len());
-            self.save_cursor()?;
+    /// The node holds every line before `upto`; the cursor to save with
+    /// [`Journal::save_cursor`] (outside the lock: the door never waits for
+    /// the uplink's disk), if it moved.
+    pub fn sent(&mut self, upto: usize) -> Option<Cursor> {
+        if upto <= self.cursor.sent {
+            return None;
         }
-        Ok(())
+        self.cursor.sent = upto.min(self.lines.len());
+        Some(self.cursor)
     }
 
-    /// Main holds every line before `upto`; a journal all on main that
-    /// grew large starts afresh (the old one kept as `events.done.jsonl`).
-    pub fn committed(&mut self, upto: usize) -> Result<(), JournalError> {
+    /// Main holds every line before `upto`; the cursor to save, if it
+    /// moved. A journal all on main that grew large starts afresh (the old
+    /// one kept as `events.done.jsonl`).
+    pub fn committed(&mut self, upto: usize) -> Result<Option<Cursor>, JournalError> {
         if upto <= self.cursor.committed {
-            return Ok(());
+            return Ok(None);
         }
         self.cursor.committed = upto.min(self.cursor.sent);
         let path = self.dir.join(FILE);
@@ -256,13 +262,20 @@ impl Journal {
             self.lines.clear();
             self.cursor = Cursor::default();
         }
-        self.save_cursor()
+        Ok(Some(self.cursor))
     }
 
-    fn save_cursor(&self) -> Result<(), JournalError> {
-        let path = self.dir.join(CURSOR);
-        let bytes = serde_json::to_vec(&self.cursor).expect("a cursor serializes");
+    /// Saves `cursor` durably in `dir` (by one thread only: the uplink's).
+    pub fn save_cursor(dir: &Path, cursor: Cursor) -> Result<(), JournalError> {
+        let path = dir.join(CURSOR);
+        let bytes = serde_json::to_vec(&cursor).expect("a cursor serializes");
         crate::durable::write(&path, &bytes).map_err(io(&path))
+    }
+
+    /// A handle on the journal's file to sync it from another thread
+    /// (the door's thread never waits for the disk).
+    pub fn sync_handle(&self) -> Result<std::fs::File, JournalError> {
+        self.file.try_clone().map_err(io(&self.dir.join(FILE)))
     }
 
     /// How far the lines have gone.
@@ -336,7 +349,8 @@ mod tests {
         let b = j
             .record(&key, "c", "front", &event(false), 101)
             .expect("record");
-        j.sent(1).expect("sent");
+        let c = j.sent(1).expect("moved");
+        Journal::save_cursor(dir.path(), c).expect("saved");
         drop(j);
         // A half-written line at the end, as a kill -9 mid-write leaves.
         let mut f = std::fs::OpenOptions::new()
@@ -375,7 +389,14 @@ mod tests {
             .collect();
         assert!(nonces.windows(2).all(|w| w[0] < w[1]), "{nonces:?}");
         assert_eq!(j.ids().last(), Some(&c));
-        j.sent(3).expect("sent");
+        assert_eq!(
+            j.sent(3),
+            Some(Cursor {
+                sent: 3,
+                committed: 0
+            })
+        );
+        assert_eq!(j.sent(2), None, "never back");
         j.committed(3).expect("committed");
         assert!(j.unconfirmed(10).is_empty());
     }

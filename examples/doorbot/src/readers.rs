@@ -684,9 +684,7 @@ mod tests {
         .expect_err("no chip")
         .to_string();
         assert!(err.contains("no-such-gpiochip"), "{err}");
-        if Path::new("/sys/kernel/config/gpio-sim").exists()
-            || Path::new("/dev/uinput").exists()
-        {
+        if Path::new("/sys/kernel/config/gpio-sim").exists() || Path::new("/dev/uinput").exists() {
             eprintln!("gpio-sim or uinput exists here, but no hardware test is written for it yet");
         } else {
             eprintln!(

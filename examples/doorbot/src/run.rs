@@ -2,9 +2,10 @@
 //! reader, the inputs and the node link are threads that send to it.
 //!
 //! Order on a read: hash the card (it is never kept), decide with the
-//! rules in memory, **record the event (synced) before the outputs
-//! change**, then drive them. An event that cannot be recorded keeps the
-//! door shut. Any output error faults the controller: strike off, exit,
+//! rules in memory, **write the event to the journal before the outputs
+//! change**, drive them, then sync the journal to the disk (see
+//! [`crate::journal`]). An event that cannot be written keeps the door
+//! shut. Any output error faults the controller: strike off, exit,
 //! and systemd (or whoever runs it) starts it again.
 
 use std::path::Path;
@@ -114,7 +115,22 @@ pub fn run_with(
     })?;
     let dir = &config.state_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let journal = Arc::new(Mutex::new(Journal::open(dir)?));
+    let journal = Journal::open(dir)?;
+    // The journal is synced to the disk on a thread of its own, right
+    // after each event, so the door's thread never waits for the disk.
+    let (sync_tx, sync_rx) = crossbeam_channel::bounded::<()>(1);
+    let (sync_err_tx, sync_err) = crossbeam_channel::unbounded::<String>();
+    let file = journal.sync_handle()?;
+    std::thread::Builder::new()
+        .name("journal-sync".into())
+        .spawn(move || {
+            while sync_rx.recv().is_ok() {
+                if let Err(e) = file.sync_data() {
+                    let _ = sync_err_tx.send(e.to_string());
+                }
+            }
+        })?;
+    let journal = Arc::new(Mutex::new(journal));
     let mut gate = Gate::new(
         &config.door,
         config.max_offline,
@@ -179,6 +195,7 @@ pub fn run_with(
             break Ok(Ended::Stopped);
         }
         let mut record = None;
+        let mut written = false;
         select! {
             recv(seen_rx) -> seen => match seen {
                 Err(_) => break Ok(Ended::ReaderClosed),
@@ -260,6 +277,7 @@ pub fn run_with(
             );
             match recorded {
                 Ok(id) => {
+                    written = true;
                     let _ = wake_tx.try_send(());
                     eprintln!(
                         "doorbot: {} {} ({}) [{}]",
@@ -281,6 +299,13 @@ pub fn run_with(
             core.fault();
             outputs.all_off();
             break Err(anyhow::anyhow!("an output failed ({e}): the strike is off"));
+        }
+        if written {
+            let _ = sync_tx.try_send(());
+        }
+        if let Ok(e) = sync_err.try_recv() {
+            eprintln!("doorbot: cannot sync the event journal: {e}");
+            last_error = Some(format!("cannot sync the event journal: {e}"));
         }
         if last_status.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             last_status = Some(Instant::now());

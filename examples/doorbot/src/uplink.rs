@@ -144,7 +144,10 @@ fn send(
                     let _ = updates.send(Update::Refused(format!("{id}: {error}")));
                 }
             }
-            if let Err(e) = lock().sent(first + states.len()) {
+            let moved = lock().sent(first + states.len());
+            if let Some(c) = moved
+                && let Err(e) = Journal::save_cursor(&config.state_dir, c)
+            {
                 eprintln!("doorbot: {e}");
                 break;
             }
@@ -167,10 +170,12 @@ fn send(
                 _ => break,
             }
         }
-        if let Some(upto) = upto
-            && let Err(e) = lock().committed(upto)
-        {
-            eprintln!("doorbot: {e}");
+        if let Some(upto) = upto {
+            let moved = lock().committed(upto);
+            match moved.map(|c| c.map(|c| Journal::save_cursor(&config.state_dir, c))) {
+                Ok(Some(Err(e))) | Err(e) => eprintln!("doorbot: {e}"),
+                _ => {}
+            }
         }
     }
 }

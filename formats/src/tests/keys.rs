@@ -195,6 +195,11 @@ fn hostile_transactions_are_refused_with_their_reason() {
         signer == key.public().to_openssh() && nonce == 5
     });
     assert!(matches!(replay, Err(TxError::Replayed { nonce: 5, .. })));
+    let reason = replay.expect_err("a replay").to_string();
+    assert!(crate::tx::is_replay(&reason), "{reason}");
+    for other in ["nonce x was already used by k", "the door is gone", ""] {
+        assert!(!crate::tx::is_replay(other), "{other}");
+    }
 
     // Truncated and oversized lines, extra fields, garbage signer.
     assert!(matches!(
