@@ -55,3 +55,34 @@ fn the_client_and_the_formats_link_no_rocksdb_gix_libcontainer_or_indicatif() {
         }
     }
 }
+
+/// The door controller on a Pi: the client, the formats and the doors
+/// dapp's decision (which needs only the dapp SDK), nothing heavier.
+#[test]
+fn the_door_controller_links_the_client_and_the_doors_decision_only() {
+    let crates = linked("utter-doorbot");
+    for needed in ["utter-client", "utter-doors", "gpiocdev", "evdev"] {
+        assert!(crates.iter().any(|c| c == needed), "{needed}: {crates:?}");
+    }
+    let allowed = [
+        "utter-doorbot",
+        "utter-client",
+        "utter-formats",
+        "utter-doors",
+        "utter-membership",
+        "utter-certifications",
+        "utter-accounting",
+        "utter-dapp-sdk",
+    ];
+    for c in &crates {
+        let heavy = c.contains("rocksdb")
+            || c == "gix"
+            || c.starts_with("gix-")
+            || c.contains("libcontainer")
+            || c == "tokio"
+            || c == "quinn"
+            || c.starts_with("utter-") && !allowed.contains(&c.as_str());
+        assert!(!heavy, "doorbot links {c}");
+    }
+}
+
