@@ -29,6 +29,8 @@ pub struct Options {
     pub reads: usize,
     pub rate: usize,
     pub work: Option<std::path::PathBuf>,
+    /// Where `utter` and `doorbot` are (default: beside this program).
+    pub bin_dir: Option<std::path::PathBuf>,
 }
 
 const SALT: &str = "00112233445566778899aabbccddeeff";
@@ -79,7 +81,10 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    let bin = utter_bin()?;
+    let bin = match &opts.bin_dir {
+        Some(dir) => dir.join("utter"),
+        None => utter_bin()?,
+    };
     let doorbot = bin.with_file_name("doorbot");
     if !doorbot.exists() {
         bail!(
@@ -92,6 +97,10 @@ pub fn run(opts: Options) -> Result<()> {
     println!(
         "## doorbot: badge to relay on a follower node, a makerspace of {} members, 4 validators on loopback",
         opts.members
+    );
+    println!(
+        "binaries: {}",
+        bin.parent().unwrap_or(Path::new(".")).display()
     );
     let dir = work.join("devnet");
     let _ = std::fs::remove_dir_all(&dir);

@@ -137,6 +137,10 @@ enum Bench {
         /// Work directory (default: a temporary directory, removed afterwards)
         #[arg(long)]
         work: Option<PathBuf>,
+        /// The directory of the `utter` and `doorbot` to measure, e.g. a
+        /// release build's (default: beside utter-bench)
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
     },
     /// Door access transactions through a running node at a steady rate:
     /// committed tx/s and submit-to-committed latency
@@ -293,11 +297,13 @@ fn main() -> Result<()> {
             reads,
             rate,
             work,
+            bin_dir,
         } => doorbot::run(doorbot::Options {
             members,
             reads,
             rate,
             work,
+            bin_dir,
         }),
         Bench::Executor { blocks, txs, work } => {
             executor::run(executor::Options { blocks, txs, work })

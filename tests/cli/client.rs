@@ -85,4 +85,3 @@ fn the_door_controller_links_the_client_and_the_doors_decision_only() {
         assert!(!heavy, "doorbot links {c}");
     }
 }
-

@@ -131,6 +131,22 @@ pub fn run_with(
             }
         })?;
     let journal = Arc::new(Mutex::new(journal));
+    let (status_tx, status_rx) = crossbeam_channel::bounded::<Status>(1);
+    let status_dir = dir.clone();
+    std::thread::Builder::new()
+        .name("status".into())
+        .spawn(move || {
+            while let Ok(status) = status_rx.recv() {
+                let bytes = serde_json::to_vec_pretty(&status).expect("a status serializes");
+                let path = status_dir.join(STATUS);
+                let tmp = status_dir.join(".status.json.tmp");
+                if let Err(e) =
+                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path))
+                {
+                    eprintln!("doorbot: cannot write {}: {e}", path.display());
+                }
+            }
+        })?;
     let mut gate = Gate::new(
         &config.door,
         config.max_offline,
@@ -169,7 +185,6 @@ pub fn run_with(
     let ms = || clock.elapsed().as_millis() as Millis;
     let mut core = Core::new(config.timing, config.mode, inputs.has_activity);
     let (mut reachable, mut online, mut unrecorded) = (false, false, 0u64);
-    let mut fresh_saved = 0u64;
     let mut last_status = None::<Instant>;
     let watchdog = crate::notify::Notifier::from_env();
     watchdog.send("READY=1");
@@ -229,14 +244,8 @@ pub fn run_with(
                     reachable = true;
                     online = o;
                     if o && current {
-                        let now = unix_now();
-                        gate.fresh(now);
-                        if now >= fresh_saved + 60 {
-                            if let Err(e) = rules::save_fresh(dir, now) {
-                                last_error = Some(format!("cannot save {}: {e}", dir.display()));
-                            }
-                            fresh_saved = now;
-                        }
+                        // In memory here; the follow thread saves it.
+                        gate.fresh(unix_now());
                     }
                 }
                 Ok(Update::Unreachable(why)) => {
@@ -334,13 +343,9 @@ pub fn run_with(
                 last_events: j.last(10),
             };
             drop(j);
-            let bytes = serde_json::to_vec_pretty(&status).expect("a status serializes");
-            let path = dir.join(STATUS);
-            let tmp = dir.join(".status.json.tmp");
-            if let Err(e) = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path))
-            {
-                eprintln!("doorbot: cannot write {}: {e}", path.display());
-            }
+            // Written by a thread of its own: the door's never waits for
+            // the disk.
+            let _ = status_tx.try_send(status);
         }
     };
     outputs.all_off();

@@ -74,6 +74,7 @@ fn client(config: &Config) -> Result<Client, String> {
 fn follow(config: &Config, mut have: Option<String>, updates: &Sender<Update>) {
     let dir: PathBuf = config.state_dir.clone();
     let mut backoff = Duration::from_millis(200);
+    let mut fresh_saved = 0;
     loop {
         let step = (|| -> Result<(), String> {
             let client = client(config)?;
@@ -95,6 +96,16 @@ fn follow(config: &Config, mut have: Option<String>, updates: &Sender<Update>) {
             let current = have.as_deref() == Some(head.as_str());
             if updates.send(Update::Node { online, current }).is_err() {
                 return Ok(());
+            }
+            let now = utter_formats::now();
+            if online && current && now >= fresh_saved + 60 {
+                if let Err(e) = crate::rules::save_fresh(&dir, now) {
+                    let _ = updates.send(Update::SaveFailed(format!(
+                        "cannot save {}: {e}",
+                        dir.display()
+                    )));
+                }
+                fresh_saved = now;
             }
             // Wait for the next block (or 2 s, to report again).
             let _ = client.blocks(Some(status.head), Duration::from_secs(2), Some(1));
