@@ -25,8 +25,8 @@ pub struct Options {
     pub work: Option<std::path::PathBuf>,
 }
 
-/// Stops the devnet when dropped.
-struct Devnet<'a>(&'a Path, &'a Path);
+/// Stops the devnet (`utter`, its dir) when dropped.
+pub(crate) struct Devnet<'a>(pub(crate) &'a Path, pub(crate) &'a Path);
 
 impl Drop for Devnet<'_> {
     fn drop(&mut self) {

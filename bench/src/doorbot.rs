@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use utter_client::Client;
 
+use crate::cluster::Devnet;
 use crate::node::{door_load, offer, utter};
 use crate::utter_bin;
 
@@ -40,17 +41,6 @@ fn badge(card: u64) -> String {
     h.update(SALT.as_bytes());
     h.update(format!("{card:010}").as_bytes());
     h.finalize().to_hex().to_string()
-}
-
-struct Devnet<'a>(&'a Path, &'a Path);
-
-impl Drop for Devnet<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new(self.0)
-            .args(["devnet", "down", "--dir"])
-            .arg(self.1)
-            .output();
-    }
 }
 
 struct Bot(Child);

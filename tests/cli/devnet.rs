@@ -18,7 +18,7 @@ use utter_ledger::key::Keypair;
 use utter_ledger::{BlockId, Ledger, MAIN, TxId};
 
 use super::*;
-use crate::net::Node;
+use crate::net::{Lan, Node};
 
 /// Stops the devnet however the test ends.
 struct Devnet(PathBuf);
@@ -552,37 +552,17 @@ fn partitions_heal_a_cut_off_follower_catches_up_and_a_killed_validator_rejoins_
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use crate::net::{Lan, in_ns};
+    use crate::net::in_ns;
 
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: network namespaces need root");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    ok(devnet(&[
-        "up",
-        "--no-start",
-        "--validators",
-        "4",
-        "--followers",
-        "1",
-        "--dir",
-    ])
-    .arg(&dir));
-    let lan = Lan::new(5, &["loss", "10%"]).expect("ip netns works as root");
-    let names = ["v1", "v2", "v3", "v4", "f1"];
-    let data = |i: usize| dir.join(names[i - 1]);
-    let addr = |i: usize| format!("10.77.0.{i}:7448");
-    let start = |i: usize| {
-        let mut extra = vec!["--round-ms".to_string(), "500".to_string()];
-        for v in (1..=4).filter(|v| *v != i) {
-            extra.push("--peer".into());
-            extra.push(addr(v));
-        }
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        Node::start(&data(i), Some(&lan.ns(i)), &addr(i), &extra)
-    };
+    let net = NetnsDevnet::new(tmp.path(), &["loss", "10%"]);
+    let lan = &net.lan;
+    let data = |i: usize| net.data(i);
+    let start = |i: usize| net.start(i);
     let mut nodes: Vec<Option<Node>> = (1..=5).map(|i| Some(start(i))).collect();
 
     // A steady load: one signer per node (so nonces never race), one
@@ -787,6 +767,61 @@ fn committed_everywhere(nodes: &[&Node], accepted: &[TxId]) {
 }
 
 /// A devnet's validators made by `devnet up --no-start`, started one by
+/// Four validators (`v1`…`v4`, hosts 1-4) and a follower (`f1`, host 5)
+/// made by `devnet up --no-start`, each in a network namespace of its own
+/// on one LAN (`netem` on the links when the kernel has it).
+///
+/// One at a time in this process: two of them (ten nodes re-executing in
+/// containers) on a 2-core machine starve each other's rounds, and a test
+/// waiting two minutes for a commit then fails for the machine, not for
+/// what it tests.
+pub(crate) struct NetnsDevnet {
+    pub dir: PathBuf,
+    pub lan: Lan,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl NetnsDevnet {
+    pub(crate) fn new(tmp: &Path, netem: &[&str]) -> Self {
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tmp.join("net");
+        ok(devnet(&[
+            "up",
+            "--no-start",
+            "--validators",
+            "4",
+            "--followers",
+            "1",
+            "--dir",
+        ])
+        .arg(&dir));
+        let lan = Lan::new(5, netem).expect("ip netns works as root");
+        Self {
+            dir,
+            lan,
+            _one_at_a_time: one,
+        }
+    }
+
+    /// Host `i`'s data dir.
+    pub(crate) fn data(&self, i: usize) -> PathBuf {
+        self.dir.join(["v1", "v2", "v3", "v4", "f1"][i - 1])
+    }
+
+    /// Starts host `i`'s node in its namespace, peered with the validators.
+    pub(crate) fn start(&self, i: usize) -> Node {
+        let addr = |i: usize| format!("10.77.0.{i}:7448");
+        let mut extra = vec!["--round-ms".to_string(), "500".to_string()];
+        for v in (1..=4).filter(|v| *v != i) {
+            extra.push("--peer".into());
+            extra.push(addr(v));
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Node::start(&self.data(i), Some(&self.lan.ns(i)), &addr(i), &extra)
+    }
+}
+
 /// one on loopback (each with its own environment).
 struct Validators {
     dir: PathBuf,

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use utter_formats::TxId;
 
 use super::*;
-use crate::devnet::{committed, devnet, height, wait_until};
-use crate::net::{Lan, Node, in_ns};
+use crate::devnet::{NetnsDevnet, committed, height, wait_until};
+use crate::net::{Node, in_ns};
 
 const SALT: &str = "0123456789abcdef0123456789abcdef";
 
@@ -162,30 +162,10 @@ fn a_door_cut_off_keeps_deciding_offline_and_every_event_reaches_main_once() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("net");
-    ok(devnet(&[
-        "up",
-        "--no-start",
-        "--validators",
-        "4",
-        "--followers",
-        "1",
-        "--dir",
-    ])
-    .arg(&dir));
-    let lan = Lan::new(5, &[]).expect("ip netns works as root");
-    let names = ["v1", "v2", "v3", "v4", "f1"];
-    let data = |i: usize| dir.join(names[i - 1]);
-    let addr = |i: usize| format!("10.77.0.{i}:7448");
-    let start = |i: usize| {
-        let mut extra = vec!["--round-ms".to_string(), "500".to_string()];
-        for v in (1..=4).filter(|v| *v != i) {
-            extra.push("--peer".into());
-            extra.push(addr(v));
-        }
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        Node::start(&data(i), Some(&lan.ns(i)), &addr(i), &extra)
-    };
+    let net = NetnsDevnet::new(tmp.path(), &[]);
+    let lan = &net.lan;
+    let data = |i: usize| net.data(i);
+    let start = |i: usize| net.start(i);
     let mut nodes: Vec<Option<Node>> = (1..=5).map(|i| Some(start(i))).collect();
 
     // The makerspace: Ada (admin), Max, Sue (suspended), Cy; the front
