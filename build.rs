@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (package, binary) of every built-in dapp.
-const DAPPS: [(&str, &str); 5] = [
+const DAPPS: [(&str, &str); 6] = [
     ("utter-membership", "membership"),
     ("utter-certifications", "certifications"),
     ("utter-doors", "doors"),
     ("utter-accounting", "accounting"),
+    ("utter-leases", "leases"),
     ("utter-invariants", "invariants"),
 ];
 
@@ -28,6 +29,7 @@ fn main() {
         "dapps/certifications",
         "dapps/doors",
         "dapps/accounting",
+        "dapps/leases",
         "dapps/invariants",
     ] {
         println!("cargo:rerun-if-changed={}", manifest.join(dir).display());

@@ -2,7 +2,7 @@
 //! binary carries; `utter init` packages each as an image.
 
 /// (name, executable) of every built-in dapp.
-pub const BUILTIN: [(&str, &[u8]); 5] = [
+pub const BUILTIN: [(&str, &[u8]); 6] = [
     (
         "membership",
         include_bytes!(concat!(env!("OUT_DIR"), "/membership")),
@@ -16,6 +16,7 @@ pub const BUILTIN: [(&str, &[u8]); 5] = [
         "accounting",
         include_bytes!(concat!(env!("OUT_DIR"), "/accounting")),
     ),
+    ("leases", include_bytes!(concat!(env!("OUT_DIR"), "/leases"))),
     (
         "invariants",
         include_bytes!(concat!(env!("OUT_DIR"), "/invariants")),

@@ -566,7 +566,7 @@ pub fn run(dir: &Path, args: DemoArgs) -> Result<ExitCode> {
         net.display()
     );
     println!(
-        "  one genesis with the built-in dapps membership, certifications, doors, accounting and the test dapp invariants; v1's API on {}",
+        "  one genesis with the built-in dapps membership, certifications, doors, accounting, leases and the test dapp invariants; v1's API on {}",
         api("v1")?.base()
     );
     let mut d = Demo {

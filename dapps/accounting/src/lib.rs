@@ -12,7 +12,8 @@
 //! State (JSON, keys sorted):
 //! ```text
 //! balances/<id>.json           {"key","balance"}: a member's credits
-//! escrows/<name>.json          {"name","payer","payee","amount","opened"}
+//! escrows/<name>.json          {"name","payer","payee","amount","opened"
+//!                               [,"lease":true,"paid_in","paid"]}
 //! totals.json                  {"issued","dues"}: credits minted, dues paid
 //! config.json                  {"dues_per_month"}
 //! dues/<id>                    Unix time the member's dues are paid until
@@ -28,7 +29,18 @@
 //! - `transfer {to, amount, memo?}` from the signer's balance
 //! - `escrow-open {name, payee, amount}` from the signer's balance
 //! - `escrow-release {name, pay}`: `pay` to the payee, the rest back to
-//!   the payer; signed by the payer or a treasurer
+//!   the payer; signed by the payer or a treasurer (not a lease's escrow)
+//! - `escrow-open {name, payee, amount, lease: true}` opens a **lease
+//!   escrow**: the credits a compute lease drains. Only the `leases`
+//!   dapp's record decides where they go; no one may release them:
+//!   - `escrow-add {name, amount}`: any member adds credits to a lease
+//!     escrow (a top-up; the `leases` dapp counts it from then on)
+//!   - `escrow-settle {names}`: anyone moves, per lease escrow, what the
+//!     `leases` dapp's `settle/<name>.json` (as of the parent block) says
+//!     the provider has earned and was not paid yet; when that record says
+//!     the lease is closed, the rest goes back to the payer and the escrow
+//!     closes. A lease escrow no lease claimed is returned to the payer
+//!     [`UNCLAIMED`] seconds after it opened.
 //! - `set-dues {per_month}` (a treasurer)
 //! - `pay-dues {months, member?}`: `months` × the dues from the signer's
 //!   balance; extends the member's (default: the signer's) paid-until by
@@ -38,7 +50,9 @@
 //! rejected, and [`test`] checks every balance and that the accounts
 //! balance (members + escrows + dues = issued).
 //!
-//! Depends on `utter-dapp-sdk` and `utter-membership`.
+//! Depends on `utter-dapp-sdk` and `utter-membership`; reads the `leases`
+//! dapp's settle records by their documented path (no crate dependency,
+//! since `utter-leases` reads these escrows).
 
 use utter_dapp_sdk::{Context, Error, Outcome, State, Tx, Value, date, json};
 use utter_membership::{Member, key_id, member};
@@ -54,6 +68,11 @@ pub const MAX_AMOUNT: u64 = 1_000_000_000_000;
 pub const MONTH: u64 = 30 * 86_400;
 /// Months of dues one transaction may pay.
 pub const MAX_MONTHS: u64 = 24;
+/// Seconds after which a lease escrow that no lease claimed goes back to
+/// its payer (the `leases` dapp claims one only in its first half).
+pub const UNCLAIMED: u64 = 600;
+/// Escrows one `escrow-settle` may name.
+pub const MAX_SETTLE: usize = 256;
 
 /// `members:<id>`: the account of a member.
 pub fn member_account(id: &str) -> String {
@@ -143,22 +162,79 @@ pub struct Escrow {
     pub amount: u64,
     /// Block time it was opened.
     pub opened: u64,
+    /// A lease escrow: the `leases` dapp's record decides where it goes.
+    pub lease: bool,
+    /// Credits ever paid in (the opening amount and every `escrow-add`).
+    pub paid_in: u64,
+    /// Credits paid out to the payee so far.
+    pub paid: u64,
 }
 
 impl Escrow {
     fn to_json(&self) -> Value {
-        json!({"name": self.name, "payer": self.payer, "payee": self.payee,
-               "amount": self.amount, "opened": self.opened})
+        if self.lease {
+            json!({"name": self.name, "payer": self.payer, "payee": self.payee,
+                   "amount": self.amount, "opened": self.opened, "lease": true,
+                   "paid_in": self.paid_in, "paid": self.paid})
+        } else {
+            json!({"name": self.name, "payer": self.payer, "payee": self.payee,
+                   "amount": self.amount, "opened": self.opened})
+        }
     }
 
     fn from_json(v: &Value) -> Option<Self> {
+        let amount = v.get("amount")?.as_u64()?;
+        let lease = match v.get("lease") {
+            None => false,
+            Some(b) => b.as_bool()?,
+        };
+        let (paid_in, paid) = if lease {
+            (v.get("paid_in")?.as_u64()?, v.get("paid")?.as_u64()?)
+        } else {
+            (amount, 0)
+        };
+        if lease && paid_in.checked_sub(paid) != Some(amount) {
+            return None;
+        }
         Some(Self {
             name: v.get("name")?.as_str()?.to_string(),
             payer: v.get("payer")?.as_str()?.to_string(),
             payee: v.get("payee")?.as_str()?.to_string(),
-            amount: v.get("amount")?.as_u64()?,
+            amount,
             opened: v.get("opened")?.as_u64()?,
+            lease,
+            paid_in,
+            paid,
         })
+    }
+}
+
+/// What the `leases` dapp's `settle/<name>.json` says of a lease escrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSettle {
+    /// Credits the provider has earned in all.
+    pub earned: u64,
+    /// The lease is over: what was not earned goes back to the payer.
+    pub closed: bool,
+}
+
+/// The `leases` dapp's settle record for escrow `name` (`leases` is that
+/// dapp's state as of the parent block).
+pub fn lease_settle(leases: &mut State, name: &str) -> Result<Option<LeaseSettle>, Error> {
+    if !is_escrow_name(name) {
+        return Ok(None);
+    }
+    let path = format!("settle/{name}.json");
+    let Some(v) = leases.get_json(&path)? else {
+        return Ok(None);
+    };
+    let earned = v.get("earned").and_then(Value::as_u64);
+    let closed = v.get("closed").and_then(Value::as_bool);
+    match (earned, closed) {
+        (Some(earned), Some(closed)) => Ok(Some(LeaseSettle { earned, closed })),
+        _ => Err(Error::from_message(format!(
+            "the leases dapp's {path} is not a settle record"
+        ))),
     }
 }
 
@@ -284,14 +360,17 @@ pub fn journal(state: &mut State) -> Result<Vec<Entry>, Error> {
 
 type Verdict = Result<Option<Value>, String>;
 
-/// Applies one transaction; `members` is the membership dapp's state.
-pub fn apply(
-    ctx: &Context,
-    tx: &Tx,
-    state: &mut State,
-    members: &mut State,
-) -> Result<Outcome, Error> {
-    Ok(match run(ctx, tx, state, members)? {
+/// The other dapps' states accounting reads, as of the parent block.
+pub struct Chain<'a> {
+    /// The membership dapp's.
+    pub members: &'a mut State,
+    /// The leases dapp's (its settle records).
+    pub leases: &'a mut State,
+}
+
+/// Applies one transaction.
+pub fn apply(ctx: &Context, tx: &Tx, state: &mut State, chain: Chain<'_>) -> Result<Outcome, Error> {
+    Ok(match run(ctx, tx, state, chain)? {
         Ok(out) => Outcome::Accepted(out),
         Err(reason) => Outcome::Rejected(reason),
     })
@@ -417,17 +496,19 @@ struct Act<'a> {
     tx: &'a Tx,
     books: Books<'a>,
     members: &'a mut State,
+    leases: &'a mut State,
     signer: Member,
     treasurer: bool,
 }
 
-fn run(ctx: &Context, tx: &Tx, state: &mut State, members: &mut State) -> Result<Verdict, Error> {
-    let signer = check!(active_member(members, &tx.signer, "the signer")?);
+fn run(ctx: &Context, tx: &Tx, state: &mut State, chain: Chain<'_>) -> Result<Verdict, Error> {
+    let signer = check!(active_member(chain.members, &tx.signer, "the signer")?);
     let mut act = Act {
         ctx,
         tx,
         books: Books { state },
-        members,
+        members: chain.members,
+        leases: chain.leases,
         treasurer: signer.has_role(TREASURER),
         signer,
     };
@@ -436,11 +517,13 @@ fn run(ctx: &Context, tx: &Tx, state: &mut State, members: &mut State) -> Result
         "transfer" => act.transfer(),
         "escrow-open" => act.escrow_open(),
         "escrow-release" => act.escrow_release(),
+        "escrow-add" => act.escrow_add(),
+        "escrow-settle" => act.escrow_settle(),
         "set-dues" => act.set_dues(),
         "pay-dues" => act.pay_dues(),
         other => Ok(Err(format!(
             "unknown action {other:?}: expected mint, transfer, escrow-open, escrow-release, \
-             set-dues or pay-dues"
+             escrow-add, escrow-settle, set-dues or pay-dues"
         ))),
     }
 }
@@ -517,6 +600,11 @@ impl Act<'_> {
         }
         let payee = check!(self.member_arg("payee", "the payee")?);
         let n = check!(amount_arg(self.tx, "amount", false));
+        let lease = match self.tx.args.get("lease") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Ok(Err("args.lease must be true or false".into())),
+        };
         let signer = self.signer.clone();
         check!(self.books.debit(&signer.key, &signer.name, n)?);
         let e = Escrow {
@@ -525,6 +613,9 @@ impl Act<'_> {
             payee: payee.key.clone(),
             amount: n,
             opened: self.ctx.time,
+            lease,
+            paid_in: n,
+            paid: 0,
         };
         self.books
             .state
@@ -543,6 +634,12 @@ impl Act<'_> {
         let Some(e) = escrow(self.books.state, name)? else {
             return Ok(Err(format!("there is no open escrow {name:?}")));
         };
+        if e.lease {
+            return Ok(Err(format!(
+                "escrow {name} holds a compute lease's credits, which only the lease's \
+                 record releases: close the lease (utter lease close {name}) and settle it"
+            )));
+        }
         if e.payer != self.signer.key && !self.treasurer {
             return Ok(Err(format!(
                 "only the payer or a treasurer may release escrow {name}"
@@ -569,6 +666,101 @@ impl Act<'_> {
         let memo = format!("escrow {name}: {pay} {COMMODITY} paid, {back} {COMMODITY} returned");
         self.record(memo, postings)?;
         Ok(Ok(None))
+    }
+
+    fn escrow_add(&mut self) -> Result<Verdict, Error> {
+        let name = check!(self.tx.str_arg("name"));
+        let Some(mut e) = escrow(self.books.state, name)? else {
+            return Ok(Err(format!("there is no open escrow {name:?}")));
+        };
+        if !e.lease {
+            return Ok(Err(format!(
+                "escrow {name} is not a lease's; only a lease escrow takes top-ups"
+            )));
+        }
+        let n = check!(amount_arg(self.tx, "amount", false));
+        if e.paid_in + n > MAX_AMOUNT {
+            return Ok(Err(format!(
+                "escrow {name} would hold more than {MAX_AMOUNT} {COMMODITY}"
+            )));
+        }
+        let signer = self.signer.clone();
+        check!(self.books.debit(&signer.key, &signer.name, n)?);
+        e.amount += n;
+        e.paid_in += n;
+        self.books
+            .state
+            .put_json(&escrow_path(name), &e.to_json())?;
+        let postings = vec![
+            (format!("escrow:{name}"), signed(n)),
+            (member_account(&Books::id(&signer.key)), -signed(n)),
+        ];
+        let memo = format!("{} tops up lease {name} by {n} {COMMODITY}", signer.name);
+        self.record(memo, postings)?;
+        Ok(Ok(Some(json!({"amount": e.amount, "paid_in": e.paid_in}))))
+    }
+
+    /// Settles each named lease escrow by the leases dapp's record; says
+    /// per escrow what it paid and returned.
+    fn escrow_settle(&mut self) -> Result<Verdict, Error> {
+        let names = check!(self.tx.strs_arg("names"));
+        if names.is_empty() || names.len() > MAX_SETTLE {
+            return Ok(Err(format!("args.names must list 1-{MAX_SETTLE} escrows")));
+        }
+        let mut done = Vec::new();
+        for name in &names {
+            let Some(mut e) = escrow(self.books.state, name)? else {
+                done.push(json!({"name": name, "settled": "no open escrow"}));
+                continue;
+            };
+            if !e.lease {
+                return Ok(Err(format!(
+                    "escrow {name} is not a lease's; release it with escrow-release"
+                )));
+            }
+            let (earned, closed) = match lease_settle(self.leases, name)? {
+                Some(s) => (s.earned.min(e.paid_in), s.closed),
+                None if self.ctx.time >= e.opened + UNCLAIMED => (0, true),
+                None => {
+                    done.push(json!({"name": name, "settled": "no lease claimed it yet"}));
+                    continue;
+                }
+            };
+            let pay = earned.saturating_sub(e.paid).min(e.amount);
+            let back = if closed { e.amount - pay } else { 0 };
+            if pay == 0 && !closed {
+                done.push(json!({"name": name, "paid": 0}));
+                continue;
+            }
+            let mut postings = vec![(format!("escrow:{name}"), -signed(pay + back))];
+            if pay > 0 {
+                self.books.credit(&e.payee, pay)?;
+                postings.push((member_account(&Books::id(&e.payee)), signed(pay)));
+            }
+            if back > 0 {
+                self.books.credit(&e.payer, back)?;
+                postings.push((member_account(&Books::id(&e.payer)), signed(back)));
+            }
+            e.amount -= pay + back;
+            e.paid += pay;
+            if closed {
+                self.books.state.remove(&escrow_path(name))?;
+            } else {
+                self.books
+                    .state
+                    .put_json(&escrow_path(name), &e.to_json())?;
+            }
+            let memo = if closed {
+                format!("lease {name}: {pay} {COMMODITY} earned, {back} {COMMODITY} returned")
+            } else {
+                format!("lease {name}: {pay} {COMMODITY} earned")
+            };
+            if pay + back > 0 {
+                self.record(memo, postings)?;
+            }
+            done.push(json!({"name": name, "paid": pay, "returned": back, "closed": closed}));
+        }
+        Ok(Ok(Some(Value::Array(done))))
     }
 
     fn set_dues(&mut self) -> Result<Verdict, Error> {

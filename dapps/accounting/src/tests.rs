@@ -15,9 +15,10 @@ fn ctx(height: u64) -> Context {
 }
 
 struct World {
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
     members: State,
     books: State,
+    leases: State,
     height: u64,
 }
 
@@ -29,6 +30,7 @@ const SUE: u8 = 4;
 /// Ada (admin, treasurer), Alice, Bob, and Sue (suspended).
 fn world() -> World {
     let dirs = (
+        tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
@@ -63,10 +65,12 @@ fn world() -> World {
         members.flush().expect("flush");
     }
     let books = State::at(dirs.1.path());
+    let leases = State::at(dirs.2.path());
     World {
         _dirs: dirs,
         members,
         books,
+        leases,
         height: 0,
     }
 }
@@ -79,7 +83,10 @@ impl World {
             &ctx(self.height),
             &Tx::new(&key(signer), action, args),
             &mut self.books,
-            &mut self.members,
+            Chain {
+                members: &mut self.members,
+                leases: &mut self.leases,
+            },
         )
         .expect("apply");
         self.books.flush().expect("flush");
@@ -317,4 +324,118 @@ fn damaged_books_fail_the_test() {
         .expect("put");
     let err = test(&mut w.books).expect_err("credits from nowhere");
     assert!(err.to_string().contains("do not balance"), "{err}");
+}
+
+impl World {
+    /// Writes the leases dapp's settle record for `name`.
+    fn settle_record(&mut self, name: &str, earned: u64, closed: bool) {
+        self.leases
+            .put_json(
+                &format!("settle/{name}.json"),
+                &json!({"lease": name, "earned": earned, "closed": closed}),
+            )
+            .expect("put");
+        self.leases.flush().expect("flush");
+    }
+}
+
+#[test]
+fn lease_escrows_pay_only_what_the_lease_earned_and_return_the_rest() {
+    let mut w = world();
+    w.run(TREASURER_KEY, "mint", json!({"to": key(ALICE), "amount": 100}));
+    w.run(TREASURER_KEY, "mint", json!({"to": key(BOB), "amount": 50}));
+    let open = json!({"name": "lease-a1", "payee": key(BOB), "amount": 60, "lease": true});
+    expect(w.run(ALICE, "escrow-open", open), "accepted");
+    // Nobody releases a lease's credits by hand, not even the payer.
+    expect(
+        w.run(ALICE, "escrow-release", json!({"name": "lease-a1", "pay": 0})),
+        "only the lease's record releases",
+    );
+    expect(
+        w.run(TREASURER_KEY, "escrow-release", json!({"name": "lease-a1", "pay": 60})),
+        "only the lease's record releases",
+    );
+    // Before the leases dapp claims it, settling moves nothing.
+    let settle = json!({"names": ["lease-a1"]});
+    expect(w.run(BOB, "escrow-settle", settle.clone()), "accepted");
+    assert_eq!(w.balance(BOB), 50);
+    // Any member tops up; only lease escrows take top-ups.
+    expect(
+        w.run(BOB, "escrow-add", json!({"name": "lease-a1", "amount": 10})),
+        "accepted",
+    );
+    expect(
+        w.run(BOB, "escrow-add", json!({"name": "lease-a1", "amount": 41})),
+        "less than 41",
+    );
+    // The provider is paid what the lease earned, never more than was paid in.
+    w.settle_record("lease-a1", 25, false);
+    expect(w.run(BOB, "escrow-settle", settle.clone()), "accepted");
+    assert_eq!(w.balance(BOB), 40 + 25);
+    expect(w.run(BOB, "escrow-settle", settle.clone()), "accepted");
+    assert_eq!(w.balance(BOB), 65, "settling twice pays once");
+    w.settle_record("lease-a1", 1_000, false);
+    expect(w.run(ALICE, "escrow-settle", settle.clone()), "accepted");
+    assert_eq!(w.balance(BOB), 40 + 70, "capped at the 70 paid in");
+    let e = escrow(&mut w.books, "lease-a1").expect("read").expect("open");
+    assert_eq!((e.amount, e.paid_in, e.paid), (0, 70, 70));
+
+    // Closed: the rest goes back to the payer, exactly, and the escrow ends.
+    let open = json!({"name": "lease-b2", "payee": key(BOB), "amount": 30, "lease": true});
+    expect(w.run(ALICE, "escrow-open", open), "accepted");
+    w.settle_record("lease-b2", 7, true);
+    expect(
+        w.run(ALICE, "escrow-settle", json!({"names": ["lease-b2"]})),
+        "accepted",
+    );
+    assert_eq!(w.balance(BOB), 117);
+    assert_eq!(w.balance(ALICE), 100 - 60 - 30 + 23);
+    assert!(escrow(&mut w.books, "lease-b2").expect("read").is_none());
+    expect(
+        w.run(ALICE, "escrow-add", json!({"name": "lease-b2", "amount": 1})),
+        "no open escrow",
+    );
+
+    // An escrow no lease claimed goes back to its payer after UNCLAIMED.
+    let open = json!({"name": "lease-c3", "payee": key(BOB), "amount": 5, "lease": true});
+    expect(w.run(ALICE, "escrow-open", open), "accepted");
+    let before = w.balance(ALICE);
+    w.height += UNCLAIMED;
+    expect(
+        w.run(BOB, "escrow-settle", json!({"names": ["lease-c3"]})),
+        "accepted",
+    );
+    assert_eq!(w.balance(ALICE), before + 5);
+
+    // A plain escrow is not settled by a lease record, nor topped up.
+    let open = json!({"name": "plain", "payee": key(BOB), "amount": 5});
+    expect(w.run(ALICE, "escrow-open", open), "accepted");
+    w.settle_record("plain", 5, true);
+    expect(
+        w.run(BOB, "escrow-settle", json!({"names": ["plain"]})),
+        "is not a lease's",
+    );
+    expect(
+        w.run(ALICE, "escrow-add", json!({"name": "plain", "amount": 1})),
+        "is not a lease's",
+    );
+    // A damaged settle record fails the block rather than paying anyone.
+    let open = json!({"name": "lease-d4", "payee": key(BOB), "amount": 5, "lease": true});
+    expect(w.run(ALICE, "escrow-open", open), "accepted");
+    w.leases
+        .put("settle/lease-d4.json", "{\"earned\": -1}")
+        .expect("put");
+    w.leases.flush().expect("flush");
+    w.height += 1;
+    let err = apply(
+        &ctx(w.height),
+        &Tx::new(&key(BOB), "escrow-settle", json!({"names": ["lease-d4"]})),
+        &mut w.books,
+        Chain {
+            members: &mut w.members,
+            leases: &mut w.leases,
+        },
+    )
+    .expect_err("a damaged record is an error");
+    assert!(err.to_string().contains("not a settle record"), "{err}");
 }

@@ -730,12 +730,11 @@ mod tests {
                 tx(&admin, "set-dues", json!({"per_month": 10})),
                 tx(&m, "pay-dues", json!({"months": 1})),
             ] {
-                accepted(utter_accounting::apply(
-                    &ctx,
-                    &t,
-                    &mut accounts,
-                    &mut members,
-                ));
+                let chain = utter_accounting::Chain {
+                    members: &mut members,
+                    leases: &mut State::in_memory([]),
+                };
+                accepted(utter_accounting::apply(&ctx, &t, &mut accounts, chain));
             }
             accounts.flush().expect("flush");
         }
