@@ -16,7 +16,10 @@ pub const BUILTIN: [(&str, &[u8]); 6] = [
         "accounting",
         include_bytes!(concat!(env!("OUT_DIR"), "/accounting")),
     ),
-    ("leases", include_bytes!(concat!(env!("OUT_DIR"), "/leases"))),
+    (
+        "leases",
+        include_bytes!(concat!(env!("OUT_DIR"), "/leases")),
+    ),
     (
         "invariants",
         include_bytes!(concat!(env!("OUT_DIR"), "/invariants")),

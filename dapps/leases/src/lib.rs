@@ -305,7 +305,9 @@ impl Lease {
 
     /// Billing stops here without another heartbeat.
     fn lapse(&self) -> u64 {
-        self.heard.unwrap_or(self.at).saturating_add(HEARTBEAT_WINDOW)
+        self.heard
+            .unwrap_or(self.at)
+            .saturating_add(HEARTBEAT_WINDOW)
     }
 
     /// What the lease is at time `t`: a pure function of the record.
@@ -367,6 +369,15 @@ impl Lease {
         view.used = self.cost(view.billed).min(self.deposits);
         view.balance = self.deposits - view.used;
         view
+    }
+
+    /// The events that time alone makes by `t` and no transaction has
+    /// recorded yet (the low warning, the halt, the destruction), at the
+    /// seconds the chain will record them.
+    pub fn events_due(&self, t: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        self.clone().checkpoint(t, &mut events);
+        events
     }
 
     /// Records what happened up to `t`: the low warning, a halt at the
@@ -589,10 +600,12 @@ pub fn provider(state: &mut State, key: &str) -> Result<Provider, Error> {
     let Some(id) = key_id(key) else {
         return Ok(Provider::default());
     };
-    Ok(load(state, &format!("providers/{id}.json"))?.unwrap_or_else(|| Provider {
-        key: key.to_string(),
-        ..Provider::default()
-    }))
+    Ok(
+        load(state, &format!("providers/{id}.json"))?.unwrap_or_else(|| Provider {
+            key: key.to_string(),
+            ..Provider::default()
+        }),
+    )
 }
 
 /// The record of the payer with `key` (empty when it has none).
@@ -600,10 +613,12 @@ pub fn payer(state: &mut State, key: &str) -> Result<Payer, Error> {
     let Some(id) = key_id(key) else {
         return Ok(Payer::default());
     };
-    Ok(load(state, &format!("payers/{id}.json"))?.unwrap_or_else(|| Payer {
-        key: key.to_string(),
-        ..Payer::default()
-    }))
+    Ok(
+        load(state, &format!("payers/{id}.json"))?.unwrap_or_else(|| Payer {
+            key: key.to_string(),
+            ..Payer::default()
+        }),
+    )
 }
 
 /// The other dapps' states leases reads, as of the parent block.
@@ -626,7 +641,12 @@ macro_rules! check {
 }
 
 /// Applies one transaction.
-pub fn apply(ctx: &Context, tx: &Tx, state: &mut State, chain: Chain<'_>) -> Result<Outcome, Error> {
+pub fn apply(
+    ctx: &Context,
+    tx: &Tx,
+    state: &mut State,
+    chain: Chain<'_>,
+) -> Result<Outcome, Error> {
     let mut act = Act {
         t: ctx.time,
         tx,
@@ -667,7 +687,9 @@ fn u64_in(tx: &Tx, name: &str, lo: u64, hi: u64) -> Result<u64, String> {
 
 fn is_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -740,7 +762,8 @@ impl Act<'_> {
             lines.push(b'\n');
         }
         if !lines.is_empty() {
-            self.state.append(&format!("events/{}.jsonl", l.id), &lines)?;
+            self.state
+                .append(&format!("events/{}.jsonl", l.id), &lines)?;
         }
         let ended = matches!(l.phase, Phase::Ended { .. });
         let used = l.cost(l.billed).min(l.deposits);
@@ -842,7 +865,9 @@ impl Act<'_> {
         }
         let location = check!(tx.str_arg("location")).to_string();
         if location.len() > 100 || location.chars().any(char::is_control) {
-            return Ok(Err("args.location must be at most 100 printable characters".into()));
+            return Ok(Err(
+                "args.location must be at most 100 printable characters".into(),
+            ));
         }
         let capacity = check!(u64_in(tx, "capacity", 1, MAX_CAPACITY));
         let open = match offer(self.state, name)? {
@@ -928,9 +953,12 @@ impl Act<'_> {
                  to you: open a new one"
             )));
         }
-        if e.paid_in < o.terms.price {
+        // At least a second of running (a minute is not required: short
+        // leases are how a customer tries an offer).
+        if u128::from(e.paid_in) * 60 < u128::from(o.terms.price) {
             return Ok(Err(format!(
-                "escrow {id} holds {} credits, less than one minute of offer {name} ({} credits)",
+                "escrow {id} holds {} credits, less than one second of offer {name} \
+                 ({} credits a minute)",
                 e.paid_in, o.terms.price
             )));
         }
@@ -997,7 +1025,9 @@ impl Act<'_> {
     fn heartbeat(&mut self) -> Result<Verdict, Error> {
         let ids = check!(self.tx.strs_arg("leases"));
         if ids.is_empty() || ids.len() > MAX_HEARTBEAT {
-            return Ok(Err(format!("args.leases must list 1-{MAX_HEARTBEAT} leases")));
+            return Ok(Err(format!(
+                "args.leases must list 1-{MAX_HEARTBEAT} leases"
+            )));
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -1040,7 +1070,9 @@ impl Act<'_> {
         };
         self.save_lease(&l, &[event(self.t, "closed")], moved, false)?;
         let v = l.view(self.t);
-        Ok(Ok(Some(json!({"used": v.used, "returned": l.deposits - v.used}))))
+        Ok(Ok(Some(
+            json!({"used": v.used, "returned": l.deposits - v.used}),
+        )))
     }
 }
 

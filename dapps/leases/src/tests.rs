@@ -45,7 +45,11 @@ fn world() -> World {
                "salt": "00112233445566778899aabbccddeeff"}),
     )];
     for (n, name) in [(ALICE, "Alice"), (BOB, "Bob"), (PROV, "Prov"), (EVE, "Eve")] {
-        txs.push(Tx::new(&admin, "add-member", json!({"key": key(n), "name": name})));
+        txs.push(Tx::new(
+            &admin,
+            "add-member",
+            json!({"key": key(n), "name": name}),
+        ));
     }
     for t in txs {
         let out = utter_membership::apply(&t, &mut members).expect("apply");
@@ -174,7 +178,11 @@ fn a_lease_drains_halts_resumes_on_anyones_top_up_and_is_destroyed_after_grace()
     w.offer("small", 6, 600, 5);
     expect(w.open(T0, ALICE, "lease-a", "small", 60), "accepted");
     assert_eq!(w.get("lease-a").view(T0 + 500).status, Status::Pending);
-    assert_eq!(w.get("lease-a").view(T0 + 500).balance, 60, "not billed before it starts");
+    assert_eq!(
+        w.get("lease-a").view(T0 + 500).balance,
+        60,
+        "not billed before it starts"
+    );
     let start = T0 + 10;
     expect(w.beat(start, &["lease-a"]), "accepted");
     let l = w.get("lease-a");
@@ -195,15 +203,30 @@ fn a_lease_drains_halts_resumes_on_anyones_top_up_and_is_destroyed_after_grace()
     assert_eq!(v.destroy_at, Some(start + 1200));
     expect(w.beat(start + 615, &["lease-a"]), "halted");
     let v = w.get("lease-a").view(start + 900);
-    assert_eq!((v.status, v.used, v.billed), (Status::Halted, 60, 600), "not billed halted");
+    assert_eq!(
+        (v.status, v.used, v.billed),
+        (Status::Halted, 60, 600),
+        "not billed halted"
+    );
 
     // Bob (any key) tops it up during the grace period: it resumes then.
     expect(
-        w.money(start + 700, BOB, "escrow-add", json!({"name": "lease-a", "amount": 30})),
+        w.money(
+            start + 700,
+            BOB,
+            "escrow-add",
+            json!({"name": "lease-a", "amount": 30}),
+        ),
         "accepted",
     );
-    expect(w.lease(start + 701, BOB, "top-up", json!({"lease": "lease-a"})), "running");
-    assert_eq!(w.get("lease-a").view(start + 701).runs_out_at, Some(start + 1001));
+    expect(
+        w.lease(start + 701, BOB, "top-up", json!({"lease": "lease-a"})),
+        "running",
+    );
+    assert_eq!(
+        w.get("lease-a").view(start + 701).runs_out_at,
+        Some(start + 1001)
+    );
     for t in (start + 730..start + 1000).step_by(30) {
         expect(w.beat(t, &["lease-a"]), "accepted");
     }
@@ -211,19 +234,35 @@ fn a_lease_drains_halts_resumes_on_anyones_top_up_and_is_destroyed_after_grace()
     let v = w.get("lease-a").view(start + 1001 + 599);
     assert_eq!(v.status, Status::Halted);
     let v = w.get("lease-a").view(start + 1001 + 600);
-    assert_eq!((v.status, v.ended_at), (Status::Destroyed, Some(start + 1601)));
+    assert_eq!(
+        (v.status, v.ended_at),
+        (Status::Destroyed, Some(start + 1601))
+    );
     expect(w.beat(start + 2000, &["lease-a"]), "destroyed");
     let events = w.events("lease-a");
     let names: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
     assert_eq!(
         names,
-        ["opened", "started", "low", "halted", "top-up", "resumed", "low", "halted", "destroyed"]
+        [
+            "opened",
+            "started",
+            "low",
+            "halted",
+            "top-up",
+            "resumed",
+            "low",
+            "halted",
+            "destroyed"
+        ]
     );
     assert_eq!(events[3].0, start + 600);
     assert_eq!(events[7].0, start + 1001);
     assert_eq!(events[8].0, start + 1601);
     // A destroyed lease takes no top-up and frees its place.
-    expect(w.lease(start + 2001, BOB, "top-up", json!({"lease": "lease-a"})), "has ended");
+    expect(
+        w.lease(start + 2001, BOB, "top-up", json!({"lease": "lease-a"})),
+        "has ended",
+    );
     let o = offer(&mut w.leases, "small").expect("read").expect("there");
     assert!(o.open.is_empty());
 
@@ -247,20 +286,37 @@ fn close_returns_exactly_what_was_not_used() {
     // Settled while it runs: the provider is paid what it earned so far.
     w.settle(T0 + 66, "lease-b");
     assert_eq!(w.balance(PROV), 10);
-    expect(w.lease(T0 + 95, BOB, "close", json!({"lease": "lease-b"})), "only the key that opened");
-    expect(w.lease(T0 + 95, ALICE, "close", json!({"lease": "lease-b"})), "\"returned\":85");
+    expect(
+        w.lease(T0 + 95, BOB, "close", json!({"lease": "lease-b"})),
+        "only the key that opened",
+    );
+    expect(
+        w.lease(T0 + 95, ALICE, "close", json!({"lease": "lease-b"})),
+        "\"returned\":85",
+    );
     w.settle(T0 + 96, "lease-b");
     // 90 s at 10 a minute: 15 to the provider, 85 back to Alice.
     assert_eq!(w.balance(PROV), 15);
     assert_eq!(w.balance(ALICE), 1000 - 15);
     assert!(escrow(&mut w.books, "lease-b").expect("read").is_none());
-    expect(w.lease(T0 + 97, ALICE, "close", json!({"lease": "lease-b"})), "ended already");
+    expect(
+        w.lease(T0 + 97, ALICE, "close", json!({"lease": "lease-b"})),
+        "ended already",
+    );
     // A lease the provider never started costs nothing.
     expect(w.open(T0 + 100, ALICE, "lease-c", "small", 50), "accepted");
-    expect(w.lease(T0 + 400, ALICE, "close", json!({"lease": "lease-c"})), "\"returned\":50");
+    expect(
+        w.lease(T0 + 400, ALICE, "close", json!({"lease": "lease-c"})),
+        "\"returned\":50",
+    );
     w.settle(T0 + 401, "lease-c");
     assert_eq!(w.balance(ALICE), 1000 - 15);
-    assert_eq!(payer(&mut w.leases, &key(ALICE)).expect("read").paid_through, 2);
+    assert_eq!(
+        payer(&mut w.leases, &key(ALICE))
+            .expect("read")
+            .paid_through,
+        2
+    );
 }
 
 #[test]
@@ -274,7 +330,10 @@ fn time_without_heartbeats_is_not_billed_and_counts_against_the_provider() {
     assert_eq!((v.status, v.billed), (Status::Unheard, HEARTBEAT_WINDOW));
     expect(w.beat(T0 + 300, &["lease-d"]), "accepted");
     let l = w.get("lease-d");
-    assert_eq!((l.billed, l.unheard), (HEARTBEAT_WINDOW, 300 - HEARTBEAT_WINDOW));
+    assert_eq!(
+        (l.billed, l.unheard),
+        (HEARTBEAT_WINDOW, 300 - HEARTBEAT_WINDOW)
+    );
     let p = provider(&mut w.leases, &key(PROV)).expect("read");
     assert_eq!(p.uptime_permille(), Some(1000 * 90 / 300));
     // Heartbeats as fast as it likes bill no more than the time that passed.
@@ -284,9 +343,17 @@ fn time_without_heartbeats_is_not_billed_and_counts_against_the_provider() {
     assert_eq!(w.get("lease-d").billed, HEARTBEAT_WINDOW + 10);
     // Nobody else sends its heartbeats; the provider takes no more than
     // the settle record says.
-    expect(w.lease(T0 + 320, EVE, "heartbeat", json!({"leases": ["lease-d"]})), "another provider");
     expect(
-        w.money(T0 + 320, PROV, "escrow-release", json!({"name": "lease-d", "pay": 1000})),
+        w.lease(T0 + 320, EVE, "heartbeat", json!({"leases": ["lease-d"]})),
+        "another provider",
+    );
+    expect(
+        w.money(
+            T0 + 320,
+            PROV,
+            "escrow-release",
+            json!({"name": "lease-d", "pay": 1000}),
+        ),
         "only the lease's record releases",
     );
     w.settle(T0 + 321, "lease-d");
@@ -302,77 +369,170 @@ fn offers_and_keys_hold_only_so_many_leases() {
     expect(w.open(T0, EVE, "lease-3", "two", 10), "at capacity");
     w.settle(T0 + 700, "lease-3");
     assert_eq!(w.balance(EVE), 1000, "the unclaimed escrow went back");
-    expect(w.lease(T0 + 1, BOB, "close", json!({"lease": "lease-2"})), "accepted");
+    expect(
+        w.lease(T0 + 1, BOB, "close", json!({"lease": "lease-2"})),
+        "accepted",
+    );
     expect(w.open(T0 + 2, EVE, "lease-4", "two", 10), "accepted");
 
     // A new key holds BASE_LEASES at once.
     w.offer("many", 1, 600, 100);
     for n in 0..BASE_LEASES - 1 {
-        expect(w.open(T0 + 3, ALICE, &format!("lease-m{n}"), "many", 5), "accepted");
+        expect(
+            w.open(T0 + 3, ALICE, &format!("lease-m{n}"), "many", 5),
+            "accepted",
+        );
     }
-    expect(w.open(T0 + 3, ALICE, "lease-mx", "many", 5), "may hold 3 leases");
+    expect(
+        w.open(T0 + 3, ALICE, "lease-mx", "many", 5),
+        "may hold 3 leases",
+    );
     // Paying one through earns another.
-    expect(w.lease(T0 + 4, ALICE, "close", json!({"lease": "lease-m0"})), "accepted");
+    expect(
+        w.lease(T0 + 4, ALICE, "close", json!({"lease": "lease-m0"})),
+        "accepted",
+    );
     expect(w.open(T0 + 5, ALICE, "lease-my", "many", 5), "accepted");
     expect(w.open(T0 + 5, ALICE, "lease-mz", "many", 5), "accepted");
-    expect(w.open(T0 + 5, ALICE, "lease-mw", "many", 5), "may hold 4 leases");
+    expect(
+        w.open(T0 + 5, ALICE, "lease-mw", "many", 5),
+        "may hold 4 leases",
+    );
 }
 
 #[test]
 fn open_checks_the_escrow_the_offer_and_the_image() {
     let mut w = world();
     w.offer("small", 6, 600, 5);
+    w.offer("dear", 600, 600, 5);
     // An escrow to someone else, a plain one, an old one, too little.
     expect(
-        w.money(T0, ALICE, "escrow-open", json!({"name": "lease-x", "payee": key(BOB), "amount": 10, "lease": true})),
+        w.money(
+            T0,
+            ALICE,
+            "escrow-open",
+            json!({"name": "lease-x", "payee": key(BOB), "amount": 10, "lease": true}),
+        ),
         "accepted",
     );
     let open = |id: &str| json!({"lease": id, "offer": "small", "image": IMAGE});
-    expect(w.lease(T0, ALICE, "open", open("lease-x")), "not a lease escrow from you");
     expect(
-        w.money(T0, ALICE, "escrow-open", json!({"name": "lease-y", "payee": key(PROV), "amount": 10})),
+        w.lease(T0, ALICE, "open", open("lease-x")),
+        "not a lease escrow from you",
+    );
+    expect(
+        w.money(
+            T0,
+            ALICE,
+            "escrow-open",
+            json!({"name": "lease-y", "payee": key(PROV), "amount": 10}),
+        ),
         "accepted",
     );
-    expect(w.lease(T0, ALICE, "open", open("lease-y")), "not a lease escrow");
-    expect(w.lease(T0, BOB, "open", open("lease-x")), "not a lease escrow from you");
-    expect(w.lease(T0, ALICE, "open", open("lease-none")), "there is no escrow");
-    expect(w.lease(T0, ALICE, "open", open("nolease")), "must be the escrow's name");
     expect(
-        w.money(T0, ALICE, "escrow-open", json!({"name": "lease-z", "payee": key(PROV), "amount": 3, "lease": true})),
+        w.lease(T0, ALICE, "open", open("lease-y")),
+        "not a lease escrow",
+    );
+    expect(
+        w.lease(T0, BOB, "open", open("lease-x")),
+        "not a lease escrow from you",
+    );
+    expect(
+        w.lease(T0, ALICE, "open", open("lease-none")),
+        "there is no escrow",
+    );
+    expect(
+        w.lease(T0, ALICE, "open", open("nolease")),
+        "must be the escrow's name",
+    );
+    expect(
+        w.money(
+            T0,
+            ALICE,
+            "escrow-open",
+            json!({"name": "lease-z", "payee": key(PROV), "amount": 3, "lease": true}),
+        ),
         "accepted",
     );
-    expect(w.lease(T0, ALICE, "open", open("lease-z")), "less than one minute");
     expect(
-        w.money(T0, ALICE, "escrow-open", json!({"name": "lease-old", "payee": key(PROV), "amount": 30, "lease": true})),
+        w.lease(
+            T0,
+            ALICE,
+            "open",
+            json!({"lease": "lease-z", "offer": "dear", "image": IMAGE}),
+        ),
+        "less than one second",
+    );
+    expect(w.lease(T0, ALICE, "open", open("lease-z")), "accepted");
+    expect(
+        w.money(
+            T0,
+            ALICE,
+            "escrow-open",
+            json!({"name": "lease-old", "payee": key(PROV), "amount": 30, "lease": true}),
+        ),
         "accepted",
     );
-    expect(w.lease(T0 + CLAIM_WINDOW, ALICE, "open", open("lease-old")), "more than 300 s ago");
-    expect(w.lease(T0 + 1, ALICE, "open", open("lease-old")), "accepted");
-    expect(w.lease(T0 + 1, ALICE, "open", open("lease-old")), "exists already");
+    expect(
+        w.lease(T0 + CLAIM_WINDOW, ALICE, "open", open("lease-old")),
+        "more than 300 s ago",
+    );
+    expect(
+        w.lease(T0 + 1, ALICE, "open", open("lease-old")),
+        "accepted",
+    );
+    expect(
+        w.lease(T0 + 1, ALICE, "open", open("lease-old")),
+        "exists already",
+    );
     // Only the images it allows; not once withdrawn.
     let args = json!({"name": "pinned", "millicpu": 500, "memory": 64 << 20, "pids": 32,
                       "disk": 0, "price": 1, "grace": 60, "images": [IMAGE],
                       "location": "", "capacity": 5});
     expect(w.lease(T0, PROV, "offer", args), "accepted");
     expect(
-        w.money(T0, ALICE, "escrow-open", json!({"name": "lease-p", "payee": key(PROV), "amount": 30, "lease": true})),
+        w.money(
+            T0,
+            ALICE,
+            "escrow-open",
+            json!({"name": "lease-p", "payee": key(PROV), "amount": 30, "lease": true}),
+        ),
         "accepted",
     );
     let other = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
     expect(
-        w.lease(T0, ALICE, "open", json!({"lease": "lease-p", "offer": "pinned", "image": other})),
+        w.lease(
+            T0,
+            ALICE,
+            "open",
+            json!({"lease": "lease-p", "offer": "pinned", "image": other}),
+        ),
         "does not run image",
     );
-    expect(w.lease(T0, EVE, "withdraw", json!({"name": "pinned"})), "only its provider");
-    expect(w.lease(T0, PROV, "withdraw", json!({"name": "pinned"})), "accepted");
     expect(
-        w.lease(T0, ALICE, "open", json!({"lease": "lease-p", "offer": "pinned", "image": IMAGE})),
+        w.lease(T0, EVE, "withdraw", json!({"name": "pinned"})),
+        "only its provider",
+    );
+    expect(
+        w.lease(T0, PROV, "withdraw", json!({"name": "pinned"})),
+        "accepted",
+    );
+    expect(
+        w.lease(
+            T0,
+            ALICE,
+            "open",
+            json!({"lease": "lease-p", "offer": "pinned", "image": IMAGE}),
+        ),
         "withdrawn",
     );
     // Bad offers.
     let bad = json!({"name": "bad", "millicpu": 500, "memory": 1, "pids": 32, "disk": 0,
                      "price": 1, "grace": 60, "images": ["any"], "location": "", "capacity": 5});
-    expect(w.lease(T0, PROV, "offer", bad), "args.memory must be between");
+    expect(
+        w.lease(T0, PROV, "offer", bad),
+        "args.memory must be between",
+    );
     let bad = json!({"name": "small", "millicpu": 500, "memory": 64 << 20, "pids": 32,
                      "disk": 0, "price": 1, "grace": 60, "images": ["latest"],
                      "location": "", "capacity": 5});
@@ -389,11 +549,20 @@ fn a_changed_offer_never_alters_an_open_lease() {
     let l = w.get("lease-e");
     assert_eq!((l.terms.price, l.terms.grace), (6, 600));
     let o = offer(&mut w.leases, "small").expect("read").expect("there");
-    assert_eq!(o.open, vec!["lease-e".to_string()], "its leases stay listed");
+    assert_eq!(
+        o.open,
+        vec!["lease-e".to_string()],
+        "its leases stay listed"
+    );
     expect(
-        w.lease(T0, EVE, "offer", json!({"name": "small", "millicpu": 500, "memory": 64 << 20,
+        w.lease(
+            T0,
+            EVE,
+            "offer",
+            json!({"name": "small", "millicpu": 500, "memory": 64 << 20,
             "pids": 32, "disk": 0, "price": 1, "grace": 60, "images": ["any"],
-            "location": "", "capacity": 5})),
+            "location": "", "capacity": 5}),
+        ),
         "belongs to another provider",
     );
 }
@@ -445,6 +614,15 @@ fn the_view_at_any_time_is_what_recording_then_would_give() {
     assert_eq!(views[427].status, Status::Low);
     assert_eq!(views[428].status, Status::Halted);
     assert_eq!(views[528].status, Status::Destroyed);
-    assert_eq!(l.phase, Phase::Ended { at: T0 + 528, how: End::Destroyed });
-    assert_eq!(events.iter().find(|e| e.event == "halted").map(|e| e.time), Some(T0 + 428));
+    assert_eq!(
+        l.phase,
+        Phase::Ended {
+            at: T0 + 528,
+            how: End::Destroyed
+        }
+    );
+    assert_eq!(
+        events.iter().find(|e| e.event == "halted").map(|e| e.time),
+        Some(T0 + 428)
+    );
 }
