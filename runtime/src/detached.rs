@@ -1,6 +1,8 @@
 //! Detached containers, for compute leases: started with limits, they run
 //! until stopped; their status can be read and commands run inside them
-//! (`exec`, a libcontainer tenant: same namespaces, cgroup and limits).
+//! (`exec`, a libcontainer tenant: same namespaces, cgroup and limits); a
+//! lease that runs dry is frozen (`freeze`, the cgroup freezer: processes
+//! and files kept, no CPU) and thawed on a top-up (`thaw`).
 //!
 //! A detached container is named by its owner (`lease-42`); its state is
 //! `containers/d-<name>` and its bundle and log `jobs/d-<name>`. The log
@@ -31,6 +33,9 @@ use crate::spec::Job;
 pub enum Status {
     /// Its main process runs, with this host pid.
     Running(i32),
+    /// Frozen by [`Runtime::freeze`]: its processes are kept, they get no
+    /// CPU.
+    Frozen(i32),
     /// Its main process has ended; `stop` removes it.
     Stopped,
 }
@@ -105,8 +110,39 @@ impl Runtime {
         let container = self.load(name)?;
         Ok(match (container.status(), container.pid()) {
             (ContainerStatus::Running, Some(pid)) => Status::Running(pid.as_raw()),
+            (ContainerStatus::Paused, Some(pid)) => Status::Frozen(pid.as_raw()),
             _ => Status::Stopped,
         })
+    }
+
+    /// Freezes running container `name` (the cgroup freezer): its
+    /// processes stay, with their memory and files, and get no CPU until
+    /// [`Runtime::thaw`]. Freezing a frozen container does nothing.
+    pub fn freeze(&self, name: &str) -> Result<(), RunError> {
+        let mut container = self.load(name)?;
+        match container.status() {
+            ContainerStatus::Paused => Ok(()),
+            ContainerStatus::Running => container
+                .pause()
+                .map_err(|e| RunError::Start(format!("cannot freeze {name}: {e}"))),
+            other => Err(RunError::Start(format!(
+                "container {name} is {other:?}, not running: nothing to freeze"
+            ))),
+        }
+    }
+
+    /// Thaws frozen container `name`; thawing a running one does nothing.
+    pub fn thaw(&self, name: &str) -> Result<(), RunError> {
+        let mut container = self.load(name)?;
+        match container.status() {
+            ContainerStatus::Running => Ok(()),
+            ContainerStatus::Paused => container
+                .resume()
+                .map_err(|e| RunError::Start(format!("cannot thaw {name}: {e}"))),
+            other => Err(RunError::Start(format!(
+                "container {name} is {other:?}, not frozen: nothing to thaw"
+            ))),
+        }
     }
 
     /// The names of the detached containers.
@@ -175,7 +211,13 @@ impl Runtime {
     /// Returns how the main process ended when this process can tell (it
     /// started it), `None` otherwise.
     pub fn stop(&self, name: &str, grace: Duration) -> Result<Option<Outcome>, RunError> {
-        let container = self.load(name)?;
+        let mut container = self.load(name)?;
+        // A frozen process takes no signal until it is thawed.
+        if container.status() == ContainerStatus::Paused {
+            container
+                .resume()
+                .map_err(|e| RunError::Start(format!("cannot thaw {name} to stop it: {e}")))?;
+        }
         let id = container.id().to_string();
         let mut outcome = None;
         if let Some(pid) = container.pid().and_then(|p| Pid::from_raw(p.as_raw())) {

@@ -99,3 +99,73 @@ fn exec_needs_a_running_container() {
     let bad = e.rt.start("../x", &sh("true")).expect_err("bad name");
     assert!(bad.to_string().contains("not a container name"), "{bad}");
 }
+
+/// Waits up to 10 s for `f` to hold.
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn freeze_keeps_processes_and_files_and_thaw_goes_on() {
+    let _g = shared();
+    let e = env();
+    let data = e.dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let mut job = sh(
+        "echo kept > /data/file; i=0; while :; do i=$((i+1)); echo $i > /data/n; sleep 0.02; done",
+    );
+    job.mounts.push(utter_runtime::spec::Mount::Bind {
+        source: data.clone(),
+        target: "/data".into(),
+        writable: true,
+    });
+    let pid = e.rt.start("lease-f", &job).expect("starts");
+    let count = || {
+        std::fs::read_to_string(data.join("n"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    until("it counts", || count() > 3);
+    e.rt.freeze("lease-f").expect("freezes");
+    e.rt.freeze("lease-f").expect("freezing twice is fine");
+    assert_eq!(e.rt.status("lease-f").expect("status"), Status::Frozen(pid));
+    // Frozen: the process is there (same pid) and stops counting.
+    let frozen_at = count();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(count() <= frozen_at + 1, "a frozen container ran on");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("file")).expect("kept"),
+        "kept\n"
+    );
+    let err =
+        e.rt.exec(
+            "lease-f",
+            &["true".into()],
+            Stdio::Capture,
+            Duration::from_secs(1),
+            1024,
+        )
+        .expect_err("no exec into a frozen container");
+    assert!(err.to_string().contains("not running"), "{err}");
+    e.rt.thaw("lease-f").expect("thaws");
+    assert_eq!(
+        e.rt.status("lease-f").expect("status"),
+        Status::Running(pid)
+    );
+    let thawed_at = count();
+    until("it counts again", || count() > thawed_at + 3);
+    // A frozen container still stops (it is thawed to take the signal).
+    e.rt.freeze("lease-f").expect("freezes");
+    e.rt.stop("lease-f", Duration::from_millis(100))
+        .expect("stops");
+    assert!(e.rt.detached().is_empty());
+}
