@@ -101,10 +101,18 @@ enum Command {
     Sync(cmd::net::SyncArgs),
     /// The peers this node knows, and the keys it lets in
     Peers(cmd::net::PeersArgs),
+    /// Compute for hire: offer container capacity, open and pay leases,
+    /// follow them
+    #[command(subcommand)]
+    Lease(cmd::lease::Command),
     /// (internal) Run dapp containers for another utter process over
     /// stdin/stdout
     #[command(hide = true)]
     SandboxHelper,
+    /// (internal) One operation on a lease's container for the provider
+    /// agent: a JSON request on stdin, the answer on stdout
+    #[command(hide = true)]
+    SandboxLease,
 }
 
 /// glibc's malloc makes up to 8 arenas per core, one for each thread that
@@ -161,6 +169,8 @@ fn main() -> ExitCode {
             .serve_helper()
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
+        Command::Lease(c) => cmd::lease::run(&home, c),
+        Command::SandboxLease => cmd::lease::serve(&home),
         Command::State(c) => cmd::state::run(&home, c),
         Command::Members(c) => cmd::members::run(&home, c),
         Command::Doors(c) => cmd::doors::run(&home, c),

@@ -25,6 +25,7 @@ use crate::query::{self, QueryError};
 use crate::run::{Shared, lock, seq_key};
 
 /// An error answer.
+#[derive(Debug)]
 pub(crate) struct ApiError(ErrorCode, String);
 
 impl ApiError {
@@ -187,6 +188,12 @@ fn admit(shared: &Shared, body: &[u8]) -> Result<Vec<TxState>, ApiError> {
             ),
         ));
     }
+    submit_lines(shared, lines)
+}
+
+/// Admits this node's own signed lines (the API's, the lease agent's),
+/// synced before it returns, and announces the new ones to the network.
+pub(crate) fn submit_lines(shared: &Shared, lines: Vec<String>) -> Result<Vec<TxState>, ApiError> {
     let (states, new) = admit_lines(shared, lines, true)?;
     if !new.is_empty()
         && let Some(inputs) = shared.inputs.get()

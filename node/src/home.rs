@@ -366,16 +366,19 @@ impl Home {
     /// --data-dir DIR sandbox-helper`, a child that never opens RocksDB
     /// (libcontainer's children would hang in RocksDB's exit handler).
     pub fn spawn_helper(&self) -> Result<Helper, HomeError> {
+        Ok(Helper::spawn(self.helper_command("sandbox-helper")?)?)
+    }
+
+    /// `exe --data-dir DIR <command>`: a child of the executable that
+    /// creates containers (`sandbox-helper`, `sandbox-lease`).
+    pub fn helper_command(&self, command: &str) -> Result<std::process::Command, HomeError> {
         let exe = match &self.helper_exe {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().map_err(HomeError::Exe)?,
         };
-        let mut command = std::process::Command::new(exe);
-        command
-            .arg("--data-dir")
-            .arg(&self.root)
-            .arg("sandbox-helper");
-        Ok(Helper::spawn(command)?)
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("--data-dir").arg(&self.root).arg(command);
+        Ok(cmd)
     }
 
     /// The container runtime of this data directory, for a process that

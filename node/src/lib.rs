@@ -11,6 +11,9 @@
 //!   bundle and main's blocks off the ledger.
 //! - [`verify`]: re-executing a whole ledger.
 //! - [`NodeImages`]: the image store as the executor sees it.
+//! - [`leases`]: the provider agent: runs, freezes, thaws and removes the
+//!   containers of the leases this node's key provides, heartbeats and
+//!   settles them.
 //! - [`consensus`]: proof of merge's disk side: a block's header from its
 //!   signed commit, the vote tip file, the machine's state rebuilt from the
 //!   ledger after a restart.
@@ -27,6 +30,7 @@ mod gossip;
 mod home;
 mod images;
 pub mod init;
+pub mod leases;
 pub mod p2p;
 pub mod pool;
 mod producer;

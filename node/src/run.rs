@@ -508,6 +508,21 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         }
     };
 
+    // A provider runs its leases' containers.
+    let agent = if crate::leases::chain_has_leases(&lock(&shared.ledger)) {
+        let (home, shared) = (home.clone(), shared.clone());
+        let key = home.load_key(None)?;
+        let verbose = settings.verbose;
+        Some(
+            std::thread::Builder::new()
+                .name("leases".into())
+                .spawn(move || crate::leases::run(home, shared, key, verbose))
+                .map_err(io("start the lease agent"))?,
+        )
+    } else {
+        None
+    };
+
     let served = runtime.block_on(api::serve(
         listener,
         shared.clone(),
@@ -517,6 +532,10 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
     shared.stopping.store(true, Ordering::SeqCst);
     shared.wake.notify_all();
     let produced = producer.join().map_err(|_| NodeError::Panicked)?;
+    if let Some(agent) = agent {
+        // Its containers run on; the next start adopts them.
+        let _ = agent.join();
+    }
     if let Some(p2p) = p2p {
         p2p.stop();
         let _ = std::fs::remove_file(home.p2p_file());

@@ -1,6 +1,8 @@
 //! One module per command group: each parses its arguments, calls the
 //! libraries and prints. Commands never import each other; what several
-//! share lives beside this module (`ui`, `container`, `blocks`).
+//! share lives beside this module (`ui`, `container`, `blocks`), and the
+//! one thing `lease` takes from `dapp` is its image upload
+//! ([`dapp::image_on_node`]).
 
 pub mod accounting;
 pub mod block;
@@ -13,6 +15,7 @@ pub mod doors;
 pub mod image;
 pub mod init;
 pub mod key;
+pub mod lease;
 pub mod log;
 pub mod members;
 pub mod net;

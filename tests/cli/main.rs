@@ -14,6 +14,7 @@ mod doorbot;
 mod governance;
 mod image;
 mod key;
+mod lease;
 mod ledger;
 mod net;
 mod node;

@@ -15,33 +15,35 @@ use serde_json::{Value, json};
 use super::*;
 
 /// A running node; SIGTERM and wait on drop.
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Node {
-    fn start(data: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(data: &Path, extra: &[&str]) -> Self {
         let addr = data.join("node.addr");
         let _ = std::fs::remove_file(&addr);
+        // The node's log goes to a file beside its data dir (a pipe nobody
+        // reads would stop a chatty node once it is full).
+        let log_path = data.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("the node's log file");
         let mut child = utter(data)
             .args(["node", "run", "--listen", "127.0.0.1:0", "--block-ms", "20"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("the node starts");
         let started = Instant::now();
         while !addr.exists() {
             if let Some(status) = child.try_wait().expect("wait") {
-                let mut err = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
+                let err = std::fs::read_to_string(&log_path).unwrap_or_default();
                 panic!("the node exited with {status}: {err}");
             }
             assert!(
@@ -54,7 +56,7 @@ impl Node {
         Self { child, url }
     }
 
-    fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
         std::mem::forget(self);
@@ -99,14 +101,20 @@ fn raw(url: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     (status, serde_json::from_str(body).expect("a JSON body"))
 }
 
-fn public_key(data: &Path) -> String {
+pub(crate) fn public_key(data: &Path) -> String {
     let v: Value = serde_json::from_str(&ok(utter(data).args(["key", "show", "--json"]))).unwrap();
     v["public_key"].as_str().unwrap().to_string()
 }
 
 /// `utter tx submit … --wait --json` as `key` (None: the node key); the
 /// results and whether the command succeeded.
-fn submit(data: &Path, key: Option<&Path>, dapp: &str, action: &str, args: Value) -> (bool, Value) {
+pub(crate) fn submit(
+    data: &Path,
+    key: Option<&Path>,
+    dapp: &str,
+    action: &str,
+    args: Value,
+) -> (bool, Value) {
     let mut cmd = utter(data);
     cmd.args([
         "tx",
@@ -127,7 +135,7 @@ fn submit(data: &Path, key: Option<&Path>, dapp: &str, action: &str, args: Value
     (out.status.success(), v[0].clone())
 }
 
-fn accepted(r: (bool, Value)) -> Value {
+pub(crate) fn accepted(r: (bool, Value)) -> Value {
     assert!(r.0 && r.1["result"]["status"] == "accepted", "{}", r.1);
     r.1
 }
@@ -140,7 +148,7 @@ fn rejected(r: (bool, Value), why: &str) {
     assert!(reason.contains(why), "{reason:?} should say {why:?}");
 }
 
-const SALT: &str = "00112233445566778899aabbccddeeff";
+pub(crate) const SALT: &str = "00112233445566778899aabbccddeeff";
 
 /// A new chain `space` with the built-in dapps and its node running; the
 /// node key (the admin-to-be).

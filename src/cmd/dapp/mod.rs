@@ -7,6 +7,10 @@ mod run;
 mod ship;
 mod test;
 
+/// Uploading an image to a node when it lacks it; `lease open` sends the
+/// lease's image the way `dapp deploy` sends a dapp's.
+pub use ship::image_on_node;
+
 use anyhow::Result;
 use clap::Subcommand;
 use utter_node::Home;

@@ -181,7 +181,7 @@ impl<R: Read> Read for Counting<'_, R> {
 
 /// The digest of the image `spec` names, on the node: uploaded first when
 /// the node does not have it.
-fn image_on_node(client: &Client, spec: &str, quiet: bool) -> Result<String> {
+pub fn image_on_node(client: &Client, spec: &str, quiet: bool) -> Result<String> {
     if is_image_digest(spec) {
         return match client.image(spec)? {
             Some(info) => Ok(info.digest),

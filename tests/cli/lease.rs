@@ -1,0 +1,399 @@
+//! Compute leases end to end: a real node is the provider (its agent runs
+//! the lease's container with libcontainer), customers are ssh-keygen keys,
+//! and chain time drives the money. A lease runs, drains, halts frozen with
+//! its files and processes kept, resumes on another key's top-up, and is
+//! destroyed after its grace period; a closed lease returns exactly what
+//! it did not use; a provider node killed with SIGKILL adopts its running
+//! container on restart and bills it once; `ledger` reads the payments
+//! and earnings balanced.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::node::{Node, SALT, accepted, public_key, submit};
+use super::*;
+
+/// Waits up to `secs` for `f` to give something.
+fn until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`until`], and on a timeout the balances, the lease records and the
+/// node's log.
+fn until_or<T>(what: &str, secs: u64, m: &Market, id: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            let log = std::fs::read_to_string(m.data.with_extension("log")).unwrap_or_default();
+            let leases = utter(&m.data)
+                .args(["lease", "status", id, "--json"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            panic!(
+                "timed out after {secs} s waiting for {what}\nbalances: {}\nleases: {leases:?}\nnode log:\n{log}",
+                m.balances()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Market {
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    node: Option<Node>,
+    provider: String,
+    alice: PathBuf,
+    bob: PathBuf,
+    image: String,
+}
+
+/// A chain whose node key is the treasurer and the provider; Alice and
+/// Bob with 1000 credits each; a busybox image that counts into /data/n.
+fn market() -> Market {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(utter(&data).args(["init", "--chain", "market"]));
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(app.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", app.join("bin/busybox")).expect("busybox-static is installed");
+    for applet in ["sh", "sleep", "echo", "cat"] {
+        std::os::unix::fs::symlink("busybox", app.join("bin").join(applet)).unwrap();
+    }
+    let script = "echo started; echo kept > /data/file; i=$(cat /data/n 2>/dev/null || echo 0); \
+                  while :; do i=$((i+1)); echo $i > /data/n; sleep 0.1; done";
+    let built: Value = serde_json::from_str(&ok(utter(&data)
+        .args(["image", "build"])
+        .arg(&app)
+        .args(["--entrypoint", r#"["/bin/sh","-c"]"#, "--cmd"])
+        .arg(json!([script]).to_string())
+        .args(["--tag", "counter", "--json"])))
+    .unwrap();
+    let image = built["id"].as_str().unwrap().to_string();
+    let node = Node::start(&data, &[]);
+    let provider = public_key(&data);
+    let (alice, alice_key) = ssh_key(tmp.path(), "alice");
+    let (bob, bob_key) = ssh_key(tmp.path(), "bob");
+    accepted(submit(
+        &data,
+        None,
+        "membership",
+        "add-member",
+        json!({"key": provider, "name": "Provider", "roles": ["admin", "treasurer"], "salt": SALT}),
+    ));
+    for (key, name) in [(&alice_key, "Alice"), (&bob_key, "Bob")] {
+        accepted(submit(
+            &data,
+            None,
+            "membership",
+            "add-member",
+            json!({"key": key, "name": name}),
+        ));
+        accepted(submit(
+            &data,
+            None,
+            "accounting",
+            "mint",
+            json!({"to": key, "amount": 1000}),
+        ));
+    }
+    Market {
+        tmp,
+        data,
+        node: Some(node),
+        provider,
+        alice,
+        bob,
+        image,
+    }
+}
+
+impl Market {
+    fn lease(&self) -> Command {
+        let mut c = utter(&self.data);
+        c.arg("lease");
+        c
+    }
+
+    /// `lease status ID --json`: (status, balance, the lease's view).
+    fn status(&self, id: &str) -> (String, u64, Value) {
+        let v: Value =
+            serde_json::from_str(&ok(self.lease().args(["status", id, "--json"]))).unwrap();
+        let view = v[0]["view"].clone();
+        (
+            view["status"].as_str().unwrap().to_string(),
+            view["balance"].as_u64().unwrap(),
+            v[0].clone(),
+        )
+    }
+
+    fn wait_status(&self, id: &str, want: &str, secs: u64) -> Value {
+        until(&format!("lease {id} to be {want}"), secs, || {
+            let (s, _, v) = self.status(id);
+            (s == want).then_some(v)
+        })
+    }
+
+    /// What the lease's program counted so far (from its /data on the host).
+    fn count(&self, id: &str) -> u64 {
+        std::fs::read_to_string(self.data.join("leases").join(id).join("data/n"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn counting(&self, id: &str) -> bool {
+        let a = self.count(id);
+        until(&format!("{id} to count"), 10, || {
+            (self.count(id) > a).then_some(())
+        });
+        true
+    }
+
+    fn balances(&self) -> Value {
+        serde_json::from_str(&ok(utter(&self.data).args([
+            "accounting",
+            "balances",
+            "--json",
+        ])))
+        .unwrap()
+    }
+
+    fn open(&self, offer: &str, deposit: u64, key: &Path) -> String {
+        let v: Value = serde_json::from_str(&ok(self
+            .lease()
+            .args(["open", offer, "--image", &self.image, "--warn", "3s"])
+            .args(["--deposit", &deposit.to_string(), "--json", "--key"])
+            .arg(key)))
+        .unwrap();
+        v["lease"].as_str().unwrap().to_string()
+    }
+}
+
+fn credits(balances: &Value, name: &str) -> i64 {
+    balances["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .map_or(0, |a| a["balance"].as_i64().unwrap())
+}
+
+fn events(status: &Value) -> Vec<String> {
+    status["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_lease_drains_halts_frozen_resumes_on_a_top_up_and_is_destroyed_after_grace() {
+    let m = market();
+    // 60 credits a minute: one a second.
+    ok(m.lease().args([
+        "offer",
+        "small",
+        "--cpu",
+        "0.25",
+        "--memory",
+        "64M",
+        "--pids",
+        "32",
+        "--price",
+        "60",
+        "--grace",
+        "6s",
+        "--capacity",
+        "2",
+        "--location",
+        "Ghent",
+    ]));
+    let listed = ok(m.lease().args(["offers"]));
+    assert!(
+        listed.contains("small") && listed.contains("Ghent"),
+        "{listed}"
+    );
+    let err = fails(
+        m.lease()
+            .args(["open", "nope", "--image", &m.image, "--deposit", "5"]),
+    );
+    assert!(err.contains("there is no offer"), "{err}");
+
+    let id = m.open("small", 8, &m.alice);
+    m.wait_status(&id, "running", 30);
+    assert!(m.counting(&id));
+    let log = ok(m.lease().args(["logs", &id]));
+    assert_eq!(log, "started\n");
+
+    // 8 credits run 8 s; then it is frozen: files and processes kept, no
+    // CPU, not billed.
+    let halted = m.wait_status(&id, "halted", 30);
+    assert_eq!(halted["view"]["balance"], 0);
+    let frozen_at = until("the container to be frozen", 5, || {
+        let a = m.count(&id);
+        std::thread::sleep(Duration::from_millis(500));
+        (m.count(&id) == a).then_some(a)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(m.count(&id), frozen_at, "a halted lease ran on");
+    let file = m.data.join("leases").join(&id).join("data/file");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+
+    // Bob, not the owner, tops it up inside the grace period: it resumes
+    // where it was (the same process counts on).
+    ok(m.lease().args(["top-up", &id, "5", "--key"]).arg(&m.bob));
+    m.wait_status(&id, "running", 20);
+    assert!(m.counting(&id));
+    assert!(m.count(&id) > frozen_at);
+    assert_eq!(
+        ok(m.lease().args(["logs", &id])),
+        "started\n",
+        "not restarted"
+    );
+
+    // Nobody tops it up again: halted, then destroyed after 6 s of grace.
+    m.wait_status(&id, "halted", 30);
+    let gone = m.wait_status(&id, "destroyed", 30);
+    until("the container and its files to be removed", 20, || {
+        (!file.exists()).then_some(())
+    });
+    let names = events(&gone);
+    for e in [
+        "opened",
+        "started",
+        "low",
+        "halted",
+        "top-up",
+        "resumed",
+        "halted",
+        "destroyed",
+    ] {
+        assert!(names.contains(&e.to_string()), "{e} in {names:?}");
+    }
+    let err = fails(m.lease().args(["top-up", &id, "5", "--key"]).arg(&m.bob));
+    assert!(err.contains("has ended"), "{err}");
+
+    // The provider earned all 13 credits paid in, settled by its agent.
+    let b = until_or("the provider's earnings to be settled", 60, &m, &id, || {
+        let b = m.balances();
+        (credits(&b, "Provider") == 13).then_some(b)
+    });
+    assert_eq!(credits(&b, "Alice"), 1000 - 8);
+    assert_eq!(credits(&b, "Bob"), 1000 - 5);
+}
+
+#[test]
+fn close_returns_the_rest_and_a_provider_killed_mid_lease_adopts_its_container() {
+    let mut m = market();
+    ok(m.lease().args([
+        "offer",
+        "one",
+        "--price",
+        "60",
+        "--grace",
+        "1m",
+        "--capacity",
+        "1",
+        "--memory",
+        "64M",
+    ]));
+    let id = m.open("one", 600, &m.alice);
+    m.wait_status(&id, "running", 30);
+    assert!(m.counting(&id));
+    // The offer is full.
+    let err = fails(
+        m.lease()
+            .args([
+                "open",
+                "one",
+                "--image",
+                &m.image,
+                "--deposit",
+                "60",
+                "--key",
+            ])
+            .arg(&m.bob),
+    );
+    assert!(err.contains("at capacity"), "{err}");
+
+    // The provider's node dies; its container does not.
+    m.node.take().unwrap().kill_9();
+    assert!(m.counting(&id), "the lease runs on while its node is down");
+    m.node = Some(Node::start(&m.data, &[]));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(m.counting(&id));
+    assert_eq!(
+        ok(m.lease().args(["logs", &id])),
+        "started\n",
+        "the restarted node adopted the container rather than start another"
+    );
+
+    // Only the owner closes it; the rest goes back at once, exactly.
+    let err = fails(m.lease().args(["close", &id, "--key"]).arg(&m.bob));
+    assert!(err.contains("only the key that opened"), "{err}");
+    let out: Value = serde_json::from_str(&ok(m
+        .lease()
+        .args(["close", &id, "--json", "--key"])
+        .arg(&m.alice)))
+    .unwrap();
+    let returned = out[0]["returned"].as_u64().unwrap();
+    let used = out[0]["used"].as_u64().unwrap();
+    assert_eq!(returned + used, 600);
+    assert!(used >= 2, "it ran a few seconds: {used}");
+    let (status, _, _) = m.status(&id);
+    assert_eq!(status, "closed");
+    let b = until("the escrow to settle", 30, || {
+        let b = m.balances();
+        (credits(&b, "Provider") == used as i64).then_some(b)
+    });
+    assert_eq!(credits(&b, "Alice"), 1000 - used as i64);
+    let dir = m.data.join("leases").join(&id);
+    until("the container to be removed", 20, || {
+        (!dir.exists()).then_some(())
+    });
+
+    // ledger-cli reads the books: the payment and the earnings balance,
+    // the escrow is empty.
+    let journal = m.tmp.path().join("books.ledger");
+    ok(utter(&m.data)
+        .args(["accounting", "export", "--format", "ledger", "-o"])
+        .arg(&journal));
+    let out = Command::new("ledger")
+        .arg("-f")
+        .arg(&journal)
+        .args(["balance", "--flat", "--empty", "escrow"])
+        .output()
+        .expect("ledger runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("escrow:{id}")), "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.contains(&id))
+            .all(|l| l.trim_start().starts_with('0')),
+        "the lease's escrow ends at zero: {text}"
+    );
+    drop(m.node.take());
+    ok(utter(&m.data).args(["verify", "--reexecute"]));
+    let _ = &m.provider;
+}
