@@ -369,7 +369,12 @@ pub struct Chain<'a> {
 }
 
 /// Applies one transaction.
-pub fn apply(ctx: &Context, tx: &Tx, state: &mut State, chain: Chain<'_>) -> Result<Outcome, Error> {
+pub fn apply(
+    ctx: &Context,
+    tx: &Tx,
+    state: &mut State,
+    chain: Chain<'_>,
+) -> Result<Outcome, Error> {
     Ok(match run(ctx, tx, state, chain)? {
         Ok(out) => Outcome::Accepted(out),
         Err(reason) => Outcome::Rejected(reason),

@@ -342,17 +342,29 @@ impl World {
 #[test]
 fn lease_escrows_pay_only_what_the_lease_earned_and_return_the_rest() {
     let mut w = world();
-    w.run(TREASURER_KEY, "mint", json!({"to": key(ALICE), "amount": 100}));
+    w.run(
+        TREASURER_KEY,
+        "mint",
+        json!({"to": key(ALICE), "amount": 100}),
+    );
     w.run(TREASURER_KEY, "mint", json!({"to": key(BOB), "amount": 50}));
     let open = json!({"name": "lease-a1", "payee": key(BOB), "amount": 60, "lease": true});
     expect(w.run(ALICE, "escrow-open", open), "accepted");
     // Nobody releases a lease's credits by hand, not even the payer.
     expect(
-        w.run(ALICE, "escrow-release", json!({"name": "lease-a1", "pay": 0})),
+        w.run(
+            ALICE,
+            "escrow-release",
+            json!({"name": "lease-a1", "pay": 0}),
+        ),
         "only the lease's record releases",
     );
     expect(
-        w.run(TREASURER_KEY, "escrow-release", json!({"name": "lease-a1", "pay": 60})),
+        w.run(
+            TREASURER_KEY,
+            "escrow-release",
+            json!({"name": "lease-a1", "pay": 60}),
+        ),
         "only the lease's record releases",
     );
     // Before the leases dapp claims it, settling moves nothing.
@@ -377,7 +389,9 @@ fn lease_escrows_pay_only_what_the_lease_earned_and_return_the_rest() {
     w.settle_record("lease-a1", 1_000, false);
     expect(w.run(ALICE, "escrow-settle", settle.clone()), "accepted");
     assert_eq!(w.balance(BOB), 40 + 70, "capped at the 70 paid in");
-    let e = escrow(&mut w.books, "lease-a1").expect("read").expect("open");
+    let e = escrow(&mut w.books, "lease-a1")
+        .expect("read")
+        .expect("open");
     assert_eq!((e.amount, e.paid_in, e.paid), (0, 70, 70));
 
     // Closed: the rest goes back to the payer, exactly, and the escrow ends.
@@ -392,7 +406,11 @@ fn lease_escrows_pay_only_what_the_lease_earned_and_return_the_rest() {
     assert_eq!(w.balance(ALICE), 100 - 60 - 30 + 23);
     assert!(escrow(&mut w.books, "lease-b2").expect("read").is_none());
     expect(
-        w.run(ALICE, "escrow-add", json!({"name": "lease-b2", "amount": 1})),
+        w.run(
+            ALICE,
+            "escrow-add",
+            json!({"name": "lease-b2", "amount": 1}),
+        ),
         "no open escrow",
     );
 
