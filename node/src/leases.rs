@@ -337,13 +337,13 @@ fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snap
                 s.escrows.insert(lease.clone(), (e.paid_in, e.paid));
             }
         }
-        if let Some(v) =
-            read_json::<serde_json::Value>(ledger, &block, LEASES, &format!("settle/{lease}.json"))
-        {
-            let earned = v.get("earned").and_then(serde_json::Value::as_u64);
-            let closed = v.get("closed").and_then(serde_json::Value::as_bool);
-            if let (Some(earned), Some(closed)) = (earned, closed) {
-                s.settle.insert(lease.clone(), (earned, closed));
+        // The settle record, read as accounting reads it.
+        let path = format!("settle/{lease}.json");
+        if let Ok(Some(bytes)) = ledger.read_value(&block, &state_path(LEASES, &path)) {
+            let mut st = State::in_memory([(path, bytes)]);
+            if let Ok(Some(settle)) = utter_accounting::lease_settle(&mut st, lease) {
+                s.settle
+                    .insert(lease.clone(), (settle.earned, settle.closed));
             }
         }
         s.leases.insert(lease.clone(), l);
