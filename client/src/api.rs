@@ -103,6 +103,11 @@ pub struct ConsensusStatus {
     pub validator: bool,
     /// The machine's round (0 on a follower).
     pub round: u64,
+    /// Whether this node has nothing under way: no transaction waiting,
+    /// no proposal or merge left to make. A follower proposes nothing: it
+    /// is always idle.
+    #[serde(default)]
+    pub idle: bool,
     /// Peers with an open consensus channel from this node.
     pub peers: usize,
     /// The last block this node committed, with the votes of its

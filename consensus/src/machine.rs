@@ -634,6 +634,14 @@ impl Machine {
         self.vote_tip
     }
 
+    /// Whether this machine has nothing under way: no transaction
+    /// waiting, no proposal being built, no vote or side branch left to
+    /// merge and no block missing. With no new input an idle machine
+    /// proposes nothing.
+    pub fn idle(&self) -> bool {
+        !self.proposing && !self.has_work()
+    }
+
     /// Transactions waiting for a block.
     pub fn mempool_len(&self) -> usize {
         self.mempool.len()

@@ -375,6 +375,7 @@ pub(crate) fn report_follower(shared: &Shared, out: &Outbound, peers: usize) {
     *lock(&shared.consensus) = Some(ConsensusStatus {
         validator: false,
         round: 0,
+        idle: true,
         peers,
         certified: None,
         frames_sent: out.counters.frames.load(Ordering::Relaxed),
@@ -460,6 +461,7 @@ impl Driver<'_> {
         *status = Some(ConsensusStatus {
             validator: self.machine.is_validator(),
             round: self.machine.round(),
+            idle: self.machine.idle(),
             peers: self.addrs.len(),
             certified: self.certified.clone().or(certified),
             frames_sent: self.out.counters.frames.load(Ordering::Relaxed),
