@@ -21,6 +21,9 @@ pub const ALPN_CHUNKS: &[u8] = b"utter-chunks/1";
 /// to the listener, carrying `Hello` then transactions, announcements
 /// and votes ([`Conn::open_channel`], [`Conn::accept_channel`]).
 pub const ALPN_CONSENSUS: &[u8] = b"utter-consensus/1";
+/// The exec protocol: a command in a lease's container, by the key that
+/// owns the lease ([`crate::exec`]).
+pub const ALPN_EXEC: &[u8] = b"utter-exec/1";
 
 /// How long a read may wait for the peer before the stream is given up.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(20);
@@ -415,6 +418,86 @@ impl Conn {
     /// Waits until the connection is closed, by either side.
     pub async fn closed(&self) -> String {
         describe_connection_error(&self.conn.closed().await)
+    }
+}
+
+impl Conn {
+    /// Opens a stream of raw bytes both ways (an exec session).
+    pub async fn open_stream(&self) -> Result<(StreamSend, StreamRecv), NetError> {
+        let (send, recv) = self.conn.open_bi().await.map_err(|e| self.lost(&e))?;
+        Ok(self.halves(send, recv))
+    }
+
+    /// Waits for the peer to open a stream of raw bytes; `None` once the
+    /// connection is closed.
+    pub async fn accept_stream(&self) -> Option<(StreamSend, StreamRecv)> {
+        let (send, recv) = self.conn.accept_bi().await.ok()?;
+        Some(self.halves(send, recv))
+    }
+
+    fn halves(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> (StreamSend, StreamRecv) {
+        (
+            StreamSend {
+                send,
+                addr: self.addr,
+            },
+            StreamRecv {
+                recv,
+                addr: self.addr,
+            },
+        )
+    }
+}
+
+/// The sending half of a raw stream.
+#[derive(Debug)]
+pub struct StreamSend {
+    send: quinn::SendStream,
+    addr: SocketAddr,
+}
+
+impl StreamSend {
+    /// Sends `bytes`, waiting while the peer's window is full.
+    pub async fn write(&mut self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.send
+            .write_chunk(bytes.into())
+            .await
+            .map_err(|e| NetError::Connection {
+                addr: self.addr,
+                why: format!("cannot send: {e}"),
+            })
+    }
+
+    /// Ends this direction of the stream, once what was sent arrived.
+    pub async fn finish(mut self) {
+        let _ = self.send.finish();
+        let _ = self.send.stopped().await;
+    }
+}
+
+/// The receiving half of a raw stream.
+#[derive(Debug)]
+pub struct StreamRecv {
+    recv: quinn::RecvStream,
+    addr: SocketAddr,
+}
+
+impl StreamRecv {
+    /// The next bytes, waiting as long as `timeout`; `None` when the peer
+    /// finished its half.
+    pub async fn read(&mut self, timeout: Duration) -> Result<Option<bytes::Bytes>, NetError> {
+        let addr = self.addr;
+        match tokio::time::timeout(timeout, self.recv.read_chunk(1 << 16, true)).await {
+            Err(_) => Err(NetError::Timeout {
+                addr,
+                after: timeout,
+            }),
+            Ok(Err(e)) => Err(NetError::Connection {
+                addr,
+                why: describe_read_error(&e),
+            }),
+            Ok(Ok(chunk)) => Ok(chunk.map(|c| c.bytes)),
+        }
     }
 }
 

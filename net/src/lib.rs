@@ -12,6 +12,8 @@
 //!   deadline on every read (the thin async driver).
 //! - [`serve`]: answering peers from a node's ledger and stores.
 //! - [`fetch`]: carrying out a sync pass against a peer.
+//! - [`exec`]: the exec protocol's frames (a command in a lease's
+//!   container, by the key that owns the lease).
 //!
 //! The only crate that knows quinn and rustls. Uses the ledger, the chunk
 //! store and the image store; knows nothing of consensus, the executor or
@@ -21,6 +23,7 @@
 //! hashed on arrival, images checked against their digests.
 
 pub mod endpoint;
+pub mod exec;
 pub mod fetch;
 pub mod peers;
 pub mod serve;
@@ -29,7 +32,8 @@ pub mod tls;
 pub mod wire;
 
 pub use endpoint::{
-    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_SYNC, Channel, Conn, Endpoint, Inbound, NetError,
+    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_EXEC, ALPN_SYNC, Channel, Conn, Endpoint, Inbound, NetError,
+    StreamRecv, StreamSend,
 };
 pub use fetch::{Pass, PassError, Passed, Progress};
 pub use tls::{Gate, Identity};

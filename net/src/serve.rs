@@ -10,7 +10,7 @@ use utter_chunkstore::{ChunkId, ManifestId, Store};
 use utter_images::{Digest, ImageDocs, Images};
 use utter_ledger::{Ledger, LedgerError};
 
-use crate::endpoint::{ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_SYNC, Conn, Endpoint, NetError, Reply};
+use crate::endpoint::{ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_EXEC, ALPN_SYNC, Conn, Endpoint, NetError, Reply};
 use crate::wire::{LayerRef, Message, What, code};
 
 /// The smallest and largest pack batch a server makes.
@@ -37,19 +37,22 @@ impl Source {
 
 /// Serves every connection `endpoint` accepts until it closes.
 pub async fn serve(endpoint: Endpoint, source: Source) {
-    serve_with(endpoint, source, None).await;
+    serve_with(endpoint, source, None, None).await;
 }
 
 /// Serves like [`serve`], and hands every connection for the consensus
-/// protocol to `consensus` (without it, they are refused).
+/// protocol to `consensus` and for the exec protocol to `exec` (without
+/// them, they are refused).
 pub async fn serve_with(
     endpoint: Endpoint,
     source: Source,
     consensus: Option<tokio::sync::mpsc::UnboundedSender<Conn>>,
+    exec: Option<tokio::sync::mpsc::UnboundedSender<Conn>>,
 ) {
     while let Some(incoming) = endpoint.accept().await {
         let source = source.clone();
         let consensus = consensus.clone();
+        let exec = exec.clone();
         tokio::spawn(async move {
             let Ok((conn, alpn)) = incoming.connected().await else {
                 return;
@@ -63,6 +66,15 @@ pub async fn serve_with(
             {
                 if let Err(tokio::sync::mpsc::error::SendError(conn)) = to.send(conn) {
                     conn.close("this node is stopping");
+                }
+            } else if alpn == ALPN_EXEC {
+                match exec {
+                    Some(to) => {
+                        if let Err(tokio::sync::mpsc::error::SendError(conn)) = to.send(conn) {
+                            conn.close("this node is stopping");
+                        }
+                    }
+                    None => conn.close("this node runs no leases"),
                 }
             } else {
                 conn.close("unknown protocol");
