@@ -113,6 +113,16 @@ enum Command {
     /// agent: a JSON request on stdin, the answer on stdout
     #[command(hide = true)]
     SandboxLease,
+    /// (internal) A command in a lease's container on this process's
+    /// stdio, for an exec session
+    #[command(hide = true)]
+    SandboxExec {
+        /// The lease
+        lease: String,
+        /// The command
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 /// glibc's malloc makes up to 8 arenas per core, one for each thread that
@@ -171,6 +181,7 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Lease(c) => cmd::lease::run(&home, c),
         Command::SandboxLease => cmd::lease::serve(&home),
+        Command::SandboxExec { lease, argv } => cmd::lease::sandbox(&home, &lease, &argv),
         Command::State(c) => cmd::state::run(&home, c),
         Command::Members(c) => cmd::members::run(&home, c),
         Command::Doors(c) => cmd::doors::run(&home, c),

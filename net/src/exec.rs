@@ -22,6 +22,18 @@ pub struct ExecRequest {
     pub lease: String,
     /// The command and its arguments.
     pub argv: Vec<String>,
+    /// Run it on a terminal of this size (`-t`); without, on pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<WindowSize>,
+}
+
+/// A terminal's size, in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// One frame of an exec session.
@@ -29,7 +41,8 @@ pub struct ExecRequest {
 pub enum Frame {
     /// Client → server, first: what to run.
     Request(ExecRequest),
-    /// Server → client: not run, and why.
+    /// Server → client: not run, or ended by the provider (the lease
+    /// halted), and why; the last frame.
     Refused(String),
     /// Server → client: the command started.
     Started,
@@ -43,6 +56,8 @@ pub enum Frame {
     Stderr(Vec<u8>),
     /// Server → client, last: the command's exit code.
     Exit(i32),
+    /// Client → server: the terminal's new size.
+    Resize(WindowSize),
 }
 
 /// A frame that is not the exec protocol.
@@ -75,6 +90,7 @@ const STDIN_END: u8 = 5;
 const STDOUT: u8 = 6;
 const STDERR: u8 = 7;
 const EXIT: u8 = 8;
+const RESIZE: u8 = 9;
 
 impl Frame {
     /// The frame as bytes: its kind, its body's length (u32, big-endian)
@@ -92,6 +108,11 @@ impl Frame {
             Frame::Stdout(b) => (STDOUT, b.as_slice().into()),
             Frame::Stderr(b) => (STDERR, b.as_slice().into()),
             Frame::Exit(code) => (EXIT, code.to_be_bytes().to_vec().into()),
+            Frame::Resize(w) => {
+                let mut b = w.rows.to_be_bytes().to_vec();
+                b.extend_from_slice(&w.cols.to_be_bytes());
+                (RESIZE, b.into())
+            }
         };
         let len = u32::try_from(body.len()).expect("frames are small");
         let mut out = Vec::with_capacity(5 + body.len());
@@ -125,6 +146,14 @@ impl Frame {
             EXIT => <[u8; 4]>::try_from(body)
                 .map(|b| Frame::Exit(i32::from_be_bytes(b)))
                 .map_err(|_| malformed("exit", format!("{} bytes, not 4", body.len()))),
+            RESIZE => <[u8; 4]>::try_from(body)
+                .map(|b| {
+                    Frame::Resize(WindowSize {
+                        rows: u16::from_be_bytes([b[0], b[1]]),
+                        cols: u16::from_be_bytes([b[2], b[3]]),
+                    })
+                })
+                .map_err(|_| malformed("resize", format!("{} bytes, not 4", body.len()))),
             other => Err(ExecWireError::Kind(other)),
         }
     }
@@ -153,7 +182,7 @@ impl FrameDecoder {
         if len > MAX_EXEC_FRAME {
             return Err(ExecWireError::TooLong(len));
         }
-        if !(REQUEST..=EXIT).contains(&kind) {
+        if !(REQUEST..=RESIZE).contains(&kind) {
             return Err(ExecWireError::Kind(kind));
         }
         if self.buf.len() < 5 + len {
@@ -184,6 +213,16 @@ mod tests {
             Frame::Request(ExecRequest {
                 lease: "l-1".into(),
                 argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                tty: None,
+            }),
+            Frame::Request(ExecRequest {
+                lease: "l-2".into(),
+                argv: vec!["sh".into()],
+                tty: Some(WindowSize { rows: 24, cols: 80 }),
+            }),
+            Frame::Resize(WindowSize {
+                rows: 50,
+                cols: 132,
             }),
             Frame::Refused("no".into()),
             Frame::Started,

@@ -10,7 +10,9 @@ use utter_chunkstore::{ChunkId, ManifestId, Store};
 use utter_images::{Digest, ImageDocs, Images};
 use utter_ledger::{Ledger, LedgerError};
 
-use crate::endpoint::{ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_EXEC, ALPN_SYNC, Conn, Endpoint, NetError, Reply};
+use crate::endpoint::{
+    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_EXEC, ALPN_SYNC, Conn, Endpoint, NetError, Reply,
+};
 use crate::wire::{LayerRef, Message, What, code};
 
 /// The smallest and largest pack batch a server makes.

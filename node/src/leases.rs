@@ -351,6 +351,12 @@ fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snap
     Some(s)
 }
 
+/// Lease `id` as main has it.
+pub(crate) fn lease_at_main(ledger: &Ledger, id: &str) -> Option<Lease> {
+    let block = ledger.block(ledger.resolve(MAIN).ok()?).ok()?;
+    read_json(ledger, &block, LEASES, &format!("leases/{id}.json"))
+}
+
 /// The open lease escrows at main that pay `key` (read once at start: a
 /// lease that ended while the node was down still gets settled).
 fn lease_escrows_to(ledger: &Ledger, key: &str) -> BTreeSet<String> {

@@ -13,7 +13,8 @@
 //! - [`NodeImages`]: the image store as the executor sees it.
 //! - [`leases`]: the provider agent: runs, freezes, thaws and removes the
 //!   containers of the leases this node's key provides, heartbeats and
-//!   settles them.
+//!   settles them; [`exec`]: `utter lease exec` sessions, for the
+//!   lease's owner only.
 //! - [`consensus`]: proof of merge's disk side: a block's header from its
 //!   signed commit, the vote tip file, the machine's state rebuilt from the
 //!   ledger after a restart.
@@ -26,6 +27,7 @@
 
 mod api;
 pub mod consensus;
+pub mod exec;
 mod gossip;
 mod home;
 mod images;

@@ -20,7 +20,8 @@ use utter_net::peers::{self, PeerBook};
 use utter_net::serve::Source;
 use utter_net::tls::Gate;
 use utter_net::{
-    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_SYNC, Endpoint, Identity, Pass, PassError, Passed, Progress,
+    ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_EXEC, ALPN_SYNC, Endpoint, Identity, Pass, PassError, Passed,
+    Progress,
 };
 
 use crate::home::{Home, HomeError, Need};
@@ -185,7 +186,7 @@ impl P2p {
             Endpoint::serve(
                 settings.listen,
                 identity.clone(),
-                &[ALPN_SYNC, ALPN_CHUNKS, ALPN_CONSENSUS],
+                &[ALPN_SYNC, ALPN_CHUNKS, ALPN_CONSENSUS, ALPN_EXEC],
                 gate,
             )?
         };
@@ -215,10 +216,19 @@ impl P2p {
             consensus = Some((outbound, received));
         }
         let book = Arc::new(Mutex::new(book));
+        // Any node serves exec sessions: on one that provides no lease,
+        // each is refused with the lease's provider named.
+        let exec = crate::exec::start(
+            runtime,
+            home.clone(),
+            shared.clone(),
+            key.public().to_openssh(),
+        );
         runtime.spawn(utter_net::serve::serve_with(
             endpoint.clone(),
             source(home, store)?,
             role.is_some().then_some(conns),
+            Some(exec),
         ));
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let sync = (role != Some(true))

@@ -25,7 +25,10 @@ use utter_node::leases::{LeaseAnswer, LeaseOp, run_op};
 use utter_node::query::materialize;
 
 use crate::container::{parse_duration, parse_size};
+
+mod exec;
 use crate::ui::{Progress, human, utc};
+pub use exec::sandbox;
 
 /// `utter lease …`
 #[derive(Subcommand)]
@@ -75,6 +78,9 @@ pub enum Command {
         #[command(flatten)]
         send: SendArgs,
     },
+    /// Run a command in a lease's container, as the key that opened it:
+    /// over QUIC to the provider's node, the exit code passed on
+    Exec(exec::ExecArgs),
     /// What a lease's program printed (on the provider's node)
     Logs {
         /// The lease
@@ -213,6 +219,7 @@ pub fn run(home: &Home, cmd: Command) -> Result<ExitCode> {
             json,
         } => status(home, lease.as_deref(), key, node.as_deref(), json),
         Command::Close { lease, send } => close(home, &lease, &send),
+        Command::Exec(args) => exec::exec(home, args),
         Command::Logs { lease } => logs(home, &lease),
     }
 }

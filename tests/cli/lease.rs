@@ -5,7 +5,9 @@
 //! destroyed after its grace period; a closed lease returns exactly what
 //! it did not use; a provider node killed with SIGKILL adopts its running
 //! container on restart and bills it once; `ledger` reads the payments
-//! and earnings balanced.
+//! and earnings balanced; only the key that opened a lease logs in (`lease
+//! exec` over QUIC, on pipes or a terminal, the exit code passed on), and
+//! its session ends when the lease runs dry.
 
 use std::time::{Duration, Instant};
 
@@ -71,7 +73,7 @@ fn market() -> Market {
     let app = tmp.path().join("app");
     std::fs::create_dir_all(app.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", app.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "sleep", "echo", "cat"] {
+    for applet in ["sh", "sleep", "echo", "cat", "stty", "true"] {
         std::os::unix::fs::symlink("busybox", app.join("bin").join(applet)).unwrap();
     }
     let script = "echo started; echo kept > /data/file; i=$(cat /data/n 2>/dev/null || echo 0); \
@@ -84,7 +86,7 @@ fn market() -> Market {
         .args(["--tag", "counter", "--json"])))
     .unwrap();
     let image = built["id"].as_str().unwrap().to_string();
-    let node = Node::start(&data, &[]);
+    let node = Node::start(&data, &["--p2p", "127.0.0.1:0"]);
     let provider = public_key(&data);
     let (alice, alice_key) = ssh_key(tmp.path(), "alice");
     let (bob, bob_key) = ssh_key(tmp.path(), "bob");
@@ -335,7 +337,7 @@ fn close_returns_the_rest_and_a_provider_killed_mid_lease_adopts_its_container()
     // The provider's node dies; its container does not.
     m.node.take().unwrap().kill_9();
     assert!(m.counting(&id), "the lease runs on while its node is down");
-    m.node = Some(Node::start(&m.data, &[]));
+    m.node = Some(Node::start(&m.data, &["--p2p", "127.0.0.1:0"]));
     std::thread::sleep(Duration::from_secs(2));
     assert!(m.counting(&id));
     assert_eq!(
@@ -396,4 +398,156 @@ fn close_returns_the_rest_and_a_provider_killed_mid_lease_adopts_its_container()
     drop(m.node.take());
     ok(utter(&m.data).args(["verify", "--reexecute"]));
     let _ = &m.provider;
+}
+
+/// `ssh-keygen -l`'s fingerprint of the key at `path`.
+fn fingerprint(path: &Path) -> String {
+    let out = ok(Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path.with_extension("pub")));
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn only_the_key_that_paid_logs_in_and_its_session_ends_when_the_lease_runs_dry() {
+    let m = market();
+    until("the node to serve QUIC", 30, || {
+        m.data.join("node.p2p").exists().then_some(())
+    });
+    ok(m.lease()
+        .args(["offer", "shell", "--price", "60", "--grace", "1m"]));
+    let id = m.open("shell", 600, &m.alice);
+    m.wait_status(&id, "running", 30);
+    let exec = |key: &Path, args: &[&str]| {
+        let mut c = m.lease();
+        c.args(["exec", &id, "--key"]).arg(key).args(args);
+        c
+    };
+
+    // The owner: its container's files, stdout and stderr apart, the exit
+    // code passed on.
+    let out = run(exec(
+        &m.alice,
+        &["--", "sh", "-c", "cat /data/file; echo oops >&2; exit 7"],
+    )
+    .stdin(std::process::Stdio::null()));
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
+    // Input goes in, to its end.
+    let mut child = exec(&m.alice, &["--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.clone();
+        std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input).unwrap());
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "cat gave back what it was sent");
+
+    // -t: a terminal of the size asked (24x80 when this side has none).
+    let out = run(exec(&m.alice, &["-t", "--", "stty", "size"]).stdin(std::process::Stdio::null()));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "24 80");
+
+    // A command the image lacks: 127, as a shell says it.
+    let out = run(exec(&m.alice, &["--", "no-such-command"]).stdin(std::process::Stdio::null()));
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-command"),
+        "{out:?}"
+    );
+
+    // Someone else's key: refused, both keys named, nothing run.
+    let out = run(exec(&m.bob, &["--", "sh", "-c", "echo ran > /data/bob"])
+        .stdin(std::process::Stdio::null()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("does not own"), "{err}");
+    assert!(err.contains(&fingerprint(&m.bob)), "{err}");
+    assert!(err.contains(&fingerprint(&m.alice)), "{err}");
+    assert!(!m.data.join("leases").join(&id).join("data/bob").exists());
+
+    // A stranger's bytes on the exec protocol: refused with the reason,
+    // and the node serves the owner after them.
+    for (bytes, why) in [
+        (vec![42u8, 0, 0, 0, 0], "unknown kind"),
+        (vec![6, 0xff, 0xff, 0xff, 0xff], "bytes (at most"),
+        (
+            utter_net::exec::Frame::Stdin(b"x".to_vec()).encode(),
+            "starts with a request",
+        ),
+        (vec![1, 0, 0, 0, 2, b'{', b'}'], "malformed request"),
+    ] {
+        let got = hostile_exec(&m, &m.bob, bytes);
+        assert!(got.contains(why), "{why}: {got}");
+    }
+    let out = run(exec(&m.alice, &["--", "echo", "still"]).stdin(std::process::Stdio::null()));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n", "{out:?}");
+
+    // A lease that runs dry ends its sessions: 4 credits, 4 s.
+    let dry = m.open("shell", 4, &m.alice);
+    m.wait_status(&dry, "running", 30);
+    let started = Instant::now();
+    let mut c = m.lease();
+    c.args(["exec", &dry, "--key"])
+        .arg(&m.alice)
+        .args(["--", "sleep", "300"]);
+    let out = run(c.stdin(std::process::Stdio::null()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("ran dry"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{err}");
+    m.wait_status(&dry, "halted", 30);
+    // And a halted lease lets nobody in until it is topped up.
+    let out = run(exec(&m.alice, &["--", "true"]).stdin(std::process::Stdio::null()));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut c = m.lease();
+    c.args(["exec", &dry, "--key"])
+        .arg(&m.alice)
+        .args(["--", "true"]);
+    let err =
+        String::from_utf8_lossy(&run(c.stdin(std::process::Stdio::null())).stderr).into_owned();
+    assert!(err.contains("top it up"), "{err}");
+}
+
+/// Sends `bytes` on an exec stream to the market's node as `key`; what
+/// the node answered.
+fn hostile_exec(m: &Market, key: &Path, bytes: Vec<u8>) -> String {
+    use utter_net::exec::{Frame, FrameDecoder};
+    use utter_net::{ALPN_EXEC, Endpoint, Identity};
+    let target = std::fs::read_to_string(m.data.join("node.p2p")).unwrap();
+    let addr: std::net::SocketAddr = target.trim().rsplit_once('@').unwrap().1.parse().unwrap();
+    let key = utter_ledger::key::Keypair::load(key).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let endpoint = Endpoint::client(Identity::new(&key).unwrap(), false).unwrap();
+        let conn = endpoint.connect(addr, ALPN_EXEC, None).await.unwrap();
+        let (mut send, mut recv) = conn.open_stream().await.unwrap();
+        send.write(bytes).await.unwrap();
+        let mut d = FrameDecoder::default();
+        loop {
+            match recv.read(Duration::from_secs(20)).await {
+                Ok(Some(b)) => d.feed(&b),
+                Ok(None) => return "the stream ended".to_string(),
+                Err(e) => return e.to_string(),
+            }
+            match d.frame() {
+                Ok(Some(Frame::Refused(why))) => return why,
+                Ok(Some(other)) => return format!("{other:?}"),
+                Ok(None) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
 }
