@@ -32,7 +32,7 @@ pub struct Options {
 
 /// `utter node run --p2p` on loopback; waits until it serves. Its stderr
 /// goes to `data/node.log`.
-fn start(bin: &Path, data: &Path, extra: &[&str]) -> Result<Node> {
+pub(crate) fn start(bin: &Path, data: &Path, extra: &[&str]) -> Result<Node> {
     let log = std::fs::File::create(data.join("node.log"))?;
     for f in ["node.addr", "node.p2p"] {
         let _ = std::fs::remove_file(data.join(f));
@@ -212,7 +212,7 @@ fn deploy(bin: &Path, work: &Path, size_mib: u64) -> Result<()> {
 
 /// The `(total ms, in dapps ms)` of each block of `n` transactions the
 /// node's `--verbose` log has printed.
-fn block_times(log: &Path, n: usize) -> Result<Vec<(f64, f64)>> {
+pub(crate) fn block_times(log: &Path, n: usize) -> Result<Vec<(f64, f64)>> {
     let text = std::fs::read_to_string(log)?;
     let mut out = Vec::new();
     for line in text.lines() {

@@ -19,6 +19,7 @@ mod dapps;
 mod doorbot;
 mod executor;
 mod images;
+mod leases;
 mod ledger;
 mod net;
 mod node;
@@ -117,6 +118,25 @@ enum Bench {
         /// Transactions per request
         #[arg(long, default_value_t = 100)]
         batch: usize,
+        /// Work directory (default: a temporary directory, removed afterwards)
+        #[arg(long)]
+        work: Option<PathBuf>,
+    },
+    /// Compute leases: block time with 10,000 open leases beside 10, halt
+    /// latency (ran dry to frozen), `lease exec` beside ssh
+    Leases {
+        /// Open leases on the big chain (beside a chain of 10)
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+        /// Blocks timed on each chain
+        #[arg(long, default_value_t = 20)]
+        blocks: usize,
+        /// Leases that run dry, for the halt latency
+        #[arg(long, default_value_t = 20)]
+        halts: usize,
+        /// Round trips timed for `lease exec` and ssh
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
         /// Work directory (default: a temporary directory, removed afterwards)
         #[arg(long)]
         work: Option<PathBuf>,
@@ -290,6 +310,19 @@ fn main() -> Result<()> {
             rate,
             seconds,
             batch,
+            work,
+        }),
+        Bench::Leases {
+            leases,
+            blocks,
+            halts,
+            runs,
+            work,
+        } => leases::run(leases::Options {
+            leases,
+            blocks,
+            halts,
+            runs,
             work,
         }),
         Bench::Doorbot {

@@ -255,6 +255,7 @@ pub fn run(opts: Options) -> Result<()> {
         txs: txs.as_bytes().to_vec(),
         limits: Limits::default(),
         scratch: 64 << 20,
+        changed: None,
     };
     let mut empty_block = Vec::new();
     let mut full_block = Vec::new();

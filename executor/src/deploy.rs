@@ -288,6 +288,8 @@ impl Executor<'_> {
             context,
             Vec::new(),
             &mut spent,
+            // A new image: every rule of it is checked.
+            None,
         )? {
             Ok(ran) => ran,
             Err(NotRun(why)) => return Ok(Fate::Rejected(why)),

@@ -195,6 +195,22 @@ impl Batch<'_> {
     }
 }
 
+/// What `changes` changes, as a test dapp is told it: `<dapp>/<path>`
+/// for a state file, `<dapp>/` for a dapp deployed, upgraded or removed;
+/// `None` when the chain's configuration changes (every rule may be new).
+fn changed_paths(changes: &Changes) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    for (path, _) in changes.iter() {
+        let rest = path.strip_prefix(DAPPS).and_then(|p| p.strip_prefix('/'))?;
+        let (dapp, within) = rest.split_once('/').unwrap_or((rest, ""));
+        match within.strip_prefix(STATE).and_then(|p| p.strip_prefix('/')) {
+            Some(state) => out.push(format!("{dapp}/{state}")),
+            None => out.push(format!("{dapp}/")),
+        }
+    }
+    Some(out)
+}
+
 /// The parent state an execution starts from.
 struct Base {
     chain: String,
@@ -707,7 +723,8 @@ impl<'l> Executor<'l> {
         let (mut dapps_time, ran_any) =
             self.run_dapps(host, images, batch, &base, &mut slots, &mut changes)?;
         if ran_any
-            && let Some(reason) = self.run_tests(host, images, batch, &base, &mut dapps_time)?
+            && let Some(reason) =
+                self.run_tests(host, images, batch, &base, &changes, &mut dapps_time)?
         {
             // The whole batch is rejected and the state stays the parent's.
             changes = Changes::new();
@@ -868,6 +885,7 @@ impl<'l> Executor<'l> {
                 context,
                 txs,
                 &mut dapps_time,
+                None,
             )? {
                 Ok(ran) => ran,
                 Err(NotRun(reason)) => {
@@ -913,8 +931,10 @@ impl<'l> Executor<'l> {
         images: &mut dyn Images,
         batch: &Batch<'_>,
         base: &Base,
+        changes: &Changes,
         dapps_time: &mut Duration,
     ) -> Result<Option<String>, ExecError> {
+        let changed = changed_paths(changes);
         for test in &base.config.test_dapps {
             if !base.dapps.contains(test) {
                 continue;
@@ -930,6 +950,7 @@ impl<'l> Executor<'l> {
                 context,
                 Vec::new(),
                 dapps_time,
+                changed.clone(),
             )? {
                 Ok(ran) => ran,
                 Err(NotRun(reason)) => return Ok(Some(reason)),
@@ -963,6 +984,7 @@ impl<'l> Executor<'l> {
         context: Context,
         txs: Vec<u8>,
         spent: &mut Duration,
+        changed: Option<Vec<String>>,
     ) -> Result<Result<Ran, NotRun>, ExecError> {
         let (rootfs, process) = match images.rootfs(image) {
             Ok(found) => found,
@@ -983,6 +1005,7 @@ impl<'l> Executor<'l> {
             txs,
             limits: self.limits.clone(),
             scratch: self.scratch,
+            changed,
         };
         let started = Instant::now();
         let ran = host.invoke(&invocation);

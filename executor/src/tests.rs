@@ -38,6 +38,8 @@ struct FakeHost {
     released: u64,
     /// Invocations seen, as (dapp, entry).
     seen: Vec<(String, Entry)>,
+    /// What each test run was told the block changed.
+    told: Vec<Option<Vec<String>>>,
 }
 
 impl FakeHost {
@@ -47,6 +49,7 @@ impl FakeHost {
             runs: 0,
             released: 0,
             seen: Vec::new(),
+            told: Vec::new(),
         }
     }
 
@@ -115,6 +118,9 @@ impl Host for FakeHost {
         let results = dir.join("results.jsonl");
         let dapp = inv.command[0].as_str();
         self.seen.push((dapp.to_string(), inv.context.entry));
+        if inv.context.entry == Entry::Test {
+            self.told.push(inv.changed.clone());
+        }
         let (finished, lines, changes) = match (dapp, inv.context.entry) {
             ("counter", Entry::Apply) => {
                 let (lines, changes) = Self::counter(inv, &upper);
@@ -356,6 +362,17 @@ fn a_failing_test_dapp_rolls_the_whole_block_back() {
         .propose(&mut host, &mut images, main, &lines, T0 + 1, &f.key)
         .unwrap();
     assert_eq!(f.count(p.block.id, "tool").as_deref(), Some("2"));
+    // The test dapp was told what the block changed, and only that.
+    let told = host
+        .told
+        .last()
+        .cloned()
+        .flatten()
+        .expect("told what changed");
+    assert!(
+        !told.is_empty() && told.iter().all(|p| p.ends_with("/tool")),
+        "{told:?}"
+    );
 
     // The third add would reach the limit: guard fails, so every accepted
     // transaction of the block is rejected and the state is the parent's.
@@ -729,4 +746,28 @@ fn malformed_chain_actions_are_rejected_with_what_to_send() {
         .filter(|path| !path.starts_with("block/"))
         .collect();
     assert!(changed.is_empty(), "{changed:?}");
+}
+
+#[test]
+fn a_test_dapp_is_told_the_paths_a_block_changed() {
+    use utter_ledger::layout::StatePath;
+    let mut c = Changes::new();
+    c.state(
+        "doors",
+        &StatePath::new("log/front.jsonl").unwrap(),
+        utter_ledger::Change::Put(b"x".to_vec()),
+    )
+    .unwrap();
+    c.remove_dapp("old").unwrap();
+    assert_eq!(
+        changed_paths(&c),
+        Some(vec![
+            "doors/log/front.jsonl".to_string(),
+            "old/".to_string()
+        ])
+    );
+    let key = Keypair::generate("v").unwrap();
+    c.set_chain(&ChainConfig::single("c", "v", &key.public()))
+        .unwrap();
+    assert_eq!(changed_paths(&c), None, "new chain rules: check everything");
 }

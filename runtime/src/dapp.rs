@@ -67,6 +67,9 @@ pub struct Context {
     pub proposer: String,
 }
 
+/// The file of `/block` listing what the block changed, for a test dapp.
+pub const CHANGED_FILE: &str = "changed.txt";
+
 /// One invocation of a dapp.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Invocation {
@@ -96,6 +99,12 @@ pub struct Invocation {
     pub limits: Limits,
     /// Bytes the dapp may write: its state changes and results together.
     pub scratch: u64,
+    /// For the `test` entry: what the block changed, `<dapp>/<path>` (a
+    /// whole dapp as `<dapp>/`), written to `/block/changed.txt` one per
+    /// line, so a test dapp checks again only what a change can break.
+    /// `None`: not known (no file; the test checks everything).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<String>>,
 }
 
 /// Transaction lines cross the helper's pipe as one JSON string, not as
@@ -252,6 +261,15 @@ pub fn invoke<S: Sandbox + ?Sized>(
         (results.clone(), &[][..]),
     ] {
         fs::write(&path, bytes).map_err(RunError::io("write", &path))?;
+    }
+    if let Some(changed) = &invocation.changed {
+        let path = block.join(CHANGED_FILE);
+        let mut text = String::with_capacity(changed.iter().map(|c| c.len() + 1).sum());
+        for c in changed {
+            text.push_str(c);
+            text.push('\n');
+        }
+        fs::write(&path, text).map_err(RunError::io("write", &path))?;
     }
     let mut args = invocation.command.clone();
     args.push(invocation.context.entry.as_str().to_string());

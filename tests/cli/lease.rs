@@ -124,6 +124,36 @@ fn market() -> Market {
     }
 }
 
+/// Lease containers outlive their node (by design): each test removes
+/// its own when it ends, as the node's helper does.
+impl Drop for Market {
+    fn drop(&mut self) {
+        drop(self.node.take());
+        let op = |json: &str| -> Option<Value> {
+            let mut child = utter(&self.data)
+                .arg("sandbox-lease")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()?;
+            std::io::Write::write_all(&mut child.stdin.take()?, json.as_bytes()).ok()?;
+            serde_json::from_slice(&child.wait_with_output().ok()?.stdout).ok()
+        };
+        let Some(listed) = op(r#""list""#) else {
+            return;
+        };
+        for name in listed["listed"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
+            op(&json!({"remove": {"name": name}}).to_string());
+        }
+    }
+}
+
 impl Market {
     fn lease(&self) -> Command {
         let mut c = utter(&self.data);
@@ -550,4 +580,76 @@ fn hostile_exec(m: &Market, key: &Path, bytes: Vec<u8>) -> String {
             }
         }
     })
+}
+
+#[test]
+fn thirty_small_leases_run_at_once_on_one_provider() {
+    let m = market();
+    ok(m.lease().args([
+        "offer",
+        "tiny",
+        "--price",
+        "6",
+        "--grace",
+        "1m",
+        "--capacity",
+        "30",
+        "--memory",
+        "16M",
+        "--pids",
+        "8",
+        "--cpu",
+        "0.05",
+    ]));
+    // A new key holds at most 3 leases: ten customers.
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        let (path, key) = ssh_key(m.tmp.path(), &format!("c{i}"));
+        accepted(submit(
+            &m.data,
+            None,
+            "membership",
+            "add-member",
+            json!({"key": key, "name": format!("Customer {i}")}),
+        ));
+        keys.push((path, key));
+    }
+    for (_, key) in &keys {
+        accepted(submit(
+            &m.data,
+            None,
+            "accounting",
+            "mint",
+            json!({"to": key, "amount": 100}),
+        ));
+    }
+    let mut ids = Vec::new();
+    for (path, _) in &keys {
+        for _ in 0..3 {
+            ids.push(m.open("tiny", 30, path));
+        }
+    }
+    assert_eq!(ids.len(), 30);
+    for id in &ids {
+        m.wait_status(id, "running", 60);
+    }
+    // Every one runs its own program on its own /data, at once.
+    for id in &ids {
+        assert!(m.counting(id), "{id}");
+    }
+    // The offer is full.
+    let err = fails(
+        m.lease()
+            .args([
+                "open",
+                "tiny",
+                "--image",
+                &m.image,
+                "--deposit",
+                "30",
+                "--key",
+            ])
+            .arg(&m.bob),
+    );
+    assert!(err.contains("at capacity"), "{err}");
 }

@@ -34,6 +34,11 @@ pub use serde_json::{Value, json};
 
 /// Where the block directory is in a container.
 pub const BLOCK_DIR: &str = "/block";
+/// The file of the block directory that lists, for the `test` entry,
+/// what the block changed: `<dapp>/<path>` per line, `<dapp>/` for a
+/// whole dapp. See [`changed`].
+pub const CHANGED_FILE: &str = "changed.txt";
+
 /// Where the state is in a container.
 pub const STATE_DIR: &str = "/state";
 /// Where every dapp's state as of the parent block is, read-only.
@@ -193,6 +198,23 @@ fn u64_field(v: &Value, key: &str, what: &str) -> Result<u64, Error> {
     v.get(key)
         .and_then(Value::as_u64)
         .ok_or_else(|| Error(format!("{what} has no integer {key:?}")))
+}
+
+/// For the `test` entry: what the block changed (`<dapp>/<path>`, or
+/// `<dapp>/` for a whole dapp), read from `/block/changed.txt` (or
+/// `$UTTER_BLOCK`'s); `None` when utter did not say, and then a test
+/// checks everything. A rule over state the block did not change held at
+/// the parent block and still holds.
+pub fn changed() -> Result<Option<Vec<String>>, Error> {
+    let dir = std::env::var_os("UTTER_BLOCK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(BLOCK_DIR));
+    let path = dir.join(CHANGED_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.lines().map(str::to_string).collect())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("read", &path)(e)),
+    }
 }
 
 impl Block {

@@ -45,6 +45,7 @@ fn invocation(command: &[&str], state: &Path, entry: Entry, txs: &[String]) -> I
             .into_bytes(),
         limits: Limits::default(),
         scratch: 64 << 20,
+        changed: None,
     }
 }
 

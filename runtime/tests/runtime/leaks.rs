@@ -137,6 +137,7 @@ fn failing_runs_leave_nothing_behind() {
             txs: Vec::new(),
             limits: Limits::default(),
             scratch: 1 << 20,
+            changed: None,
         };
         drop(invoke(&e.rt, &inv));
         e.rt.start("leaky", &sh("sleep 1000")).expect("start");

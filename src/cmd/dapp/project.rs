@@ -220,6 +220,7 @@ impl Runnable {
             txs,
             limits: Limits::default(),
             scratch: 64 << 20,
+            changed: None,
         };
         Ok(helper.invoke(&invocation)?)
     }

@@ -121,6 +121,7 @@ pub fn dapp_run(home: &Home, args: DappRunArgs) -> Result<u8> {
         txs,
         limits: args.limits.limits(Limits::default().timeout)?,
         scratch: args.scratch,
+        changed: None,
     };
     let run = invoke(&runtime, &invocation)?;
     let ok = run.finished.outcome.success();
