@@ -42,6 +42,8 @@ pub struct Options {
     pub halts: usize,
     /// Round trips timed for the login.
     pub runs: usize,
+    /// The wait between opening the leases and timing blocks.
+    pub settle: Duration,
     pub work: Option<PathBuf>,
 }
 
@@ -56,7 +58,7 @@ pub fn run(opts: Options) -> Result<()> {
     println!(
         "## leases: compute leases on `utter node run --p2p` (real containers, real transactions)"
     );
-    let (small, big) = block_times(&bin, &work, opts.leases, opts.blocks)?;
+    let (small, big) = block_times(&bin, &work, opts.leases, opts.blocks, opts.settle)?;
     let ratio = big.0 / small.0;
     println!("                                          measured        target");
     println!(
@@ -300,7 +302,7 @@ impl Chain {
     fn lease(&self, id: &str) -> Result<Option<utter_leases::Lease>> {
         let Some(f) = self
             .client
-            .state("leases", &format!("leases/{id}.json"), None)?
+            .state("leases", &utter_leases::lease_path(id), None)?
         else {
             return Ok(None);
         };
@@ -399,9 +401,17 @@ fn block_times(
     work: &Path,
     leases: usize,
     blocks: usize,
+    settle: Duration,
 ) -> Result<((f64, f64), (f64, f64))> {
     let mut small = lease_chain(bin, &work.join("small"), 10)?;
     let mut big = lease_chain(bin, &work.join("big"), leases)?;
+    if !settle.is_zero() {
+        eprintln!(
+            "waiting {} s before timing blocks (--settle)",
+            settle.as_secs()
+        );
+        std::thread::sleep(settle);
+    }
     for b in 0..=blocks {
         for (chain, provider, ids) in [&mut small, &mut big] {
             // 5 leases spread over the chain change: their heartbeats.

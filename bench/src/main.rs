@@ -27,7 +27,7 @@ mod runtime;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -137,6 +137,11 @@ enum Bench {
         /// Round trips timed for `lease exec` and ssh
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// Seconds to wait after opening the leases before the blocks are
+        /// timed (the opening blocks' loose objects, packed and deleted,
+        /// slow new files' inodes for a while on ext4)
+        #[arg(long, default_value_t = 0)]
+        settle: u64,
         /// Work directory (default: a temporary directory, removed afterwards)
         #[arg(long)]
         work: Option<PathBuf>,
@@ -317,12 +322,14 @@ fn main() -> Result<()> {
             blocks,
             halts,
             runs,
+            settle,
             work,
         } => leases::run(leases::Options {
             leases,
             blocks,
             halts,
             runs,
+            settle: Duration::from_secs(settle),
             work,
         }),
         Bench::Doorbot {
@@ -864,6 +871,6 @@ fn wait_with_peak_rss(mut child: std::process::Child) -> Result<(std::process::E
         if let Some(status) = child.try_wait()? {
             return Ok((status, peak));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -516,6 +516,7 @@ mod tests {
             phase: Phase::Running,
             unheard: 0,
             warned: false,
+            endpoints: Vec::new(),
         }
     }
 

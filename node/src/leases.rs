@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use utter_dapp_sdk::State;
 use utter_executor::Images as _;
 use utter_formats::tx::{Request, sign_requests};
-use utter_leases::{HEARTBEAT_EVERY, Lease, Provider};
+use utter_leases::{HEARTBEAT_EVERY, Lease};
 use utter_ledger::key::Keypair;
 use utter_ledger::{Block, Ledger, MAIN};
 use utter_membership::key_id;
@@ -128,6 +128,11 @@ pub enum LeaseOp {
     },
     /// Every lease container and where it is.
     List,
+    /// The host pid of its main process.
+    Pid {
+        /// The lease.
+        name: String,
+    },
 }
 
 /// Where a lease's container is.
@@ -152,6 +157,8 @@ pub enum LeaseAnswer {
     Listed(BTreeMap<String, Have>),
     /// A log.
     Log(String),
+    /// A pid.
+    Pid(i32),
     /// Why not.
     Error(String),
 }
@@ -182,6 +189,16 @@ pub fn serve_op(home: &Home, op: LeaseOp) -> LeaseAnswer {
             Err(e) => LeaseAnswer::Error(e.to_string()),
         },
         LeaseOp::List => LeaseAnswer::Listed(list(&rt)),
+        LeaseOp::Pid { name } => match rt.status(&name) {
+            Ok(
+                utter_runtime::detached::Status::Running(pid)
+                | utter_runtime::detached::Status::Frozen(pid),
+            ) => LeaseAnswer::Pid(pid),
+            Ok(utter_runtime::detached::Status::Stopped) => {
+                LeaseAnswer::Error(format!("the container of {name} has stopped"))
+            }
+            Err(e) => LeaseAnswer::Error(e.to_string()),
+        },
     }
 }
 
@@ -319,11 +336,10 @@ fn read_json<T: serde::de::DeserializeOwned>(
 fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snapshot> {
     let block = ledger.block(ledger.resolve(MAIN).ok()?).ok()?;
     let id = key_id(key)?;
-    let provider: Provider =
-        read_json(ledger, &block, LEASES, &format!("providers/{id}.json")).unwrap_or_default();
+    let open = fanned_names(ledger, &block, &utter_leases::provided_dir(&id), ".json");
     let mut s = Snapshot::default();
-    for lease in provider.open.iter().chain(extra) {
-        let Some(l) = read_json::<Lease>(ledger, &block, LEASES, &format!("leases/{lease}.json"))
+    for lease in open.iter().chain(extra) {
+        let Some(l) = read_json::<Lease>(ledger, &block, LEASES, &utter_leases::lease_path(lease))
         else {
             continue;
         };
@@ -338,7 +354,7 @@ fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snap
             }
         }
         // The settle record, read as accounting reads it.
-        let path = format!("settle/{lease}.json");
+        let path = utter_accounting::lease_settle_path(lease);
         if let Ok(Some(bytes)) = ledger.read_value(&block, &state_path(LEASES, &path)) {
             let mut st = State::in_memory([(path, bytes)]);
             if let Ok(Some(settle)) = utter_accounting::lease_settle(&mut st, lease) {
@@ -351,10 +367,27 @@ fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snap
     Some(s)
 }
 
+/// The names in a leases-dapp directory fanned out by
+/// [`utter_dapp_sdk::fan_out`] at `block`: only the shards that exist are
+/// read.
+fn fanned_names(ledger: &Ledger, block: &Block, dir: &str, ext: &str) -> Vec<String> {
+    let dir = state_path(LEASES, dir);
+    let mut names = Vec::new();
+    for shard in ledger.list(block, &dir).ok().flatten().unwrap_or_default() {
+        let files = ledger.list(block, &format!("{dir}/{}", shard.name));
+        for file in files.ok().flatten().unwrap_or_default() {
+            if let Some(name) = file.name.strip_suffix(ext) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
 /// Lease `id` as main has it.
 pub(crate) fn lease_at_main(ledger: &Ledger, id: &str) -> Option<Lease> {
     let block = ledger.block(ledger.resolve(MAIN).ok()?).ok()?;
-    read_json(ledger, &block, LEASES, &format!("leases/{id}.json"))
+    read_json(ledger, &block, LEASES, &utter_leases::lease_path(id))
 }
 
 /// The open lease escrows at main that pay `key` (read once at start: a
@@ -402,6 +435,10 @@ struct Agent {
     /// until its escrow closes (an ended lease leaves the provider's open
     /// list before its last settle). `None`: not read from the chain yet.
     settling: Option<BTreeSet<String>>,
+    /// Forwarded inbound ports (`None`: this node forwards none).
+    ports: Option<crate::ports::Ports>,
+    /// Leases whose ports could not be forwarded, with why (said once).
+    port_failed: BTreeMap<String, String>,
     verbose: bool,
 }
 
@@ -500,6 +537,86 @@ impl Agent {
         }
     }
 
+    /// Forwards the published ports of the leases that run here (and
+    /// stops forwarding those of leases that do not); returns the
+    /// endpoints to record, of leases whose record says otherwise.
+    fn forward(
+        &mut self,
+        snap: &Snapshot,
+        running: &BTreeSet<String>,
+        now: u64,
+    ) -> BTreeMap<String, Vec<String>> {
+        use utter_leases::Status as S;
+        let mut announce = BTreeMap::new();
+        let Some(mut ports) = self.ports.take() else {
+            return announce;
+        };
+        let wanted: BTreeMap<&String, &Lease> = snap
+            .leases
+            .iter()
+            .filter(|(id, l)| {
+                !l.terms.ports.is_empty()
+                    && running.contains(*id)
+                    && matches!(
+                        l.view(now).status,
+                        S::Pending | S::Running | S::Low | S::Unheard
+                    )
+            })
+            .collect();
+        for id in ports.forwarded() {
+            if !wanted.contains_key(&id) {
+                ports.close(&id);
+                if self.verbose {
+                    self.say(&format!(
+                        "{id}: its ports are not forwarded while it does not run"
+                    ));
+                }
+            }
+        }
+        for (id, l) in wanted {
+            if ports.endpoints(id).is_none() {
+                let opened = match run_op(&self.home, &LeaseOp::Pid { name: id.clone() }) {
+                    Ok(LeaseAnswer::Pid(pid)) => ports
+                        .open(id, &lease_dir(self.home.root(), id), pid, &l.terms.ports)
+                        .map(|e| e.to_vec())
+                        .map_err(|e| e.to_string()),
+                    Ok(other) => Err(format!("the helper answered {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                match opened {
+                    Ok(endpoints) => {
+                        self.port_failed.remove(id);
+                        let pairs: Vec<String> = l
+                            .terms
+                            .ports
+                            .iter()
+                            .zip(&endpoints)
+                            .map(|(p, e)| format!("{e} -> {p}"))
+                            .collect();
+                        self.say(&format!("{id}: forwarding {}", pairs.join(", ")));
+                    }
+                    Err(why) => {
+                        if self.port_failed.insert(id.clone(), why.clone()).is_none() {
+                            self.say(&format!("cannot forward the ports of {id}: {why}"));
+                        }
+                        continue;
+                    }
+                }
+            }
+            let endpoints = ports.endpoints(id).expect("forwarded").to_vec();
+            if endpoints != l.endpoints
+                && self
+                    .sent
+                    .insert((id.clone(), format!("ports {endpoints:?}")))
+            {
+                announce.insert(id.clone(), endpoints);
+            }
+        }
+        ports.tidy();
+        self.ports = Some(ports);
+        announce
+    }
+
     /// One look at main and the containers; returns when to look again
     /// at the latest.
     fn look(&mut self) -> Option<u64> {
@@ -586,6 +703,7 @@ impl Agent {
                 .map(|id| (id.clone(), Have::Running))
                 .collect(),
         );
+        let announce = self.forward(&snap, &running, now);
         let mut requests = Vec::new();
         // Heartbeats: every lease whose container this node holds, and
         // (to record it, and so settle it) every lease that ended by
@@ -593,7 +711,7 @@ impl Agent {
         let unrecorded_end = |l: &Lease| {
             !matches!(l.phase, utter_leases::Phase::Ended { .. }) && l.view(now).status.ended()
         };
-        let mut due = started || now >= self.last_beat + HEARTBEAT_EVERY;
+        let mut due = started || !announce.is_empty() || now >= self.last_beat + HEARTBEAT_EVERY;
         for (id, l) in &snap.leases {
             if unrecorded_end(l) && self.sent.insert((id.clone(), "end".into())) {
                 due = true;
@@ -611,10 +729,18 @@ impl Agent {
                 .collect();
             if !beat.is_empty() {
                 self.last_beat = now;
+                let mut args = serde_json::json!({ "leases": beat });
+                let announce: BTreeMap<_, _> = announce
+                    .into_iter()
+                    .filter(|(id, _)| beat.contains(id))
+                    .collect();
+                if !announce.is_empty() {
+                    args["ports"] = serde_json::json!(announce);
+                }
                 requests.push(Request {
                     dapp: LEASES.into(),
                     action: "heartbeat".into(),
-                    args: serde_json::json!({ "leases": beat }),
+                    args,
                 });
             }
         }
@@ -674,7 +800,13 @@ pub(crate) fn chain_has_leases(ledger: &Ledger) -> bool {
 
 /// Runs the agent until the node stops: looks at main on every new block,
 /// at every moment a lease changes by itself, and every heartbeat period.
-pub(crate) fn run(home: Home, shared: Arc<Shared>, key: Keypair, verbose: bool) {
+pub(crate) fn run(
+    home: Home,
+    shared: Arc<Shared>,
+    key: Keypair,
+    ports: Option<crate::ports::Ports>,
+    verbose: bool,
+) {
     let images = NodeImages::new(shared.images.clone());
     let signer = key.public().to_openssh();
     let mut agent = Agent {
@@ -689,6 +821,8 @@ pub(crate) fn run(home: Home, shared: Arc<Shared>, key: Keypair, verbose: bool) 
         sent: BTreeSet::new(),
         have: None,
         settling: None,
+        ports,
+        port_failed: BTreeMap::new(),
         verbose,
     };
     let mut blocks = shared.blocks.subscribe();

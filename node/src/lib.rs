@@ -35,6 +35,7 @@ pub mod init;
 pub mod leases;
 pub mod p2p;
 pub mod pool;
+pub mod ports;
 mod producer;
 pub mod query;
 mod run;

@@ -149,12 +149,14 @@ fn produce(
         shared.blocks.send_modify(|n| *n += 1);
         if settings.verbose {
             eprintln!(
-                "block {} at height {}: {} transactions, {accepted} accepted ({:.1} ms, {:.1} in dapps)",
+                "block {} at height {}: {} transactions, {accepted} accepted ({:.1} ms, {:.1} in dapps, {:.1} writing, {:.1} verifying)",
                 proposed.block.id.short(),
                 proposed.block.height,
                 batch.len(),
                 proposed.timings.total.as_secs_f64() * 1e3,
                 proposed.timings.dapps.as_secs_f64() * 1e3,
+                proposed.timings.write.as_secs_f64() * 1e3,
+                proposed.timings.verify.as_secs_f64() * 1e3,
             );
         }
     }

@@ -513,10 +513,14 @@ pub fn run(home: &Home, settings: Settings) -> Result<(), NodeError> {
         let (home, shared) = (home.clone(), shared.clone());
         let key = home.load_key(None)?;
         let verbose = settings.verbose;
+        // Inbound ports are forwarded from the address peers reach this
+        // node at (its p2p address, else its API's).
+        let ip = p2p.as_ref().map_or(addr.ip(), |p| p.addr.ip());
+        let ports = crate::ports::Ports::new(home.root(), ip, runtime.handle().clone());
         Some(
             std::thread::Builder::new()
                 .name("leases".into())
-                .spawn(move || crate::leases::run(home, shared, key, verbose))
+                .spawn(move || crate::leases::run(home, shared, key, Some(ports), verbose))
                 .map_err(io("start the lease agent"))?,
         )
     } else {

@@ -138,6 +138,11 @@ pub struct OfferArgs {
     /// Leases at once
     #[arg(long, default_value_t = 4)]
     capacity: u64,
+    /// A container port this node forwards to from its own address, e.g.
+    /// 8080 for a web app (repeatable, at most 8; `lease status` shows
+    /// where each is reached)
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    ports: Vec<u16>,
     #[command(flatten)]
     send: SendArgs,
 }
@@ -325,7 +330,7 @@ fn offer(home: &Home, args: OfferArgs) -> Result<ExitCode> {
             "name": args.name, "millicpu": (args.cpu * 1000.0).round() as u64,
             "memory": args.memory, "pids": args.pids, "disk": args.disk,
             "price": args.price, "grace": args.grace.as_secs(), "images": images,
-            "location": args.location, "capacity": args.capacity,
+            "location": args.location, "capacity": args.capacity, "ports": args.ports,
         }),
     );
     let out = Sender::new(home, &args.send)?.send_all(vec![tx])?;
@@ -492,7 +497,7 @@ fn open(home: &Home, args: OpenArgs) -> Result<ExitCode> {
 
 fn top_up(home: &Home, lease: &str, amount: u64, args: &SendArgs) -> Result<ExitCode> {
     let s = Sender::new(home, args)?;
-    let Some(l) = s.read::<Lease>("leases", &format!("leases/{lease}.json"))? else {
+    let Some(l) = s.read::<Lease>("leases", &utter_leases::lease_path(lease))? else {
         bail!("there is no lease {lease:?}");
     };
     if l.view(utter_formats::now()).status.ended() {
@@ -564,11 +569,11 @@ fn status(
     let now = utter_formats::now();
     let mut rows = Vec::new();
     for id in &ids {
-        let Some(l) = read::<Lease>(&client, "leases", &format!("leases/{id}.json"))? else {
+        let Some(l) = read::<Lease>(&client, "leases", &utter_leases::lease_path(id))? else {
             bail!("there is no lease {id:?}");
         };
         let mut events: Vec<Event> = client
-            .state("leases", &format!("events/{id}.jsonl"), None)?
+            .state("leases", &utter_leases::events_path(id), None)?
             .map(|f| {
                 String::from_utf8_lossy(&f.bytes)
                     .lines()
@@ -606,6 +611,12 @@ fn status(
             }
             s if s.ended() => println!("  ended at   {}", at(v.ended_at)),
             _ => println!("  runs out   {}", at(v.runs_out_at)),
+        }
+        for (i, port) in l.terms.ports.iter().enumerate() {
+            match l.endpoints.get(i) {
+                Some(e) => println!("  port {port:<5} reached at {e}"),
+                None => println!("  port {port:<5} not forwarded yet"),
+            }
         }
         if lease.is_some() {
             for e in events {

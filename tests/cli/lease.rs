@@ -54,6 +54,30 @@ fn until_or<T>(what: &str, secs: u64, m: &Market, id: &str, mut f: impl FnMut() 
     }
 }
 
+/// Builds, in `data`'s image store, an image of busybox's shell and a few
+/// applets (plus `files`, path and text) at `app` that runs `script`;
+/// its digest.
+fn busybox_image(data: &Path, app: &Path, script: &str, files: &[(&str, &str)]) -> String {
+    std::fs::create_dir_all(app.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", app.join("bin/busybox")).expect("busybox-static is installed");
+    for applet in ["sh", "sleep", "echo", "cat", "stty", "true", "httpd", "nc"] {
+        std::os::unix::fs::symlink("busybox", app.join("bin").join(applet)).unwrap();
+    }
+    for (path, text) in files {
+        let path = app.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let built: Value = serde_json::from_str(&ok(utter(data)
+        .args(["image", "build"])
+        .arg(app)
+        .args(["--entrypoint", r#"["/bin/sh","-c"]"#, "--cmd"])
+        .arg(json!([script]).to_string())
+        .args(["--json"])))
+    .unwrap();
+    built["id"].as_str().unwrap().to_string()
+}
+
 struct Market {
     tmp: tempfile::TempDir,
     data: PathBuf,
@@ -62,6 +86,8 @@ struct Market {
     alice: PathBuf,
     bob: PathBuf,
     image: String,
+    /// An image serving a page on port 8080.
+    web: String,
 }
 
 /// A chain whose node key is the treasurer and the provider; Alice and
@@ -70,22 +96,15 @@ fn market() -> Market {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     ok(utter(&data).args(["init", "--chain", "market"]));
-    let app = tmp.path().join("app");
-    std::fs::create_dir_all(app.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", app.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "sleep", "echo", "cat", "stty", "true"] {
-        std::os::unix::fs::symlink("busybox", app.join("bin").join(applet)).unwrap();
-    }
     let script = "echo started; echo kept > /data/file; i=$(cat /data/n 2>/dev/null || echo 0); \
                   while :; do i=$((i+1)); echo $i > /data/n; sleep 0.1; done";
-    let built: Value = serde_json::from_str(&ok(utter(&data)
-        .args(["image", "build"])
-        .arg(&app)
-        .args(["--entrypoint", r#"["/bin/sh","-c"]"#, "--cmd"])
-        .arg(json!([script]).to_string())
-        .args(["--tag", "counter", "--json"])))
-    .unwrap();
-    let image = built["id"].as_str().unwrap().to_string();
+    let image = busybox_image(&data, &tmp.path().join("app"), script, &[]);
+    let web = busybox_image(
+        &data,
+        &tmp.path().join("web"),
+        "exec httpd -f -p 8080 -h /www",
+        &[("www/index.html", "served from a lease\n")],
+    );
     let node = Node::start(&data, &["--p2p", "127.0.0.1:0"]);
     let provider = public_key(&data);
     let (alice, alice_key) = ssh_key(tmp.path(), "alice");
@@ -121,6 +140,7 @@ fn market() -> Market {
         alice,
         bob,
         image,
+        web,
     }
 }
 
@@ -151,6 +171,11 @@ impl Drop for Market {
         {
             op(&json!({"remove": {"name": name}}).to_string());
         }
+        // The node's ports namespace, if a test left it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &utter_node::ports::netns_name(&self.data)])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -171,6 +196,16 @@ impl Market {
             view["balance"].as_u64().unwrap(),
             v[0].clone(),
         )
+    }
+
+    /// Waits for the lease to run: "running", or already "low" (a lease
+    /// with seconds of runway can pass its warning before a loaded machine
+    /// polls it).
+    fn wait_live(&self, id: &str, secs: u64) -> Value {
+        until(&format!("lease {id} to run"), secs, || {
+            let (s, _, v) = self.status(id);
+            (s == "running" || s == "low").then_some(v)
+        })
     }
 
     fn wait_status(&self, id: &str, want: &str, secs: u64) -> Value {
@@ -206,9 +241,13 @@ impl Market {
     }
 
     fn open(&self, offer: &str, deposit: u64, key: &Path) -> String {
+        self.open_image(offer, deposit, key, &self.image)
+    }
+
+    fn open_image(&self, offer: &str, deposit: u64, key: &Path, image: &str) -> String {
         let v: Value = serde_json::from_str(&ok(self
             .lease()
-            .args(["open", offer, "--image", &self.image, "--warn", "3s"])
+            .args(["open", offer, "--image", image, "--warn", "3s"])
             .args(["--deposit", &deposit.to_string(), "--json", "--key"])
             .arg(key)))
         .unwrap();
@@ -268,7 +307,7 @@ fn a_lease_drains_halts_frozen_resumes_on_a_top_up_and_is_destroyed_after_grace(
     assert!(err.contains("there is no offer"), "{err}");
 
     let id = m.open("small", 8, &m.alice);
-    m.wait_status(&id, "running", 30);
+    m.wait_live(&id, 60);
     assert!(m.counting(&id));
     let log = ok(m.lease().args(["logs", &id]));
     assert_eq!(log, "started\n");
@@ -290,7 +329,7 @@ fn a_lease_drains_halts_frozen_resumes_on_a_top_up_and_is_destroyed_after_grace(
     // Bob, not the owner, tops it up inside the grace period: it resumes
     // where it was (the same process counts on).
     ok(m.lease().args(["top-up", &id, "5", "--key"]).arg(&m.bob));
-    m.wait_status(&id, "running", 20);
+    m.wait_live(&id, 60);
     assert!(m.counting(&id));
     assert!(m.count(&id) > frozen_at);
     assert_eq!(
@@ -522,9 +561,9 @@ fn only_the_key_that_paid_logs_in_and_its_session_ends_when_the_lease_runs_dry()
     let out = run(exec(&m.alice, &["--", "echo", "still"]).stdin(std::process::Stdio::null()));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still\n", "{out:?}");
 
-    // A lease that runs dry ends its sessions: 4 credits, 4 s.
-    let dry = m.open("shell", 4, &m.alice);
-    m.wait_status(&dry, "running", 30);
+    // A lease that runs dry ends its sessions: 10 credits, 10 s.
+    let dry = m.open("shell", 10, &m.alice);
+    m.wait_live(&dry, 60);
     let started = Instant::now();
     let mut c = m.lease();
     c.args(["exec", &dry, "--key"])
@@ -535,7 +574,7 @@ fn only_the_key_that_paid_logs_in_and_its_session_ends_when_the_lease_runs_dry()
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(err.contains("ran dry"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60), "{err}");
-    m.wait_status(&dry, "halted", 30);
+    m.wait_status(&dry, "halted", 60);
     // And a halted lease lets nobody in until it is topped up.
     let out = run(exec(&m.alice, &["--", "true"]).stdin(std::process::Stdio::null()));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -652,4 +691,101 @@ fn thirty_small_leases_run_at_once_on_one_provider() {
             .arg(&m.bob),
     );
     assert!(err.contains("at capacity"), "{err}");
+}
+
+/// An HTTP GET of `/` from `addr`: the answer, when one came.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut got = String::new();
+    s.read_to_string(&mut got).ok()?;
+    (!got.is_empty()).then_some(got)
+}
+
+#[test]
+fn a_published_port_serves_the_lease_s_web_app_and_the_lease_reaches_nothing() {
+    let mut m = market();
+    let err = fails(
+        m.lease()
+            .args(["offer", "bad", "--price", "6", "--port", "0"]),
+    );
+    assert!(err.contains("--port"), "{err}");
+    ok(m.lease().args([
+        "offer", "web", "--price", "6", "--grace", "1m", "--port", "8080",
+    ]));
+    let id = m.open_image("web", 600, &m.alice, &m.web);
+    m.wait_live(&id, 60);
+    let endpoint = until_or("the port to be forwarded", 60, &m, &id, || {
+        let (_, _, v) = m.status(&id);
+        v["lease"]["endpoints"][0].as_str().map(str::to_string)
+    });
+    let listed = ok(m.lease().args(["status", &id]));
+    assert!(
+        listed.contains(&format!("port 8080  reached at {endpoint}")),
+        "{listed}"
+    );
+    let page = until("the web app to answer", 30, || http_get(&endpoint));
+    assert!(page.contains("served from a lease"), "{page}");
+
+    // From inside: no host service, not even on the link's other end, and
+    // no route anywhere else.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    host.set_nonblocking(true).unwrap();
+    let port = host.local_addr().unwrap().port().to_string();
+    let endpoint_port = endpoint.rsplit_once(':').unwrap().1.to_string();
+    let nc = |to: &str, port: &str| {
+        run(m
+            .lease()
+            .args(["exec", &id, "--key"])
+            .arg(&m.alice)
+            .args(["--", "sh", "-c"])
+            .arg(format!(
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {to} {port}"
+            ))
+            .stdin(std::process::Stdio::null()))
+    };
+    // nc works in there: the lease's own server answers it.
+    let out = nc("127.0.0.1", "8080");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("served from a lease"),
+        "{out:?}"
+    );
+    for (to, port) in [
+        ("10.213.0.1", &port),
+        ("10.213.0.1", &endpoint_port),
+        ("192.0.2.1", &port),
+    ] {
+        let out = nc(to, port);
+        assert_eq!(out.status.code(), Some(1), "reached {to}:{port}? {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            ["refused", "unreachable", "timed out"]
+                .iter()
+                .any(|w| err.contains(w)),
+            "{to}:{port}: {err}"
+        );
+    }
+    assert!(host.accept().is_err(), "the lease reached the host");
+
+    // The provider killed and restarted: the same address serves again.
+    m.node.take().unwrap().kill_9();
+    m.node = Some(Node::start(&m.data, &["--p2p", "127.0.0.1:0"]));
+    let page = until("the web app to answer after the restart", 60, || {
+        http_get(&endpoint)
+    });
+    assert!(page.contains("served from a lease"), "{page}");
+    let (_, _, v) = m.status(&id);
+    assert_eq!(v["lease"]["endpoints"][0], endpoint.as_str());
+
+    // Closed: the port is gone, and so is the node's ports namespace.
+    ok(m.lease().args(["close", &id, "--key"]).arg(&m.alice));
+    let netns = utter_node::ports::netns_name(&m.data);
+    until("the forward and the namespace to be removed", 60, || {
+        let listed = run(Command::new("ip").args(["netns", "list"]));
+        let gone = !String::from_utf8_lossy(&listed.stdout).contains(&netns);
+        (gone && http_get(&endpoint).is_none()).then_some(())
+    });
 }

@@ -218,13 +218,19 @@ pub struct LeaseSettle {
     pub closed: bool,
 }
 
+/// Where the `leases` dapp keeps the settle record of lease `name` (in
+/// its state): `settle/xx/<name>.json`, fanned out.
+pub fn lease_settle_path(name: &str) -> String {
+    utter_dapp_sdk::fan_out("settle", name, ".json")
+}
+
 /// The `leases` dapp's settle record for escrow `name` (`leases` is that
 /// dapp's state as of the parent block).
 pub fn lease_settle(leases: &mut State, name: &str) -> Result<Option<LeaseSettle>, Error> {
     if !is_escrow_name(name) {
         return Ok(None);
     }
-    let path = format!("settle/{name}.json");
+    let path = lease_settle_path(name);
     let Some(v) = leases.get_json(&path)? else {
         return Ok(None);
     };

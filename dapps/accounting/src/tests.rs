@@ -331,7 +331,7 @@ impl World {
     fn settle_record(&mut self, name: &str, earned: u64, closed: bool) {
         self.leases
             .put_json(
-                &format!("settle/{name}.json"),
+                &lease_settle_path(name),
                 &json!({"lease": name, "earned": earned, "closed": closed}),
             )
             .expect("put");
@@ -441,7 +441,7 @@ fn lease_escrows_pay_only_what_the_lease_earned_and_return_the_rest() {
     let open = json!({"name": "lease-d4", "payee": key(BOB), "amount": 5, "lease": true});
     expect(w.run(ALICE, "escrow-open", open), "accepted");
     w.leases
-        .put("settle/lease-d4.json", "{\"earned\": -1}")
+        .put(&lease_settle_path("lease-d4"), "{\"earned\": -1}")
         .expect("put");
     w.leases.flush().expect("flush");
     w.height += 1;

@@ -36,15 +36,20 @@
 //! # State (JSON)
 //! ```text
 //! offers/<name>.json      Offer: terms, images allowed, capacity, open leases
-//! leases/<id>.json        Lease: terms copied from the offer, deposits,
+//! leases/xx/<id>.json     Lease: terms copied from the offer, deposits,
 //!                         billed seconds, the phase
-//! events/<id>.jsonl       every transition with its time: opened, started,
+//! events/xx/<id>.jsonl    every transition with its time: opened, started,
 //!                         low, halted, top-up, resumed, closed, destroyed
-//! settle/<id>.json        {"lease","earned","closed"}: read by accounting
-//! providers/<key id>.json Provider: open leases, billed and unheard seconds
+//! settle/xx/<id>.json     {"lease","earned","closed"}: read by accounting
+//! providers/<key id>.json Provider: billed and unheard seconds, leases served
+//! open/<key id>/xx/<id>.json  a marker per lease of that provider not ended
 //! payers/<key id>.json    Payer: open leases, paid through, spent, destroyed
 //! ```
-//! A lease's id is its escrow's name (`lease-…`).
+//! A lease's id is its escrow's name (`lease-…`). The per-lease
+//! directories are fanned out (`xx`: [`utter_dapp_sdk::fan_out`];
+//! [`lease_path`], [`events_path`], [`utter_accounting::lease_settle_path`],
+//! [`provided_path`]),
+//! so a block that changes a few leases costs the same with 10 or 10,000.
 //!
 //! # Actions
 //! - `offer {name, millicpu, memory, pids, disk, price, grace, images,
@@ -55,7 +60,9 @@
 //!   opened with `accounting escrow-open {…, lease: true}` to the offer's
 //!   provider less than [`CLAIM_WINDOW`] seconds before.
 //! - `top-up {lease}` (anyone): counts what `accounting escrow-add` added.
-//! - `heartbeat {leases}` (the provider): its containers run.
+//! - `heartbeat {leases, ports?}` (the provider): its containers run;
+//!   `ports` (`{lease: ["host:port", …]}`) says where its node forwards
+//!   each published port of a lease from (recorded as its `endpoints`).
 //! - `close {lease}` (the owner).
 //!
 //! Depends on `utter-dapp-sdk`, `utter-membership` and `utter-accounting`.
@@ -206,6 +213,10 @@ pub struct Lease {
     pub unheard: u64,
     /// The low warning was recorded (since the last top-up that lifted it).
     pub warned: bool,
+    /// Where the provider's node forwards the lease's ports from
+    /// (`host:port`, one per port of its terms), as its heartbeat said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
 }
 
 /// What a lease is at one moment, derived.
@@ -476,8 +487,6 @@ fn event(time: u64, name: &str) -> Event {
 pub struct Provider {
     /// Its key.
     pub key: String,
-    /// Its leases not ended.
-    pub open: Vec<String>,
     /// Seconds billed over all its leases.
     pub billed: u64,
     /// Seconds its started leases went without heartbeats.
@@ -564,14 +573,43 @@ pub fn lease(state: &mut State, id: &str) -> Result<Option<Lease>, Error> {
     if !is_name(id) {
         return Ok(None);
     }
-    load(state, &format!("leases/{id}.json"))
+    load(state, &lease_path(id))
+}
+
+/// Where lease `id`'s record is.
+pub fn lease_path(id: &str) -> String {
+    utter_dapp_sdk::fan_out("leases", id, ".json")
+}
+
+/// The directory of provider `key_id`'s leases not ended: one marker per
+/// lease, fanned out ([`provided_path`]), so a provider with 10,000 leases
+/// rewrites a small tree, not a list of 10,000, when one of them changes.
+pub fn provided_dir(key_id: &str) -> String {
+    format!("open/{key_id}")
+}
+
+/// The marker of lease `lease` among provider `key_id`'s open leases.
+pub fn provided_path(key_id: &str, lease: &str) -> String {
+    utter_dapp_sdk::fan_out(&provided_dir(key_id), lease, ".json")
+}
+
+/// The leases of the provider with `key` not ended, sorted.
+pub fn provider_leases(state: &mut State, key: &str) -> Result<Vec<String>, Error> {
+    match key_id(key) {
+        Some(id) => utter_dapp_sdk::fanned_names(state, &provided_dir(&id), ".json"),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Where lease `id`'s events are.
+pub fn events_path(id: &str) -> String {
+    utter_dapp_sdk::fan_out("events", id, ".jsonl")
 }
 
 /// Every lease, by id (reads them all: for listings, not per block).
 pub fn leases(state: &mut State) -> Result<Vec<Lease>, Error> {
     let mut out = Vec::new();
-    for file in state.list("leases")? {
-        let id = file.trim_end_matches(".json").to_string();
+    for id in utter_dapp_sdk::fanned_names(state, "leases", ".json")? {
         if let Some(l) = lease(state, &id)? {
             out.push(l);
         }
@@ -584,7 +622,7 @@ pub fn events(state: &mut State, id: &str) -> Result<Vec<Event>, Error> {
     if !is_name(id) {
         return Ok(Vec::new());
     }
-    let path = format!("events/{id}.jsonl");
+    let path = events_path(id);
     let text = String::from_utf8_lossy(state.get(&path)?.unwrap_or_default()).into_owned();
     text.lines()
         .enumerate()
@@ -753,7 +791,7 @@ impl Act<'_> {
         moved: Moved,
         started: bool,
     ) -> Result<(), Error> {
-        save(self.state, &format!("leases/{}.json", l.id), l)?;
+        save(self.state, &lease_path(&l.id), l)?;
         let mut lines = Vec::new();
         for e in events {
             let text = serde_json::to_string(e)
@@ -762,13 +800,12 @@ impl Act<'_> {
             lines.push(b'\n');
         }
         if !lines.is_empty() {
-            self.state
-                .append(&format!("events/{}.jsonl", l.id), &lines)?;
+            self.state.append(&events_path(&l.id), &lines)?;
         }
         let ended = matches!(l.phase, Phase::Ended { .. });
         let used = l.cost(l.billed).min(l.deposits);
         self.state.put_json(
-            &format!("settle/{}.json", l.id),
+            &utter_accounting::lease_settle_path(&l.id),
             &json!({"lease": l.id, "earned": used, "closed": ended}),
         )?;
         let halted = events.iter().filter(|e| e.event == "halted").count() as u64;
@@ -778,7 +815,8 @@ impl Act<'_> {
             p.unheard += moved.unheard;
             p.served += u64::from(started);
             if moved.ended.is_some() {
-                p.open.retain(|id| id != &l.id);
+                let id = key_id(&p.key).expect("providers have valid keys");
+                self.state.remove(&provided_path(&id, &l.id))?;
             }
             self.save_provider(&p)?;
         }
@@ -996,14 +1034,17 @@ impl Act<'_> {
             phase: Phase::Pending,
             unheard: 0,
             warned: false,
+            endpoints: Vec::new(),
         };
         o.open.push(id.clone());
         save(self.state, &format!("offers/{name}.json"), &o)?;
         p.open.push(id.clone());
         self.save_payer(&p)?;
-        let mut prov = provider(self.state, &o.provider)?;
-        prov.open.push(id.clone());
+        let prov = provider(self.state, &o.provider)?;
         self.save_provider(&prov)?;
+        let provider_id = key_id(&o.provider).expect("providers have valid keys");
+        self.state
+            .put_json(&provided_path(&provider_id, &id), &json!({"lease": id}))?;
         self.save_lease(&l, &[event(self.t, "opened")], Moved::default(), false)?;
         Ok(Ok(Some(json!({"lease": id, "deposits": l.deposits}))))
     }
@@ -1029,6 +1070,7 @@ impl Act<'_> {
                 "args.leases must list 1-{MAX_HEARTBEAT} leases"
             )));
         }
+        let mut endpoints = check!(endpoints_arg(self.tx, &ids));
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
             let Some(l) = lease(self.state, id)? else {
@@ -1039,7 +1081,23 @@ impl Act<'_> {
                     "lease {id} is run by another provider; only its provider sends its heartbeats"
                 )));
             }
-            let l = self.touch(l, true)?;
+            let given = endpoints.remove(id);
+            if let Some(e) = &given
+                && e.len() != l.terms.ports.len()
+            {
+                return Ok(Err(format!(
+                    "args.ports.{id} names {} addresses; lease {id} publishes {} ports",
+                    e.len(),
+                    l.terms.ports.len()
+                )));
+            }
+            let mut l = self.touch(l, true)?;
+            if let Some(e) = given
+                && e != l.endpoints
+            {
+                l.endpoints = e;
+                save(self.state, &lease_path(id), &l)?;
+            }
             out.push(json!({"lease": id, "status": l.view(self.t).status}));
         }
         Ok(Ok(Some(Value::Array(out))))
@@ -1076,6 +1134,43 @@ impl Act<'_> {
     }
 }
 
+/// A heartbeat's `ports`: `{lease: ["host:port", …]}`, for leases the
+/// heartbeat names, each address a socket address.
+fn endpoints_arg(
+    tx: &Tx,
+    ids: &[String],
+) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(given) = tx.args.get("ports") else {
+        return Ok(out);
+    };
+    let Value::Object(given) = given else {
+        return Err("args.ports must be an object of lease: [\"host:port\", …]".into());
+    };
+    for (id, addrs) in given {
+        if !ids.contains(id) {
+            return Err(format!(
+                "args.ports names lease {id}, which args.leases does not"
+            ));
+        }
+        let addrs = addrs
+            .as_array()
+            .filter(|a| a.len() <= 8)
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| {
+                        v.as_str()
+                            .filter(|s| s.parse::<std::net::SocketAddr>().is_ok())
+                            .map(str::to_string)
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| format!("args.ports.{id} must list at most 8 addresses host:port"))?;
+        out.insert(id.clone(), addrs);
+    }
+    Ok(out)
+}
+
 /// The leases' invariants at time `now`: every record parses, no lease
 /// used more than was paid in, and every settle record says what its
 /// lease earned.
@@ -1090,7 +1185,7 @@ pub fn test(now: u64, state: &mut State) -> Result<(), Error> {
             )));
         }
         let settle = state
-            .get_json(&format!("settle/{}.json", l.id))?
+            .get_json(&utter_accounting::lease_settle_path(&l.id))?
             .and_then(|v| v.get("earned").and_then(Value::as_u64));
         let recorded = l.cost(l.billed).min(l.deposits);
         if settle != Some(recorded) {

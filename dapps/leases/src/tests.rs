@@ -177,6 +177,10 @@ fn a_lease_drains_halts_resumes_on_anyones_top_up_and_is_destroyed_after_grace()
     // 6 credits a minute: 60 credits run 600 s.
     w.offer("small", 6, 600, 5);
     expect(w.open(T0, ALICE, "lease-a", "small", 60), "accepted");
+    assert_eq!(
+        provider_leases(&mut w.leases, &key(PROV)).expect("read"),
+        ["lease-a"]
+    );
     assert_eq!(w.get("lease-a").view(T0 + 500).status, Status::Pending);
     assert_eq!(
         w.get("lease-a").view(T0 + 500).balance,
@@ -265,6 +269,11 @@ fn a_lease_drains_halts_resumes_on_anyones_top_up_and_is_destroyed_after_grace()
     );
     let o = offer(&mut w.leases, "small").expect("read").expect("there");
     assert!(o.open.is_empty());
+    assert!(
+        provider_leases(&mut w.leases, &key(PROV))
+            .expect("read")
+            .is_empty()
+    );
 
     // The provider earned 90 (all paid in); nothing is left for Alice.
     let (alice, bob, prov) = (w.balance(ALICE), w.balance(BOB), w.balance(PROV));
@@ -594,6 +603,7 @@ fn the_view_at_any_time_is_what_recording_then_would_give() {
         phase: Phase::Running,
         unheard: 0,
         warned: false,
+        endpoints: Vec::new(),
     };
     // Heartbeats that go on: the record as of T0 with a heartbeat far ahead.
     let ahead = Lease {
@@ -625,4 +635,45 @@ fn the_view_at_any_time_is_what_recording_then_would_give() {
         events.iter().find(|e| e.event == "halted").map(|e| e.time),
         Some(T0 + 428)
     );
+}
+
+#[test]
+fn the_provider_says_where_a_lease_s_ports_are_and_only_for_its_leases() {
+    let mut w = world();
+    let args = json!({"name": "web", "millicpu": 500, "memory": 64 << 20, "pids": 32,
+                      "disk": 1 << 30, "price": 6, "grace": 600, "images": ["any"],
+                      "location": "Ghent", "capacity": 2, "ports": [8080, 8443]});
+    expect(w.lease(T0 - 50, PROV, "offer", args), "accepted");
+    expect(w.open(T0, ALICE, "lease-w", "web", 60), "accepted");
+    assert_eq!(w.get("lease-w").terms.ports, [8080, 8443]);
+    let beat = |ports: Value| json!({"leases": ["lease-w"], "ports": ports});
+    for (ports, why) in [
+        (json!({"lease-w": ["127.0.0.1:4000"]}), "names 1 addresses"),
+        (
+            json!({"lease-w": ["localhost:4000", "x"]}),
+            "addresses host:port",
+        ),
+        (
+            json!({"lease-x": ["127.0.0.1:1", "127.0.0.1:2"]}),
+            "which args.leases",
+        ),
+        (json!(["127.0.0.1:1"]), "must be an object"),
+    ] {
+        expect(w.lease(T0 + 1, PROV, "heartbeat", beat(ports)), why);
+    }
+    assert!(w.get("lease-w").endpoints.is_empty());
+    let at = json!({"lease-w": ["192.0.2.7:4000", "[2001:db8::1]:4001"]});
+    // Only the lease's provider says where it is.
+    expect(
+        w.lease(T0 + 1, EVE, "heartbeat", beat(at.clone())),
+        "another provider",
+    );
+    expect(w.lease(T0 + 1, PROV, "heartbeat", beat(at)), "accepted");
+    assert_eq!(
+        w.get("lease-w").endpoints,
+        ["192.0.2.7:4000", "[2001:db8::1]:4001"]
+    );
+    // A heartbeat without ports keeps them.
+    expect(w.beat(T0 + 30, &["lease-w"]), "accepted");
+    assert_eq!(w.get("lease-w").endpoints.len(), 2);
 }

@@ -217,6 +217,36 @@ pub fn changed() -> Result<Option<Vec<String>>, Error> {
     }
 }
 
+/// `dir/xx/<name><ext>`: the place of one of very many files of a kind
+/// (one per lease, say), fanned out over 256 subdirectories `xx` by a
+/// hash of `name` (FNV-1a). A block that changes one file rewrites a
+/// tree of a few entries and one of 256, not one of every file, so its
+/// cost does not grow with how many there are.
+pub fn fan_out(dir: &str, name: &str, ext: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{dir}/{:02x}/{name}{ext}", h & 0xff)
+}
+
+/// The names of the files under a [`fan_out`] directory `dir` with
+/// extension `ext`, sorted (every subdirectory looked in, so files
+/// written and not flushed yet are listed too).
+pub fn fanned_names(state: &mut State, dir: &str, ext: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for shard in 0..=255u8 {
+        for file in state.list(&format!("{dir}/{shard:02x}"))? {
+            if let Some(name) = file.strip_suffix(ext) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 impl Block {
     /// Reads `/block` (or `$UTTER_BLOCK`).
     pub fn read() -> Result<Self, Error> {
@@ -670,6 +700,24 @@ mod tests {
         fs::write(dir.path().join("txs.jsonl"), txs).expect("write");
         fs::write(dir.path().join("results.jsonl"), "").expect("write");
         dir
+    }
+
+    #[test]
+    fn fan_out_places_are_stable_and_listed_back() {
+        // The place is part of every chain's state: it never changes.
+        assert_eq!(
+            fan_out("leases", "lease-0123456789abcdef", ".json"),
+            "leases/68/lease-0123456789abcdef.json"
+        );
+        let mut st = State::in_memory([]);
+        for n in ["b", "a", "c"] {
+            st.put(&fan_out("d", n, ".json"), b"{}".to_vec()).unwrap();
+        }
+        st.put("d/other.txt", b"x".to_vec()).unwrap();
+        assert_eq!(
+            fanned_names(&mut st, "d", ".json").unwrap(),
+            ["a", "b", "c"]
+        );
     }
 
     #[test]

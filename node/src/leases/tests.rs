@@ -29,6 +29,7 @@ fn lease(id: &str, phase: Phase, deposits: u64) -> Lease {
         phase,
         unheard: 0,
         warned: false,
+        endpoints: Vec::new(),
     }
 }
 

@@ -59,7 +59,7 @@ pub struct ExecArgs {
 pub fn exec(home: &Home, args: ExecArgs) -> Result<ExitCode> {
     let client = home.client(args.node.as_deref());
     let Some(lease) =
-        super::read::<Lease>(&client, "leases", &format!("leases/{}.json", args.lease))?
+        super::read::<Lease>(&client, "leases", &utter_leases::lease_path(&args.lease))?
     else {
         bail!(
             "there is no lease {:?} on the chain; `utter lease status` lists yours",
