@@ -197,8 +197,10 @@ impl Runtime {
             .with_no_new_privs(true)
             .with_detach(false)
             .build()
-            .map_err(start_error)?;
+            .map_err(start_error);
         drop(lock);
+        remove_stale_tenant_sockets(&self.state_dir().join(container.id()));
+        let pid = pid?;
         let pid = Pid::from_raw(pid.as_raw())
             .ok_or_else(|| RunError::Start("libcontainer gave no pid for the process".into()))?;
         let mut finished = wait(pid, pipes, timeout, cap)?;
@@ -236,5 +238,35 @@ impl Runtime {
         self.destroy(&id);
         remove_job_dir(&self.jobs_dir().join(&id));
         Ok(outcome)
+    }
+}
+
+/// How old a tenant's socket must be to be taken for a leftover.
+const TENANT_SOCKET_AGE: Duration = Duration::from_secs(60);
+
+/// Removes the sockets libcontainer leaves per exec in a container's state
+/// directory (`tenant-notify-…`, `tenant-tty-…`; used only while the
+/// tenant starts, and never removed by it), so a lease that is logged into
+/// all day does not collect thousands. Only those older than a minute go:
+/// another process may be starting a tenant of the same container now.
+pub(crate) fn remove_stale_tenant_sockets(dir: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-")) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TENANT_SOCKET_AGE);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }

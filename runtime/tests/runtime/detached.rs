@@ -34,6 +34,31 @@ fn start_exec_stop() {
         "same namespaces: {out}"
     );
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    // What execs leave in the state directory goes once it is old; a
+    // fresh one (another exec starting now) stays.
+    let state = e.rt.state_dir().join("d-lease-1");
+    let stale = state.join("tenant-notify-stale.sock");
+    let fresh = state.join("tenant-notify-fresh.sock");
+    for p in [&stale, &fresh] {
+        std::fs::write(p, b"").expect("write");
+    }
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+        .expect("age it");
+    let f =
+        e.rt.exec(
+            "lease-1",
+            &["/bin/sh".into(), "-c".into(), "true".into()],
+            Stdio::Capture,
+            Duration::from_secs(10),
+            1 << 20,
+        )
+        .expect("exec");
+    assert_eq!(f.outcome, Outcome::Exited(0), "{}", text(&f.stderr));
+    assert!(!stale.exists(), "a stale tenant socket was kept");
+    assert!(fresh.exists(), "a fresh tenant socket was removed");
     let slow =
         e.rt.exec(
             "lease-1",
