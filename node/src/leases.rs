@@ -320,26 +320,31 @@ struct Snapshot {
     settle: BTreeMap<String, (u64, bool)>,
 }
 
+/// A JSON record of `dapp`'s state at `block`: `Ok(None)` when it is not
+/// there (or not the record's shape), `Err` when the ledger could not be
+/// read, which must not be taken for "not there".
 fn read_json<T: serde::de::DeserializeOwned>(
     ledger: &Ledger,
     block: &Block,
     dapp: &str,
     path: &str,
-) -> Option<T> {
-    let bytes = ledger
-        .read_value(block, &state_path(dapp, path))
-        .ok()
-        .flatten()?;
-    serde_json::from_slice(&bytes).ok()
+) -> Result<Option<T>, utter_ledger::LedgerError> {
+    let Some(bytes) = ledger.read_value(block, &state_path(dapp, path))? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&bytes).ok())
 }
 
 fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snapshot> {
     let block = ledger.block(ledger.resolve(MAIN).ok()?).ok()?;
     let id = key_id(key)?;
-    let open = fanned_names(ledger, &block, &utter_leases::provided_dir(&id), ".json");
+    // A read that fails gives no snapshot: a lease missing from a partial
+    // one would have its container removed.
+    let open = fanned_names(ledger, &block, &utter_leases::provided_dir(&id), ".json")?;
     let mut s = Snapshot::default();
     for lease in open.iter().chain(extra) {
-        let Some(l) = read_json::<Lease>(ledger, &block, LEASES, &utter_leases::lease_path(lease))
+        let Some(l) =
+            read_json::<Lease>(ledger, &block, LEASES, &utter_leases::lease_path(lease)).ok()?
         else {
             continue;
         };
@@ -369,25 +374,27 @@ fn snapshot(ledger: &Ledger, key: &str, extra: &BTreeSet<String>) -> Option<Snap
 
 /// The names in a leases-dapp directory fanned out by
 /// [`utter_dapp_sdk::fan_out`] at `block`: only the shards that exist are
-/// read.
-fn fanned_names(ledger: &Ledger, block: &Block, dir: &str, ext: &str) -> Vec<String> {
+/// read. `None` when the ledger could not be read.
+fn fanned_names(ledger: &Ledger, block: &Block, dir: &str, ext: &str) -> Option<Vec<String>> {
     let dir = state_path(LEASES, dir);
     let mut names = Vec::new();
-    for shard in ledger.list(block, &dir).ok().flatten().unwrap_or_default() {
-        let files = ledger.list(block, &format!("{dir}/{}", shard.name));
-        for file in files.ok().flatten().unwrap_or_default() {
+    for shard in ledger.list(block, &dir).ok()?.unwrap_or_default() {
+        let files = ledger.list(block, &format!("{dir}/{}", shard.name)).ok()?;
+        for file in files.unwrap_or_default() {
             if let Some(name) = file.name.strip_suffix(ext) {
                 names.push(name.to_string());
             }
         }
     }
-    names
+    Some(names)
 }
 
 /// Lease `id` as main has it.
 pub(crate) fn lease_at_main(ledger: &Ledger, id: &str) -> Option<Lease> {
     let block = ledger.block(ledger.resolve(MAIN).ok()?).ok()?;
     read_json(ledger, &block, LEASES, &utter_leases::lease_path(id))
+        .ok()
+        .flatten()
 }
 
 /// The open lease escrows at main that pay `key` (read once at start: a
