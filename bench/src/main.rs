@@ -138,8 +138,7 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         runs: usize,
         /// Seconds to wait after opening the leases before the blocks are
-        /// timed (the opening blocks' loose objects, packed and deleted,
-        /// slow new files' inodes for a while on ext4)
+        /// timed (the filesystem settles after the opening's writes)
         #[arg(long, default_value_t = 0)]
         settle: u64,
         /// Work directory (default: a temporary directory, removed afterwards)

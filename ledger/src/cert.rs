@@ -368,8 +368,8 @@ impl Ledger {
             Some(commit) => self.commit_tree(commit)?,
             None => gix::ObjectId::empty_tree(gix::hash::Kind::Sha1),
         };
-        let mut editor = self
-            .repo()
+        let repo = self.repo();
+        let mut editor = repo
             .edit_tree(base)
             .map_err(git("loading the certificates tree"))?;
         let blob = self
@@ -430,8 +430,8 @@ impl Ledger {
 
     /// The tree of a commit (a block, or a certificates commit).
     pub(crate) fn commit_tree(&self, id: BlockId) -> Result<gix::ObjectId, LedgerError> {
-        let commit = self
-            .repo()
+        let repo = self.repo();
+        let commit = repo
             .find_commit(block::oid(id))
             .map_err(git(format!("reading commit {id}")))?;
         Ok(commit

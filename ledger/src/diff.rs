@@ -27,13 +27,11 @@ impl Ledger {
         let Some(tree) = tree else {
             return Ok(Vec::new());
         };
-        let tree = self
-            .repo()
-            .find_tree(tree)
-            .map_err(|source| LedgerError::Git {
-                doing: "reading a tree to compare".into(),
-                source,
-            })?;
+        let repo = self.repo();
+        let tree = repo.find_tree(tree).map_err(|source| LedgerError::Git {
+            doing: "reading a tree to compare".into(),
+            source,
+        })?;
         let decoded = tree.decode().map_err(|source| LedgerError::Git {
             doing: "decoding a tree to compare".into(),
             source,

@@ -19,7 +19,6 @@ use crate::layout::{
     self, BLOCK, CHAIN_TOML, ChainConfig, DAPP_TOML, DAPPS, DappConfig, LayoutError, RESULTS,
     STATE, StatePath, TXS,
 };
-use crate::pack::{PACK_AFTER_BYTES, PACK_AFTER_OBJECTS};
 use crate::pointer::{MAX_POINTER_LEN, Pointer};
 
 /// State values longer than this go to the chunkstore behind a pointer.
@@ -274,15 +273,25 @@ const NODE_CACHE_MAX: usize = 200_000;
 
 /// The ledger of one data directory.
 pub struct Ledger {
-    repo: gix::Repository,
+    /// Replaced when gix's store lost sight of a pack (`Ledger::reading`).
+    repo: RefCell<gix::Repository>,
+    /// When the pack directory had last changed as `repo` was opened.
+    pub(crate) packs_seen: Cell<Option<std::time::SystemTime>>,
     path: PathBuf,
     chunks: Arc<Store>,
     chain: String,
     genesis: BlockId,
     durable: bool,
     nodes: RefCell<HashMap<BlockId, Node>>,
-    /// Objects and bytes written since the last pack (estimated).
-    unpacked: Cell<(usize, usize)>,
+}
+
+impl Drop for Ledger {
+    /// Objects still in memory (written without a block or ref after
+    /// them) go to disk rather than vanish; nothing names them yet, so a
+    /// failure here loses nothing a reader could miss.
+    fn drop(&mut self) {
+        let _ = self.flush_objects();
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -294,10 +303,15 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// Packs a long-running ledger may hold. gix keeps one slot per pack index
-/// and cannot see packs beyond its slots; the ledger adds a pack per
-/// [`PACK_AFTER_OBJECTS`] objects and does not merge packs yet.
+/// Pack index slots gix keeps. It cannot see packs beyond its slots; the
+/// ledger merges its own packs by tier (`crate::pack`), so they stay far
+/// fewer, and the slots leave room for the packs peers send.
+#[cfg(not(test))]
 const PACK_SLOTS: usize = 4096;
+/// Few slots in tests, so gix reuses them within a test's few hundred
+/// blocks (the case `Ledger::reading` is for).
+#[cfg(test)]
+const PACK_SLOTS: usize = 64;
 
 /// Opens the repository isolated from the user's and system git
 /// configuration (a ledger's behaviour must not depend on `~/.gitconfig`).
@@ -309,6 +323,14 @@ pub(crate) fn open_repo(path: &Path) -> Result<gix::Repository, LedgerError> {
         },
     );
     gix::open_opts(path, options).map_err(git(format!("opening {}", path.display())))
+}
+
+/// What every handle of the ledger's repository is set up with.
+fn prepare_repo(repo: &mut gix::Repository) {
+    repo.object_cache_size_if_unset(16 * 1024 * 1024);
+    // Objects written go to memory and then to disk as one pack per
+    // block (`crate::pack`), not as a file each.
+    repo.objects.enable_object_memory();
 }
 
 fn is_ledger(path: &Path) -> bool {
@@ -383,16 +405,16 @@ impl Ledger {
         chain: String,
         genesis: Option<BlockId>,
     ) -> Self {
-        repo.object_cache_size_if_unset(16 * 1024 * 1024);
+        prepare_repo(&mut repo);
         Self {
-            repo,
+            packs_seen: Cell::new(crate::pack::packs_changed_at(path)),
+            repo: RefCell::new(repo),
             path: path.to_path_buf(),
             chunks,
             chain,
             genesis: genesis.unwrap_or(BlockId::from_sha1([0; 20])),
             durable: true,
             nodes: RefCell::new(HashMap::new()),
-            unpacked: Cell::new((0, 0)),
         }
     }
 
@@ -422,24 +444,45 @@ impl Ledger {
         &self.chunks
     }
 
-    pub(crate) fn repo(&self) -> &gix::Repository {
-        &self.repo
+    pub(crate) fn repo(&self) -> std::cell::Ref<'_, gix::Repository> {
+        self.repo.borrow()
+    }
+
+    /// Opens the repository again, with a new gix object store, unless it
+    /// is being read right now. Returns whether it did.
+    pub(crate) fn reopen(&self) -> bool {
+        if self.flush_objects().is_err() {
+            return false;
+        }
+        let Ok(mut repo) = open_repo(&self.path) else {
+            return false;
+        };
+        prepare_repo(&mut repo);
+        match self.repo.try_borrow_mut() {
+            Ok(mut current) => {
+                *current = repo;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     // ---- blocks -------------------------------------------------------
 
     /// Reads a block's header.
     pub fn block(&self, id: BlockId) -> Result<Block, LedgerError> {
-        let object = self
-            .repo
-            .try_find_object(block::oid(id))
-            .map_err(git(format!("reading block {id}")))?
-            .ok_or_else(|| LedgerError::NoBlock(id.to_string()))?;
-        if object.kind != gix::objs::Kind::Commit {
-            return Err(LedgerError::NoBlock(id.to_string()));
-        }
-        let block =
-            parse_block(id, &object.data).map_err(|why| LedgerError::Malformed { id, why })?;
+        let data = self.reading(|| {
+            let repo = self.repo();
+            let object = repo
+                .try_find_object(block::oid(id))
+                .map_err(git(format!("reading block {id}")))?
+                .ok_or_else(|| LedgerError::NoBlock(id.to_string()))?;
+            if object.kind != gix::objs::Kind::Commit {
+                return Err(LedgerError::NoBlock(id.to_string()));
+            }
+            Ok(object.detach().data)
+        })?;
+        let block = parse_block(id, &data).map_err(|why| LedgerError::Malformed { id, why })?;
         self.remember(&block);
         Ok(block)
     }
@@ -482,7 +525,7 @@ impl Ledger {
         if name.len() >= 4 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
             let prefix = gix::hash::Prefix::from_hex(name)
                 .map_err(|_| LedgerError::NoBlock(name.to_string()))?;
-            if let Ok(Some(Ok(id))) = self.repo.objects.lookup_prefix(prefix, None) {
+            if let Ok(Some(Ok(id))) = self.repo().objects.lookup_prefix(prefix, None) {
                 let id = block::block_id(&id);
                 self.block(id)?;
                 return Ok(id);
@@ -508,7 +551,7 @@ impl Ledger {
                 )));
             }
         }
-        let (tree, height, chain) = self.write_tree(draft)?;
+        let (tree, height, chain) = self.build_tree(draft)?;
         let message = block::message_in_round(&draft.text, height, &chain, draft.round);
         let id = self.write_commit(tree, &draft.parents, &message, draft.time, Some(key))?;
         self.sync_all()?;
@@ -533,17 +576,18 @@ impl Ledger {
     /// validator compares with a proposed block's tree after re-executing
     /// it. Checks what [`Self::write_block`] checks.
     pub fn write_tree(&self, draft: &Draft) -> Result<(ObjectId, u64, String), LedgerError> {
+        let built = self.build_tree(draft)?;
+        self.flush_objects()?;
+        Ok(built)
+    }
+
+    /// [`Self::write_tree`], leaving its objects in memory for the pack
+    /// the block's commit joins.
+    fn build_tree(&self, draft: &Draft) -> Result<(ObjectId, u64, String), LedgerError> {
         let (base, height, chain) = self.check_draft(draft)?;
-        // Pack what earlier blocks left loose before adding more; a failure
-        // here leaves nothing half-written.
-        let (objects, bytes) = self.unpacked.get();
-        if objects >= PACK_AFTER_OBJECTS || bytes >= PACK_AFTER_BYTES {
-            self.pack_loose()?;
-            self.unpacked.set((0, 0));
-        }
         let base = base.unwrap_or_else(|| ObjectId::empty_tree(gix::hash::Kind::Sha1));
-        let mut editor = self
-            .repo
+        let repo = self.repo();
+        let mut editor = repo
             .edit_tree(base)
             .map_err(git("loading the parent tree"))?;
         self.apply_changes(&mut editor, draft)?;
@@ -572,7 +616,6 @@ impl Ledger {
             .write()
             .map_err(git("writing the state tree"))?
             .detach();
-        self.count_unpacked(draft);
         Ok((tree, height, chain))
     }
 
@@ -684,26 +727,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// Counts what a block leaves loose, so the next one packs in time: a
-    /// blob and about one tree per change, plus commit, root, block/ and
-    /// its two files.
-    fn count_unpacked(&self, draft: &Draft) {
-        let written: usize = draft
-            .changes
-            .paths
-            .values()
-            .map(|c| match c {
-                Change::Put(b) => b.len(),
-                _ => 0,
-            })
-            .sum::<usize>()
-            + draft.txs.iter().map(|l| l.len() + 1).sum::<usize>()
-            + draft.results.len() * 80;
-        let (objects, bytes) = self.unpacked.get();
-        self.unpacked
-            .set((objects + 2 * draft.changes.paths.len() + 5, bytes + written));
-    }
-
     /// Writes a commit as `git commit -S` with `gpg.format=ssh` does: the
     /// SSH signature (namespace `git`) over the unsigned commit goes into
     /// the `gpgsig` header. Unsigned when `key` is `None` (tests forge such
@@ -750,7 +773,7 @@ impl Ledger {
         }
         Ok(block::block_id(
             &self
-                .repo
+                .repo()
                 .write_object(&commit)
                 .map_err(git("writing the block commit"))?
                 .detach(),
@@ -759,7 +782,7 @@ impl Ledger {
 
     fn write_blob(&self, bytes: &[u8]) -> Result<ObjectId, LedgerError> {
         Ok(self
-            .repo
+            .repo()
             .write_blob(bytes)
             .map_err(git("writing a blob"))?
             .detach())
@@ -777,9 +800,11 @@ impl Ledger {
         })
     }
 
-    /// Makes every object written so far durable (one `syncfs` of the
-    /// repository's filesystem) when the ledger is durable.
+    /// Writes the objects held in memory as a pack, and makes every object
+    /// written so far durable (one `syncfs` of the repository's
+    /// filesystem) when the ledger is durable.
     pub(crate) fn sync_all(&self) -> Result<(), LedgerError> {
+        self.flush_objects()?;
         if !self.durable {
             return Ok(());
         }
@@ -794,8 +819,8 @@ impl Ledger {
     // ---- branches ---------------------------------------------------------
 
     pub(crate) fn ref_target(&self, name: &str) -> Result<Option<BlockId>, LedgerError> {
-        let reference = self
-            .repo
+        let repo = self.repo();
+        let reference = repo
             .try_find_reference(name)
             .map_err(git(format!("reading {name}")))?;
         match reference {
@@ -820,7 +845,10 @@ impl Ledger {
                 PreviousValue::MustExistAndMatch(gix::refs::Target::Object(block::oid(old)))
             }
         };
-        self.repo
+        // What a ref names is on disk before the ref moves (other readers
+        // of the repository do not see this ledger's memory).
+        self.flush_objects()?;
+        self.repo()
             .reference(name, block::oid(id), constraint, "utter")
             .map_err(git(format!("updating {name}")))?;
         if self.durable {
@@ -840,7 +868,9 @@ impl Ledger {
 
     /// Removes the lock files a process killed in the middle of a ref
     /// update leaves (`refs/**/*.lock`, `packed-refs.lock`, `HEAD.lock`);
-    /// with one left, every later update of that ref fails. The caller
+    /// with one left, every later update of that ref fails. Also removes
+    /// the temporary files of a pack write it interrupted
+    /// (`objects/pack/*.tmp`), which no reader ever looks at. The caller
     /// must be the repository's only writer: `utter-node` calls it once the
     /// data dir's store is open for writing, which RocksDB's own lock makes
     /// exclusive. A ref update is a rename of its lock file, so a lock left
@@ -870,6 +900,15 @@ impl Ledger {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     dirs.push(path);
                 } else if path.extension().is_some_and(|e| e == "lock") {
+                    files.push(path);
+                }
+            }
+        }
+        // Packs and indexes a killed writer left half-written (`crate::pack`).
+        if let Ok(entries) = std::fs::read_dir(self.path.join("objects/pack")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == crate::pack::TMP) {
                     files.push(path);
                 }
             }
@@ -929,7 +968,8 @@ impl Ledger {
 
     /// All branches and where they point, sorted by name.
     pub fn branches(&self) -> Result<Vec<(String, BlockId)>, LedgerError> {
-        let platform = self.repo.references().map_err(git("listing branches"))?;
+        let repo = self.repo();
+        let platform = repo.references().map_err(git("listing branches"))?;
         let mut out = Vec::new();
         for reference in platform.local_branches().map_err(git("listing branches"))? {
             let mut reference = reference.map_err(|e| LedgerError::Git {
@@ -962,14 +1002,14 @@ impl Ledger {
         tree: ObjectId,
         path: &str,
     ) -> Result<Option<(EntryKind, ObjectId)>, LedgerError> {
-        let tree = self
-            .repo
-            .find_tree(tree)
-            .map_err(git("reading a state tree"))?;
-        let entry = tree
-            .lookup_entry_by_path(path)
-            .map_err(git(format!("looking up {path}")))?;
-        Ok(entry.map(|e| (e.mode().kind(), e.object_id())))
+        self.reading(|| {
+            let repo = self.repo();
+            let tree = repo.find_tree(tree).map_err(git("reading a state tree"))?;
+            let entry = tree
+                .lookup_entry_by_path(path)
+                .map_err(git(format!("looking up {path}")))?;
+            Ok(entry.map(|e| (e.mode().kind(), e.object_id())))
+        })
     }
 
     /// Opens the value at tree `path` (like `dapps/doors/state/front`) in
@@ -995,11 +1035,13 @@ impl Ledger {
         if kind != EntryKind::Blob {
             return Ok(None);
         }
-        let blob = self
-            .repo
-            .find_blob(id)
-            .map_err(git(format!("reading {path}")))?
-            .take_data();
+        let blob = self.reading(|| {
+            Ok(self
+                .repo()
+                .find_blob(id)
+                .map_err(git(format!("reading {path}")))?
+                .take_data())
+        })?;
         match Pointer::decode(&blob) {
             Some(pointer) => Ok(Some(ValueReader::Chunked(Box::new(
                 self.chunks.get(&pointer.manifest)?,
@@ -1059,21 +1101,23 @@ impl Ledger {
 
     /// Lists the entries of tree `tree_id`.
     pub fn list_tree(&self, tree_id: ObjectId) -> Result<Vec<DirEntry>, LedgerError> {
-        let tree = self
-            .repo
-            .find_tree(tree_id)
-            .map_err(git(format!("reading tree {tree_id}")))?;
-        let decoded = tree
-            .decode()
-            .map_err(git(format!("decoding tree {tree_id}")))?;
-        Ok(decoded
-            .entries
-            .iter()
-            .map(|e| DirEntry {
-                name: e.filename.to_str_lossy().into_owned(),
-                is_dir: e.mode.is_tree(),
-            })
-            .collect())
+        self.reading(|| {
+            let repo = self.repo();
+            let tree = repo
+                .find_tree(tree_id)
+                .map_err(git(format!("reading tree {tree_id}")))?;
+            let decoded = tree
+                .decode()
+                .map_err(git(format!("decoding tree {tree_id}")))?;
+            Ok(decoded
+                .entries
+                .iter()
+                .map(|e| DirEntry {
+                    name: e.filename.to_str_lossy().into_owned(),
+                    is_dir: e.mode.is_tree(),
+                })
+                .collect())
+        })
     }
 
     /// The block's `chain.toml`.

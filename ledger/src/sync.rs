@@ -276,7 +276,8 @@ impl Ledger {
 
     /// The refs under [`FETCHED_PREFIX`].
     pub fn fetched(&self) -> Result<Vec<(String, BlockId)>, LedgerError> {
-        let platform = self.repo().references().map_err(git("listing refs"))?;
+        let repo = self.repo();
+        let platform = repo.references().map_err(git("listing refs"))?;
         let mut out = Vec::new();
         let refs = platform
             .prefixed(FETCHED_PREFIX.trim_end_matches('/'))
@@ -326,7 +327,14 @@ impl Ledger {
 
     /// Whether the object is here.
     pub fn has(&self, id: BlockId) -> bool {
-        self.repo().has_object(block::oid(id))
+        self.reading(|| {
+            if self.repo().has_object(block::oid(id)) {
+                Ok(())
+            } else {
+                Err(LedgerError::NoBlock(id.to_string()))
+            }
+        })
+        .is_ok()
     }
 
     /// The blocks a peer with `haves` lacks of `wants` (ancestors of wants,
@@ -393,8 +401,8 @@ impl Ledger {
             }
             let oid = block::oid(*id);
             seen.insert(oid);
-            let commit = self
-                .repo()
+            let repo = self.repo();
+            let commit = repo
                 .find_object(oid)
                 .map_err(git(format!("reading object {oid}")))?;
             // The tree from the bytes just read, not a second read.
@@ -482,8 +490,8 @@ impl Ledger {
         }
         if !is_tree {
             if walk.walking == Walking::Pack {
-                let blob = self
-                    .repo()
+                let repo = self.repo();
+                let blob = repo
                     .find_object(id)
                     .map_err(git(format!("reading object {id}")))?;
                 (walk.visit)(
@@ -497,8 +505,8 @@ impl Ledger {
             }
             return Ok(());
         }
-        let tree = self
-            .repo()
+        let repo = self.repo();
+        let tree = repo
             .find_tree(id)
             .map_err(git(format!("reading tree {id}")))?;
         (walk.visit)(
@@ -509,9 +517,10 @@ impl Ledger {
         );
         let decoded = tree.decode().map_err(git(format!("decoding tree {id}")))?;
         // The parents' trees at this path, their entries borrowed by name.
+        let repo = self.repo();
         let parent_trees: Vec<gix::Tree<'_>> = parents
             .iter()
-            .filter_map(|p| self.repo().find_tree(*p).ok())
+            .filter_map(|p| repo.find_tree(*p).ok())
             .collect();
         let mut parent_entries: Vec<HashMap<&[u8], ObjectId>> =
             Vec::with_capacity(parent_trees.len());
@@ -589,13 +598,11 @@ impl Ledger {
             if let Some(Some((kind, data))) = bodies.get(i) {
                 entries.entry(*kind, data, &mut entry).map_err(wire)?;
             } else {
-                let object = self
-                    .repo()
-                    .find_object(*id)
-                    .map_err(|source| LedgerError::Git {
-                        doing: format!("reading object {id} for a pack"),
-                        source,
-                    })?;
+                let repo = self.repo();
+                let object = repo.find_object(*id).map_err(|source| LedgerError::Git {
+                    doing: format!("reading object {id} for a pack"),
+                    source,
+                })?;
                 entries
                     .entry(object.kind, &object.data, &mut entry)
                     .map_err(wire)?;
@@ -632,7 +639,7 @@ impl Ledger {
     /// Makes objects of packs indexed since the repository was opened
     /// visible (gix refreshes its pack list on a miss).
     pub fn refresh(&self, any_new: BlockId) -> bool {
-        self.repo().has_object(block::oid(any_new))
+        self.has(any_new)
     }
 
     /// Drops a pack that was refused: its objects are named by no ref.
@@ -695,7 +702,8 @@ impl Ledger {
             )?;
         }
         for (oid, config_of) in blobs {
-            let Ok(object) = self.repo().find_object(oid) else {
+            let repo = self.repo();
+            let Ok(object) = repo.find_object(oid) else {
                 continue;
             };
             if object.kind != Kind::Blob {

@@ -213,6 +213,9 @@ impl Ledger {
         stop_at_first: bool,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Verification, LedgerError> {
+        // Its worker threads open the repository without this ledger's
+        // memory: what was written goes to disk first.
+        self.flush_objects()?;
         let tips = match tips {
             Some(t) => t.to_vec(),
             None => self.tips()?,
@@ -422,7 +425,8 @@ impl Ledger {
         &self,
         id: BlockId,
     ) -> Result<Result<Vec<BlockId>, String>, LedgerError> {
-        let object = match self.repo().try_find_object(block::oid(id)) {
+        let repo = self.repo();
+        let object = match repo.try_find_object(block::oid(id)) {
             Ok(Some(o)) => o,
             Ok(None) => return Ok(Err("the object is missing from the repository".into())),
             Err(e) => return Ok(Err(format!("the object cannot be read: {e}"))),
@@ -479,8 +483,8 @@ impl Walk<'_> {
     ) -> Result<Result<(), BlockError>, LedgerError> {
         let ledger = self.ledger;
         let id = report.id;
-        let object = ledger
-            .repo()
+        let repo = ledger.repo();
+        let object = repo
             .find_object(block::oid(id))
             .map_err(|source| LedgerError::Git {
                 doing: format!("reading block {id}"),

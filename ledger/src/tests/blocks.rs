@@ -441,10 +441,23 @@ fn a_lock_left_by_a_killed_writer_is_cleared_and_main_moves_again() {
     std::fs::write(&lock, "").unwrap();
     std::fs::create_dir_all(f.repo_path().join("refs/notes")).unwrap();
     std::fs::write(f.repo_path().join("refs/notes/x.lock"), "").unwrap();
+    // And a pack write cut short: a temporary file no reader looks at.
+    let half = f.repo_path().join("objects/pack/pack-0123.pack.tmp");
+    std::fs::write(&half, "PACK").unwrap();
     let err = ledger.advance("main", f.genesis.id, b.id).unwrap_err();
     assert!(err.to_string().contains("main"), "{err}");
-    assert_eq!(ledger.clear_stale_locks().unwrap(), 2);
+    assert_eq!(ledger.clear_stale_locks().unwrap(), 3);
     assert!(!lock.exists());
+    assert!(!half.exists());
+    assert!(
+        f.repo_path()
+            .join("objects/pack")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0,
+        "only the temporary file went"
+    );
     ledger.advance("main", f.genesis.id, b.id).unwrap();
     assert_eq!(ledger.branch("main").unwrap(), Some(b.id));
     assert_eq!(ledger.clear_stale_locks().unwrap(), 0);
@@ -489,22 +502,37 @@ fn drafts_that_cannot_be_blocks_are_refused() {
     assert!(StatePath::new("ok/fine.txt").is_ok());
 }
 
+/// The packs of a repository (their `.idx` files) and the loose objects.
+fn packs_and_loose(repo: &std::path::Path) -> (usize, usize, usize) {
+    let names: Vec<_> = std::fs::read_dir(repo.join("objects/pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let count = |ext: &str| {
+        names
+            .iter()
+            .filter(|p| p.extension() == Some(ext.as_ref()))
+            .count()
+    };
+    let out = git(repo).args(["count-objects", "-v"]).output().unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    let loose = out
+        .lines()
+        .find_map(|l| l.strip_prefix("count: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    (count("idx"), count("keep"), loose)
+}
+
 #[test]
-fn loose_objects_pack_into_a_pack_git_reads() {
+fn blocks_go_to_disk_as_packs_git_reads_and_packs_merge_by_tier() {
     let d = dag();
     let repo = d.f.repo_path();
-    let moved = d.f.ledger.pack_loose().unwrap();
-    assert!(moved > 20, "{moved}");
-    assert_eq!(d.f.ledger.pack_loose().unwrap(), 0, "nothing loose is left");
-    let count = git(&repo).args(["count-objects", "-v"]).output().unwrap();
-    let count = String::from_utf8(count.stdout).unwrap();
-    assert!(count.contains("count: 0\n"), "{count}");
-    assert!(count.contains(&format!("in-pack: {moved}\n")), "{count}");
-    let keeps = std::fs::read_dir(repo.join("objects/pack"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension() == Some("keep".as_ref()))
-        .count();
+    let (packs, keeps, loose) = packs_and_loose(&repo);
+    assert_eq!(loose, 0, "no block leaves loose objects");
     assert_eq!(keeps, 0, "no .keep file: git gc may repack our packs");
+    assert!(packs >= 5, "a pack per block: {packs}");
     let fsck = git(&repo)
         .args(["fsck", "--strict", "--no-dangling", "--full"])
         .output()
@@ -514,41 +542,157 @@ fn loose_objects_pack_into_a_pack_git_reads() {
         "{}",
         String::from_utf8_lossy(&fsck.stderr)
     );
-    // The same ledger and a fresh one read every block from the pack.
+    // Many blocks: their packs merge, so their number stays bounded, and
+    // every block reads back, here and in a ledger opened afresh (its
+    // object cache cold, its pack list read from disk).
+    let mut tip = d.m;
+    let mut most = 0;
+    for i in 0..3 * crate::pack::PACKS_PER_TIER {
+        let mut c = Changes::new();
+        c.state(
+            "doors",
+            &path(&format!("front/log/n{i}")),
+            Change::Put(format!("entry {i}").into_bytes()),
+        )
+        .unwrap();
+        tip =
+            d.f.ledger
+                .write_block(
+                    &Draft {
+                        parents: vec![tip],
+                        changes: c,
+                        txs: vec![],
+                        results: vec![],
+                        text: format!("log {i}"),
+                        time: T0 + 10 + i as i64,
+                        round: None,
+                    },
+                    &d.f.key,
+                )
+                .unwrap()
+                .id;
+        most = most.max(packs_and_loose(&repo).0);
+    }
+    assert!(
+        most < 2 * crate::pack::PACKS_PER_TIER,
+        "packs merge by tier: at most {most} at once"
+    );
+    d.f.ledger.create_branch("packed", tip).unwrap();
     let fresh = Ledger::open(&repo, d.f.ledger.chunks().clone()).unwrap();
     for l in [&d.f.ledger, &fresh] {
         let report = l.verify(None, true, |_, _| {}).unwrap();
-        assert_eq!(report.blocks.len(), 5);
+        assert_eq!(report.blocks.len(), 5 + 3 * crate::pack::PACKS_PER_TIER);
         assert!(report.first_bad().is_none(), "{:?}", report.first_bad());
+        let tip = l.block(tip).unwrap();
+        assert_eq!(
+            l.read_state(&tip, "doors", &path("front/log/n0"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"entry 0"[..])
+        );
     }
-    // A ledger that packs and then writes on, referring to objects only the
-    // new pack holds (its object cache is cold): gix must see the pack.
-    drop(fresh);
-    let d = dag();
-    let l2 = Ledger::open(&d.f.repo_path(), d.f.ledger.chunks().clone()).unwrap();
-    l2.pack_loose().unwrap();
+    let fsck = git(&repo)
+        .args(["fsck", "--strict", "--no-dangling", "--full"])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    // git's own check of every pack and index the ledger wrote.
+    for entry in std::fs::read_dir(repo.join("objects/pack")).unwrap() {
+        let index = entry.unwrap().path();
+        if index.extension() != Some("idx".as_ref()) {
+            continue;
+        }
+        let out = git(&repo).arg("verify-pack").arg(&index).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            index.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The fresh ledger writes on from objects only merged packs hold.
     let mut c = Changes::new();
     c.state("doors", &path("front/again"), Change::Put(b"new".to_vec()))
         .unwrap();
-    let b = l2
+    let b = fresh
         .write_block(
             &Draft {
-                parents: vec![d.m],
+                parents: vec![tip],
                 changes: c,
                 txs: vec![],
                 results: vec![],
-                text: "after packing".into(),
-                time: T0 + 9,
+                text: "from a fresh ledger".into(),
+                time: T0 + 100,
                 round: None,
             },
             &d.f.key,
         )
         .unwrap();
-    assert_eq!(l2.block(b.id).unwrap().height, 4);
     assert_eq!(
-        l2.read_state(&b, "doors", &path("front/schedule"))
+        fresh
+            .read_state(&b, "doors", &path("front/schedule"))
             .unwrap()
             .as_deref(),
         Some(&b"always"[..])
     );
+    assert!(
+        d.f.ledger.block(b.id).is_ok(),
+        "the first ledger sees the new pack"
+    );
+}
+
+/// A second `Ledger` on the repository (as a node's pull thread or API
+/// holds one) reads every third block as it is written, over enough blocks that
+/// gix reuses its index slots (64 in tests) while packs merge and go.
+#[test]
+fn another_ledger_reads_every_block_while_packs_merge_and_go() {
+    let f = Fixture::new();
+    let reader = Ledger::open(&f.repo_path(), f.ledger.chunks().clone()).unwrap();
+    let mut tip = f.genesis.id;
+    for i in 0..600 {
+        let mut c = Changes::new();
+        if i == 0 {
+            c.set_dapp("doors", &dapp_config()).unwrap();
+        }
+        for a in 0..10 {
+            c.state(
+                "doors",
+                &path(&format!("acct/m{}", (i * 10 + a) % 97)),
+                Change::Put(format!("{i} {a}").into_bytes()),
+            )
+            .unwrap();
+        }
+        let draft = Draft {
+            parents: vec![tip],
+            changes: c,
+            txs: vec![],
+            results: vec![],
+            text: format!("block {i}"),
+            time: T0 + i as i64,
+            round: None,
+        };
+        let block = f
+            .ledger
+            .write_block(&draft, &f.key)
+            .unwrap_or_else(|e| panic!("writing block {i}: {e}"));
+        tip = block.id;
+        if i % 3 != 0 {
+            continue; // a reader looks now and then, not at every block
+        }
+        let seen = reader
+            .block(tip)
+            .unwrap_or_else(|e| panic!("the reader at block {i}: {e}"));
+        let value = reader
+            .read_state(
+                &seen,
+                "doors",
+                &path(&format!("acct/m{}", (i * 10 + 9) % 97)),
+            )
+            .unwrap_or_else(|e| panic!("the reader's state at block {i}: {e}"));
+        assert_eq!(value.as_deref(), Some(format!("{i} 9").as_bytes()));
+    }
 }

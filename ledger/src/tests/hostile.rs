@@ -542,13 +542,22 @@ fn a_missing_parent_object_is_reported_not_a_crash() {
     let b1 = f.block(&[f.genesis.id], Changes::new(), vec![]);
     let b2 = f.block(&[b1.id], Changes::new(), vec![]);
     f.force_main(b2.id);
-    let hex = b1.id.to_string();
-    let loose = f
-        .repo_path()
-        .join("objects")
-        .join(&hex[..2])
-        .join(&hex[2..]);
-    std::fs::remove_file(loose).unwrap();
+    // b1 changed nothing, so its pack holds its commit alone: remove it.
+    let packs = f.repo_path().join("objects/pack");
+    let holding: Vec<_> = std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension() == Some("idx".as_ref()))
+        .filter(|p| {
+            let index = gix_pack::index::File::at(p, gix::hash::Kind::Sha1).unwrap();
+            index.lookup(block::oid(b1.id)).is_some()
+        })
+        .collect();
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    let index = gix_pack::index::File::at(&holding[0], gix::hash::Kind::Sha1).unwrap();
+    assert_eq!(index.num_objects(), 1, "b1's pack holds only its commit");
+    std::fs::remove_file(&holding[0]).unwrap();
+    std::fs::remove_file(holding[0].with_extension("pack")).unwrap();
     // A fresh open: the first ledger's object cache still holds the block.
     let ledger = crate::Ledger::open(&f.repo_path(), f.ledger.chunks().clone()).unwrap();
     let report = ledger.verify(None, false, |_, _| {}).unwrap();
