@@ -819,18 +819,27 @@ impl Ledger {
     // ---- branches ---------------------------------------------------------
 
     pub(crate) fn ref_target(&self, name: &str) -> Result<Option<BlockId>, LedgerError> {
-        let repo = self.repo();
-        let reference = repo
-            .try_find_reference(name)
-            .map_err(git(format!("reading {name}")))?;
-        match reference {
-            None => Ok(None),
-            Some(mut r) => Ok(Some(block::block_id(
-                &r.peel_to_id()
-                    .map_err(git(format!("reading {name}")))?
-                    .detach(),
-            ))),
-        }
+        // The ledger's refs name commits directly: their id needs no object
+        // read. Anything else is peeled, through `reading`.
+        self.reading(|| {
+            let repo = self.repo();
+            let reference = repo
+                .try_find_reference(name)
+                .map_err(git(format!("reading {name}")))?;
+            match reference {
+                None => Ok(None),
+                Some(mut r) => {
+                    if let Some(id) = r.target().try_id() {
+                        return Ok(Some(block::block_id(id)));
+                    }
+                    Ok(Some(block::block_id(
+                        &r.peel_to_id()
+                            .map_err(git(format!("reading {name}")))?
+                            .detach(),
+                    )))
+                }
+            }
+        })
     }
 
     pub(crate) fn set_ref(
