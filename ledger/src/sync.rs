@@ -346,6 +346,15 @@ impl Ledger {
         haves: &[BlockId],
         max_bytes: u64,
     ) -> Result<PackPlan, LedgerError> {
+        self.reading(|| self.plan_blocks_once(wants, haves, max_bytes))
+    }
+
+    fn plan_blocks_once(
+        &self,
+        wants: &[BlockId],
+        haves: &[BlockId],
+        max_bytes: u64,
+    ) -> Result<PackPlan, LedgerError> {
         let wants: Vec<BlockId> = wants.iter().copied().filter(|id| self.has(*id)).collect();
         let haves: Vec<BlockId> = haves
             .iter()
@@ -362,6 +371,10 @@ impl Ledger {
     /// `want` (notes commits carry no heights: the walk follows parents
     /// until it meets a have).
     pub fn plan_notes(&self, want: BlockId, haves: &[BlockId]) -> Result<PackPlan, LedgerError> {
+        self.reading(|| self.plan_notes_once(want, haves))
+    }
+
+    fn plan_notes_once(&self, want: BlockId, haves: &[BlockId]) -> Result<PackPlan, LedgerError> {
         if !self.has(want) {
             return Ok(PackPlan::default());
         }
@@ -664,6 +677,10 @@ impl Ledger {
     /// trees did not: pointer blobs' manifests and the images of changed
     /// `dapp.toml` files.
     pub fn new_content(&self, commits: &[BlockId]) -> Result<Content, LedgerError> {
+        self.reading(|| self.new_content_once(commits))
+    }
+
+    fn new_content_once(&self, commits: &[BlockId]) -> Result<Content, LedgerError> {
         let mut content = Content::default();
         let mut seen = HashSet::new();
         let mut blobs: Vec<(ObjectId, Option<String>)> = Vec::new();
@@ -722,6 +739,10 @@ impl Ledger {
 
     /// The image every dapp at `block` names.
     pub fn images_at(&self, block: BlockId) -> Result<Vec<String>, LedgerError> {
+        self.reading(|| self.images_at_once(block))
+    }
+
+    fn images_at_once(&self, block: BlockId) -> Result<Vec<String>, LedgerError> {
         let block = self.block(block)?;
         let mut out = Vec::new();
         for entry in self.list(&block, DAPPS)?.unwrap_or_default() {
