@@ -288,9 +288,16 @@ impl Ledger {
                 source: gix::Error::from_error(e),
             })?;
             let name = reference.name().as_bstr().to_str_lossy().into_owned();
-            let id = reference
-                .peel_to_id()
-                .map_err(git(format!("reading {name}")))?;
+            // Its target as written, without reading the object: a fetched
+            // ref whose pack was dropped must still list, so that
+            // `clear_fetched` can remove it.
+            let id = match reference.target().try_id() {
+                Some(id) => id.to_owned(),
+                None => reference
+                    .peel_to_id()
+                    .map_err(git(format!("reading {name}")))?
+                    .detach(),
+            };
             out.push((name, block::block_id(&id)));
         }
         Ok(out)
