@@ -502,6 +502,19 @@ fn drafts_that_cannot_be_blocks_are_refused() {
     assert!(StatePath::new("ok/fine.txt").is_ok());
 }
 
+/// `git fsck --strict --full` of the repository passes.
+fn fsck_full(repo: &std::path::Path) {
+    let fsck = git(repo)
+        .args(["fsck", "--strict", "--no-dangling", "--full"])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
 /// The packs of a repository (their `.idx` files) and the loose objects.
 fn packs_and_loose(repo: &std::path::Path) -> (usize, usize, usize) {
     let names: Vec<_> = std::fs::read_dir(repo.join("objects/pack"))
@@ -533,15 +546,7 @@ fn blocks_go_to_disk_as_packs_git_reads_and_packs_merge_by_tier() {
     assert_eq!(loose, 0, "no block leaves loose objects");
     assert_eq!(keeps, 0, "no .keep file: git gc may repack our packs");
     assert!(packs >= 5, "a pack per block: {packs}");
-    let fsck = git(&repo)
-        .args(["fsck", "--strict", "--no-dangling", "--full"])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    fsck_full(&repo);
     // Many blocks: their packs merge, so their number stays bounded, and
     // every block reads back, here and in a ledger opened afresh (its
     // object cache cold, its pack list read from disk).
@@ -591,15 +596,7 @@ fn blocks_go_to_disk_as_packs_git_reads_and_packs_merge_by_tier() {
             Some(&b"entry 0"[..])
         );
     }
-    let fsck = git(&repo)
-        .args(["fsck", "--strict", "--no-dangling", "--full"])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    fsck_full(&repo);
     // git's own check of every pack and index the ledger wrote.
     for entry in std::fs::read_dir(repo.join("objects/pack")).unwrap() {
         let index = entry.unwrap().path();
