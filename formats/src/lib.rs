@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod id;
+pub mod jcs;
 pub mod key;
 pub mod result;
 pub mod tx;

@@ -55,9 +55,6 @@ impl TxResult {
 
     /// The canonical JSON line (no newline).
     pub fn to_line(&self) -> String {
-        String::from_utf8(
-            serde_json_canonicalizer::to_vec(self).expect("plain data always serializes"),
-        )
-        .expect("canonical JSON is UTF-8")
+        String::from_utf8(crate::jcs::to_vec(self)).expect("canonical JSON is UTF-8")
     }
 }

@@ -128,7 +128,7 @@ pub fn is_replay(reason: &str) -> bool {
 }
 
 fn canonical<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json_canonicalizer::to_vec(value).expect("plain data always serializes")
+    crate::jcs::to_vec(value)
 }
 
 impl Tx {
@@ -194,9 +194,8 @@ pub fn verify_line_prechecked(
     }
     let value: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| TxError::Malformed(e.to_string()))?;
-    let stx: SignedTx =
-        serde_json::from_value(value.clone()).map_err(|e| TxError::Malformed(e.to_string()))?;
-    if canonical(&value) != line {
+    let stx = SignedTx::deserialize(&value).map_err(|e| TxError::Malformed(e.to_string()))?;
+    if crate::jcs::value_to_vec(&value) != line {
         return Err(TxError::NotCanonical);
     }
     let tx = &stx.tx;
