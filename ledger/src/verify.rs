@@ -183,8 +183,11 @@ struct Walk<'l> {
     pre: Option<Prechecked>,
     /// Those of the block being checked.
     pre_now: Option<Verdicts>,
-    /// Transactions whose signatures the caller checked already.
-    verified: Option<&'l dyn Fn(&TxId) -> bool>,
+    /// The caller re-executes each block before it uses it, which writes
+    /// `txs.jsonl` and `results.jsonl` again from the transactions it
+    /// checks itself and compares the trees: those two files are not
+    /// checked here.
+    txs_by_reexecution: bool,
 }
 
 fn layout_err(path: &str, why: impl Into<String>) -> BlockError {
@@ -276,7 +279,7 @@ impl Ledger {
                 nonces: HashMap::new(),
                 pre,
                 pre_now: None,
-                verified: None,
+                txs_by_reexecution: false,
             };
             walk.run(&order, &parents, &unreadable, stop_at_first, &mut progress)
         })
@@ -299,17 +302,19 @@ const CHECKER_MEMORY: usize = 1 << 20;
 impl Ledger {
     /// Checks one block whose parents are here and valid (a block a peer
     /// announced, before anything uses it): lineage, signature and signer,
-    /// message, height, chain, tree layout, transactions and results, as
-    /// [`Ledger::verify`] checks each block. A nonce replayed from an
-    /// earlier block is left to re-execution (the executor's nonce set).
+    /// message, height, chain and tree layout (the values it names are
+    /// here), as [`Ledger::verify`] checks each block.
     ///
-    /// `verified` names transactions whose signatures the caller checked
-    /// already (a node's mempool): those are not checked again.
+    /// Its transactions and results are left to the caller's
+    /// re-execution (`Executor::reexecute`), which checks every line
+    /// (form, signature, nonce), makes `results.jsonl` again and compares
+    /// the whole tree: a consensus node re-executes every block before it
+    /// counts it valid, so checking the lines here as well was the same
+    /// work twice.
     pub fn check_block(
         &self,
         id: BlockId,
         checker: &mut BlockChecker,
-        verified: &dyn Fn(&TxId) -> bool,
     ) -> Result<Result<(), BlockError>, LedgerError> {
         let parents = match self.commit_parents(id)? {
             Ok(p) => p,
@@ -343,7 +348,7 @@ impl Ledger {
             nonces: HashMap::new(),
             pre: None,
             pre_now: None,
-            verified: Some(verified),
+            txs_by_reexecution: true,
         };
         let report = walk.check(id, height, &parents);
         checker.configs = walk.configs;
@@ -625,6 +630,9 @@ impl Walk<'_> {
         }
 
         // Transactions and results.
+        if self.txs_by_reexecution {
+            return Ok(Ok(()));
+        }
         Ok(self.check_txs(report, root.txs, root.results))
     }
 
@@ -857,8 +865,7 @@ impl Walk<'_> {
             let prechecked = self
                 .pre_now
                 .as_ref()
-                .is_some_and(|v| v.lines.contains(&tx_id))
-                || self.verified.is_some_and(|f| f(&tx_id));
+                .is_some_and(|v| v.lines.contains(&tx_id));
             let nonce_used = |signer: &str, nonce| {
                 let key = (signer.to_string(), nonce);
                 in_block.contains(&key)

@@ -663,9 +663,9 @@ impl Driver<'_> {
             }
             stack.pop();
             self.fed.insert(id, b.height);
-            let shared = self.shared;
-            let in_pool = |tx: &TxId| lock(&shared.pool).get(tx).is_some_and(|p| p.durable);
-            match self.ledger.check_block(id, &mut self.checker, &in_pool)? {
+            // Its transactions are checked by re-execution, before the
+            // machine counts it valid.
+            match self.ledger.check_block(id, &mut self.checker)? {
                 Ok(()) => {
                     self.lacking.remove(&id);
                 }
