@@ -21,7 +21,10 @@
 //! - **Rounds**: leader(r) = validators\[r mod n\]; a round that does not
 //!   commit times out (the timeout doubles per failed round, capped), so
 //!   progress never depends on one node. A commit of a block proposed in
-//!   round r moves everyone to round r+1.
+//!   round r moves everyone to round r+1; so does a validator's own vote
+//!   for it (pipelining: the next leader builds over the voted block while
+//!   its votes arrive), while rounds are in step and no set change is
+//!   under way.
 //! - **Validator-set changes**: a block is certified by the [`Validators`]
 //!   of its parents' state with the highest epoch. A governance
 //!   transaction moves the state to a *joint* set (the new validators, and
@@ -411,6 +414,9 @@ pub struct Machine {
     failed_rounds: u32,
     deadline: Option<Duration>,
     proposed_round: Option<u64>,
+    /// The round this validator entered by voting for the one before
+    /// (pipelining; see [`Machine::maybe_vote`]).
+    pipelined: Option<u64>,
     proposing: bool,
     mempool: Mempool,
     /// Valid side blocks not yet under main, without a known child.
@@ -449,6 +455,7 @@ impl Machine {
             failed_rounds: 0,
             deadline: None,
             proposed_round: None,
+            pipelined: None,
             proposing: false,
             mempool: persisted.mempool.into_iter().collect(),
             side_heads: BTreeSet::new(),
@@ -1140,6 +1147,27 @@ impl Machine {
         self.outbox
             .push_back(Action::Broadcast(Message::Vote(vote)));
         self.count_vote(now, vote);
+        // Pipelining: the next round starts at this vote, not at the
+        // commit, so its leader builds over this block while its votes
+        // are still arriving. Every validator that voted for it may vote
+        // for a child (the vote rule is about descent, not commits), and a
+        // child's certificate commits it too.
+        // While a validator-set change is under way rounds move as they
+        // did before (at commits and timeouts): leaders are then decided
+        // under more than one set, and the joint phase's liveness was
+        // shown for that.
+        let steady = self.failed_rounds == 0
+            && self.later.is_empty()
+            && self.blocks[&id]
+                .sets
+                .as_ref()
+                .is_some_and(|(certifiers, state)| {
+                    certifiers.epoch == state.epoch && certifiers.epoch == self.current().epoch
+                });
+        if steady && self.round <= round {
+            self.pipelined = Some(round.saturating_add(1));
+            self.enter_round(now, round.saturating_add(1));
+        }
     }
 
     fn on_vote(&mut self, now: Duration, from: NodeId, vote: Vote) {
@@ -1383,7 +1411,15 @@ impl Machine {
             }
         }
         let txs = self.mempool_except(&included);
-        if parents.len() == 1 && txs.is_empty() && parents[0] == self.main {
+        if parents.len() == 1
+            && txs.is_empty()
+            && (parents[0] == self.main
+                || (self.pipelined == Some(self.round) && self.vote_tip == Some(parents[0])))
+        {
+            // Nothing to carry: main, or (in a round this validator entered
+            // by voting) the block it voted for, whose votes are under way:
+            // it commits on its own. Had they been lost, the round times out
+            // and the next one carries it as before.
             return;
         }
         if self

@@ -670,3 +670,95 @@ fn memory_stays_flat_over_20000_blocks_and_a_late_block_over_a_pruned_one_gets_a
         "the next proposal merges the device's block"
     );
 }
+
+#[test]
+fn the_next_leader_builds_over_the_block_it_voted_for_before_that_block_commits() {
+    // Validator 2 of 4 leads round 2; block 1 is round 1's proposal.
+    let tx = TxId::of_line("arrived while block 1 was checked");
+    let mut m = fresh(2, 4);
+    let mut b1 = proposal(1, &[0], 1, 4);
+    b1.txs = vec![TxId::of_line("in block 1")];
+    m.handle(Duration::ZERO, Event::LocalTx(b1.txs[0]));
+    m.handle(Duration::ZERO, Event::LocalTx(tx));
+    m.drain().for_each(drop);
+    let actions = deliver(&mut m, b1, true);
+    assert_eq!(votes_for(&actions), [id(1)]);
+    assert_eq!(m.main(), id(0), "one vote commits nothing");
+    assert_eq!(m.round(), 2, "its vote moved it to the next round");
+    let proposed: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Propose {
+                parents,
+                round,
+                txs,
+                ..
+            } => Some((parents.clone(), *round, txs.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        proposed,
+        [(vec![id(1)], 2, vec![tx])],
+        "over the voted block, without what that block carries"
+    );
+    // Its own proposal validates; block 1 then commits by its own votes,
+    // and block 2 by its own.
+    let header = Header {
+        id: id(2),
+        parents: vec![id(1)],
+        round: 2,
+        proposer: 2,
+        kind: Kind::Proposal,
+        txs: vec![tx],
+        validators: None,
+    };
+    m.handle(Duration::ZERO, Event::Proposed(header));
+    let mut actions: Vec<Action> = m.drain().collect();
+    assert!(actions.contains(&Action::Validate(id(2))), "{actions:?}");
+    m.handle(
+        Duration::ZERO,
+        Event::Validated {
+            block: id(2),
+            valid: true,
+        },
+    );
+    actions.extend(m.drain());
+    assert_eq!(votes_for(&actions), [id(2)]);
+    for voter in [0, 1] {
+        receive_vote(&mut m, voter, id(1));
+    }
+    assert_eq!(m.main(), id(1));
+    for voter in [0, 3] {
+        receive_vote(&mut m, voter, id(2));
+    }
+    assert_eq!(m.main(), id(2));
+}
+
+#[test]
+fn a_leader_with_nothing_new_does_not_wrap_the_block_it_voted_for() {
+    // Validator 2 leads round 2 and votes for round 1's block: with an
+    // empty mempool it proposes nothing (block 1 commits by its own votes),
+    // so an idle chain does not grow a tail of empty blocks.
+    let mut m = fresh(2, 4);
+    let actions = deliver(&mut m, proposal(1, &[0], 1, 4), true);
+    assert_eq!(votes_for(&actions), [id(1)]);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Propose { .. })),
+        "{actions:?}"
+    );
+    // Block 1's votes were lost: the round times out and the leader of the
+    // next round carries it in an empty proposal, as before.
+    let mut m = fresh(3, 4);
+    deliver(&mut m, proposal(1, &[0], 1, 4), true);
+    deliver(&mut m, proposal(2, &[1], 2, 4), true);
+    m.drain().for_each(drop);
+    assert_eq!(m.round(), 3);
+    m.handle_timeout(Duration::from_secs(2));
+    m.handle_timeout(Duration::from_secs(5));
+    let after: Vec<Action> = m.drain().collect();
+    let carried = after.iter().any(|a| {
+        matches!(a, Action::Propose { parents, txs, .. } if parents == &vec![id(2)] && txs.is_empty())
+    });
+    assert!(carried || m.round() > 3, "{after:?}");
+}
