@@ -149,6 +149,8 @@ struct Driver<'l> {
     key: &'l Keypair,
     shared: &'l Shared,
     out: &'l Outbound,
+    /// What the network, the API and the pull thread tell this thread.
+    inputs: &'l Receiver<Input>,
     executor: Executor<'l>,
     helper: utter_runtime::Helper,
     images: crate::NodeImages,
@@ -297,6 +299,7 @@ fn drive(
         key,
         shared,
         out,
+        inputs,
         executor,
         helper: home.spawn_helper()?,
         images: home.node_images(&opened.store)?,
@@ -477,6 +480,20 @@ impl Driver<'_> {
     fn handle(&mut self, event: Event) {
         let now = self.now();
         self.machine.handle(now, event);
+    }
+
+    /// Takes in what arrived while this thread re-executed a block or
+    /// built one (transactions, votes, pulls) and sends the transaction
+    /// lines gathered so far. Called before a verdict goes to the machine,
+    /// whose vote may start the next round at once: the proposal then
+    /// carries what arrived meanwhile, and this node's transactions reach
+    /// the next leader before it builds, rather than one block later.
+    fn catch_up(&mut self) -> Result<(), NodeError> {
+        while let Ok(input) = self.inputs.try_recv() {
+            self.input(input)?;
+        }
+        self.flush();
+        Ok(())
     }
 
     /// Sends the transaction lines gathered while acting.
@@ -796,6 +813,7 @@ impl Driver<'_> {
             }
         };
         let valid = verdict == Verdict::Valid;
+        self.catch_up()?;
         if !valid || self.verbose {
             eprintln!(
                 "block {} at height {}: {verdict:?} ({:.1} ms)",
@@ -815,6 +833,8 @@ impl Driver<'_> {
         kind: Kind,
         txs: &[TxId],
     ) -> Result<(), NodeError> {
+        // What was gathered to send goes before the build, not after it.
+        self.flush();
         // Oldest first, as they arrived here; the rest stay in the
         // mempools for the next round.
         let lines: Vec<String> = {
@@ -860,13 +880,18 @@ impl Driver<'_> {
             .map_err(|e| NodeError::Consensus(e.to_string()))?
             .expect("this node signed it");
         if self.verbose {
+            let t = &proposed.timings;
             eprintln!(
-                "proposed {} at height {} in round {}: {} transactions over {} parents",
+                "proposed {} at height {} in round {}: {} transactions over {} parents ({:.1} ms, {:.1} in dapps, {:.1} writing, {:.1} verifying)",
                 proposed.block.id.short(),
                 proposed.block.height,
                 header.round,
                 lines.len(),
-                parents.len()
+                parents.len(),
+                t.total.as_secs_f64() * 1e3,
+                t.dapps.as_secs_f64() * 1e3,
+                t.write.as_secs_f64() * 1e3,
+                t.verify.as_secs_f64() * 1e3,
             );
         }
         #[cfg(feature = "byzantine")]
