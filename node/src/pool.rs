@@ -182,9 +182,11 @@ impl Pool {
     }
 
     fn remove(&mut self, seq: u64) -> Option<Pending> {
-        let p = self.queue.remove(&seq)?;
+        let mut p = self.queue.remove(&seq)?;
         self.ids.remove(&p.id);
-        self.nonces.remove(&(p.tx.tx.signer.clone(), p.tx.tx.nonce));
+        let key = (std::mem::take(&mut p.tx.tx.signer), p.tx.tx.nonce);
+        self.nonces.remove(&key);
+        p.tx.tx.signer = key.0;
         Some(p)
     }
 
@@ -216,7 +218,13 @@ impl Pool {
         let mut dropped = Vec::new();
         for (id, signer, nonce) in txs {
             self.committed.insert(signer, *nonce);
-            if let Some(&seq) = self.nonces.get(&(signer.clone(), *nonce))
+            // Most are here as they are in the block: found by id, without
+            // building a (signer, nonce) key.
+            let seq = match self.ids.get(id) {
+                Some(&seq) => Some(seq),
+                None => self.nonces.get(&(signer.clone(), *nonce)).copied(),
+            };
+            if let Some(seq) = seq
                 && let Some(p) = self.remove(seq)
             {
                 seqs.push(seq);
@@ -351,5 +359,29 @@ mod tests {
             order,
             vec![(true, 3), (false, 1), (true, 4), (false, 2), (true, 5)]
         );
+    }
+
+    #[test]
+    fn a_block_settles_what_it_carries_and_drops_what_its_nonces_took() {
+        let key = Keypair::generate("test").expect("key");
+        let signer = key.public().to_openssh();
+        let mut pool = Pool::new(Nonces::default(), 10, 0);
+        let (id1, l1, t1) = signed(&key, 1);
+        let (id2, l2, t2) = signed(&key, 2);
+        let (id3, l3, t3) = signed(&key, 3);
+        for (id, line, tx) in [(id1, l1, t1), (id2, l2, t2), (id3, l3, t3)] {
+            pool.admit(id, line, tx).expect("admitted");
+        }
+        // The block carries 1 as it is here, and another transaction of
+        // the same signer with nonce 2 (it reached a proposer elsewhere).
+        let other = TxId::of_line("another transaction with nonce 2");
+        let (seqs, dropped) = pool.settle(&[(id1, signer.clone(), 1), (other, signer.clone(), 2)]);
+        assert_eq!(seqs, vec![0, 1], "1 settled and 2 can never commit");
+        assert_eq!(dropped, vec![id2], "only 2 left without being in the block");
+        assert!(pool.get(&id1).is_none() && pool.get(&id2).is_none());
+        assert!(pool.get(&id3).is_some(), "3 still waits");
+        assert_eq!(pool.next_nonce(&signer), 4);
+        let (again, l, t) = signed(&key, 2);
+        assert_eq!(pool.admit(again, l, t), Err(Refusal::Replayed));
     }
 }

@@ -298,24 +298,36 @@ pub(crate) fn settle(
 ) -> Result<Vec<TxId>, NodeError> {
     let block = ledger.block(after)?;
     let mut txs = Vec::new();
+    let mut committed = Vec::new();
+    for id in ledger.only_in(&[after], &[before])? {
+        let b = ledger.block(id)?;
+        for text in ledger.result_lines(&b)? {
+            if let Ok(result) = serde_json::from_str::<TxResult>(&text) {
+                committed.push(Committed {
+                    block: b.id,
+                    height: b.height,
+                    result,
+                });
+            }
+        }
+        let lines = ledger.tx_lines(&b)?;
+        let pool = lock(&shared.pool);
+        for line in lines {
+            let tx = TxId::of_line(&line);
+            // A line the pool holds was parsed at admission: its signer
+            // and nonce are known without parsing it again.
+            let known = pool
+                .get(&tx)
+                .map(|p| (p.tx.tx.signer.clone(), p.tx.tx.nonce));
+            if let Some((signer, nonce)) = known.or_else(|| utter_executor::signer_nonce(&line)) {
+                txs.push((tx, signer, nonce));
+            }
+        }
+    }
     {
         let mut recent = lock(&shared.recent);
-        for id in ledger.only_in(&[after], &[before])? {
-            let b = ledger.block(id)?;
-            for text in ledger.result_lines(&b)? {
-                if let Ok(result) = serde_json::from_str::<TxResult>(&text) {
-                    recent.insert(Committed {
-                        block: b.id,
-                        height: b.height,
-                        result,
-                    });
-                }
-            }
-            for line in ledger.tx_lines(&b)? {
-                if let Some((signer, nonce)) = utter_executor::signer_nonce(&line) {
-                    txs.push((TxId::of_line(&line), signer, nonce));
-                }
-            }
+        for c in committed {
+            recent.insert(c);
         }
     }
     let (seqs, dropped) = lock(&shared.pool).settle(&txs);
