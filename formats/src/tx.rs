@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::TxId;
-use crate::key::{KeyError, Keypair, SignatureError, Signer};
+use crate::key::{KeyError, Keypair, SignatureError};
 
 /// The SSH signature namespace of transactions.
 pub const NAMESPACE: &str = "utter-tx";
@@ -213,11 +213,9 @@ pub fn verify_line_prechecked(
             found: tx.chain.clone(),
         });
     }
-    let signer = Signer::parse(&tx.signer).ok_or_else(|| TxError::BadSigner(tx.signer.clone()))?;
-    if signer.to_openssh() != tx.signer {
-        // One key, one spelling: no comments or extra spaces in `signer`.
-        return Err(TxError::BadSigner(tx.signer.clone()));
-    }
+    // One key, one spelling: no comments or extra spaces in `signer`.
+    let signer = crate::key::Verifier::of(&tx.signer)
+        .ok_or_else(|| TxError::BadSigner(tx.signer.clone()))?;
     let signed = signed_part(line).ok_or(TxError::NotCanonical)?;
     if !prechecked {
         signer

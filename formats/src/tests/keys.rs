@@ -262,3 +262,96 @@ fn keys_round_trip_through_openssh_files() {
     let err = Keypair::load(&dir.path().join("missing")).unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 }
+
+/// The cached verifier (`Verifier`, used for every transaction line)
+/// accepts and refuses exactly what `Signer::verify` (ssh-key's own check)
+/// does, each refusal for the same reason: good signatures, other
+/// messages, namespaces and keys, damaged armor, flipped signature bits,
+/// an `s` past the group order, and a key that is no curve point.
+#[test]
+fn the_cached_verifier_agrees_with_ssh_key_on_every_case() {
+    use ssh_key::{Algorithm, HashAlg, LineEnding, SshSig};
+
+    use crate::key::Verifier;
+
+    let key = Keypair::generate("").unwrap();
+    let other = Keypair::generate("").unwrap();
+    let msg = b"the message".as_slice();
+    let good = key.sign(NAMESPACE, msg).unwrap();
+    let parsed = SshSig::from_pem(&good).unwrap();
+    let bytes = parsed.signature().as_bytes().to_vec();
+    let forge = |data: ssh_key::public::KeyData, sig: Vec<u8>| -> String {
+        let sig = ssh_key::Signature::new(Algorithm::Ed25519, sig).unwrap();
+        SshSig::new(data, NAMESPACE, HashAlg::Sha512, sig)
+            .unwrap()
+            .to_pem(LineEnding::LF)
+            .unwrap()
+    };
+    let data = parsed.public_key().clone();
+    let mut cases: Vec<(String, &[u8], &str, Signer)> = vec![
+        (good.clone(), msg, NAMESPACE, key.public()),
+        (good.clone(), b"another message", NAMESPACE, key.public()),
+        (good.clone(), msg, "git", key.public()),
+        (key.sign("git", msg).unwrap(), msg, NAMESPACE, key.public()),
+        (good.clone(), msg, NAMESPACE, other.public()),
+        (good.replace('A', "B"), msg, NAMESPACE, key.public()),
+        ("not a signature".into(), msg, NAMESPACE, key.public()),
+    ];
+    for bit in [0, 7, 100, 255, 256, 300, 511] {
+        let mut sig = bytes.clone();
+        sig[bit / 8] ^= 1 << (bit % 8);
+        cases.push((forge(data.clone(), sig), msg, NAMESPACE, key.public()));
+    }
+    // s + L: the same signature with a scalar past the group order.
+    let mut high = bytes.clone();
+    let order: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let sum = u16::from(high[32 + i]) + u16::from(order[i]) + carry;
+        high[32 + i] = sum as u8;
+        carry = sum >> 8;
+    }
+    cases.push((forge(data.clone(), high), msg, NAMESPACE, key.public()));
+    // 32 bytes that decode to no point on the curve.
+    let offcurve = (0u8..=255)
+        .map(|b| {
+            let mut k = [b; 32];
+            k[31] &= 0x7f;
+            k
+        })
+        .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+        .expect("some repeated byte is not a point");
+    let bad = Signer::from_ed25519(offcurve);
+    let bad_data = ssh_key::public::KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(offcurve));
+    cases.push((forge(bad_data, bytes.clone()), msg, NAMESPACE, bad));
+
+    let mut refused = 0;
+    for (i, (armored, msg, namespace, signer)) in cases.iter().enumerate() {
+        let oracle = signer.verify(namespace, msg, armored);
+        let verifier = Verifier::of(&signer.to_openssh()).expect("an ed25519 key in its spelling");
+        assert_eq!(verifier.verify(namespace, msg, armored), oracle, "case {i}");
+        // And again, from the table.
+        let again = Verifier::of(&signer.to_openssh()).unwrap();
+        assert_eq!(
+            again.verify(namespace, msg, armored),
+            oracle,
+            "case {i}, cached"
+        );
+        refused += usize::from(oracle.is_err());
+    }
+    assert_eq!(
+        refused,
+        cases.len() - 1,
+        "only the first case is a good signature"
+    );
+
+    // Only the one spelling of an ed25519 key has a verifier.
+    let spelled = key.public().to_openssh();
+    assert!(Verifier::of(&format!("{spelled} alice@example")).is_none());
+    assert!(Verifier::of(&format!(" {spelled}")).is_none());
+    assert!(Verifier::of("ssh-rsa AAAAB3NzaC1yc2E").is_none());
+    assert!(Verifier::of("").is_none());
+}
