@@ -332,6 +332,15 @@ impl Ledger {
         Ok(())
     }
 
+    /// Whether the object is here as this handle last saw the repository:
+    /// no look at the pack directory on a miss, so a block another handle
+    /// (a pull) wrote since may read as absent. For hot paths where a
+    /// false "absent" costs only a redundant pull; a miss in [`Ledger::has`]
+    /// lists the packs and may reopen the repository.
+    pub fn has_here(&self, id: BlockId) -> bool {
+        self.repo().objects.exists_without_refresh(&block::oid(id))
+    }
+
     /// Whether the object is here.
     pub fn has(&self, id: BlockId) -> bool {
         self.reading(|| {

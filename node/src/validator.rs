@@ -534,7 +534,7 @@ impl Driver<'_> {
                 height,
                 vote,
             } => {
-                if self.ledger.has(block) && self.ledger.height(block)? != height {
+                if self.ledger.has_here(block) && self.ledger.height(block)? != height {
                     return Ok(()); // signed for another height: not a vote for this block
                 }
                 let from = self.id_of(&from);
@@ -604,7 +604,7 @@ impl Driver<'_> {
         if self.fed.contains_key(&block) {
             return;
         }
-        if self.ledger.has(block) && !self.lacking.contains(&block) {
+        if self.ledger.has_here(block) && !self.lacking.contains(&block) {
             if let Err(e) = self.feed(block, from) {
                 eprintln!("block {}: {e}", block.short());
             }
@@ -627,7 +627,9 @@ impl Driver<'_> {
 
     /// Whether the ledger's main is `block` or descends from it.
     fn committed_here(&self, block: BlockId) -> Result<bool, NodeError> {
-        if !self.ledger.has(block) {
+        // Every block under main was fed to the machine, which read it
+        // through this handle: no need to look for new packs.
+        if !self.ledger.has_here(block) {
             return Ok(false);
         }
         let main = self.machine.main();
