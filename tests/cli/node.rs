@@ -794,3 +794,70 @@ fn the_client_follows_main_and_reads_state_and_the_rules_bundle() {
     assert!(hostile.write_to(&target).is_err());
     assert!(!target.exists());
 }
+
+/// A batch that mixes lines already pending, repeats, lines with a broken
+/// signature and new lines gets one answer per line, in order: admission
+/// checks only the signatures of lines it does not hold already, and that
+/// bookkeeping must not shift an answer onto the wrong line.
+#[test]
+fn a_batch_of_pending_repeated_forged_and_new_lines_gets_each_its_own_answer() {
+    let (tmp, data, node, _admin) = space();
+    let reqs = tmp.path().join("reqs.jsonl");
+    let hello =
+        |n: u32| json!({"dapp": "nosuch", "action": "hello", "args": {"n": n}}).to_string() + "\n";
+    file(
+        tmp.path(),
+        "reqs.jsonl",
+        (0..3).map(hello).collect::<String>().as_bytes(),
+    );
+    let signed = ok(utter(&data)
+        .args(["tx", "sign", "--nonce", "1", "--file"])
+        .arg(&reqs));
+    let lines: Vec<&str> = signed.lines().collect();
+    assert_eq!(lines.len(), 3, "{signed}");
+    // The same transaction, its signature made for other bytes.
+    let other = ok(utter(&data)
+        .args(["tx", "sign", "--nonce", "9", "--file"])
+        .arg(&reqs));
+    let other_sig: Value = serde_json::from_str(other.lines().next().unwrap()).unwrap();
+    let mut forged: Value = serde_json::from_str(lines[2]).unwrap();
+    forged["sig"] = other_sig["sig"].clone();
+    let forged = serde_json::to_string(&forged).unwrap();
+    let post = |body: &[&str]| -> Vec<(String, String)> {
+        let (status, v) = raw(
+            &node.url,
+            "POST",
+            "/v1/txs",
+            (body.join("\n") + "\n").as_bytes(),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["txs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["status"].as_str().unwrap().to_string(),
+                    a["error"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let first = post(&[lines[0], lines[0], &forged, lines[1]]);
+    assert_eq!(first[0].0, "pending", "{first:?}");
+    assert_eq!(first[1].0, "pending", "{first:?}");
+    assert_eq!(first[2].0, "refused", "{first:?}");
+    assert!(first[2].1.contains("signature"), "{first:?}");
+    assert_eq!(first[3].0, "pending", "{first:?}");
+    // Again, with the first two held (pending or committed by now), the
+    // forged line between them and a new line last.
+    let second = post(&[lines[1], &forged, lines[0], lines[2], &forged]);
+    let held = |s: &str| s == "pending" || s == "committed";
+    assert!(held(&second[0].0), "{second:?}");
+    assert_eq!(second[1].0, "refused", "{second:?}");
+    assert!(second[1].1.contains("signature"), "{second:?}");
+    assert!(held(&second[2].0), "{second:?}");
+    assert_eq!(second[3].0, "pending", "{second:?}");
+    assert_eq!(second[4].0, "refused", "{second:?}");
+    assert!(second[4].1.contains("signature"), "{second:?}");
+}
