@@ -160,6 +160,9 @@ struct Driver<'l> {
     checker: BlockChecker,
     /// Vote signatures by block and voter, with the height they sign.
     votes: HashMap<(BlockId, NodeId), (u64, SignedVote)>,
+    /// Votes for blocks not here yet: only the block says which height
+    /// a vote for it must sign, so they reach the machine once it is fed.
+    early: EarlyVotes,
     /// Blocks the machine was told of, with their heights; those far
     /// under main are let go as the machine prunes them.
     fed: HashMap<BlockId, u64>,
@@ -186,6 +189,10 @@ struct Driver<'l> {
     /// Test-only Byzantine behaviour (the `byzantine` feature).
     #[cfg(feature = "byzantine")]
     equivocate: bool,
+    /// Test-only: this node's votes leave signed for the wrong height
+    /// (`UTTER_TEST_WRONG_VOTE_HEIGHT`).
+    #[cfg(feature = "byzantine")]
+    wrong_heights: bool,
     /// Test-only: seconds this node's clock is set ahead (the `byzantine`
     /// feature, `UTTER_TEST_CLOCK_AHEAD`).
     #[cfg(feature = "byzantine")]
@@ -308,6 +315,7 @@ fn drive(
         vote_tip,
         checker: BlockChecker::default(),
         votes: HashMap::new(),
+        early: EarlyVotes::default(),
         fed,
         own: HashSet::new(),
         lacking: HashSet::new(),
@@ -321,6 +329,8 @@ fn drive(
         verbose,
         #[cfg(feature = "byzantine")]
         equivocate: std::env::var_os("UTTER_TEST_EQUIVOCATE").is_some(),
+        #[cfg(feature = "byzantine")]
+        wrong_heights: std::env::var_os("UTTER_TEST_WRONG_VOTE_HEIGHT").is_some(),
         #[cfg(feature = "byzantine")]
         clock_ahead: std::env::var("UTTER_TEST_CLOCK_AHEAD")
             .ok()
@@ -368,7 +378,103 @@ fn drive(
                 // missed (a vote dropped while a channel reopened), the
                 // others send it again.
                 d.out.broadcast(&Message::Behind);
+                // Blocks only early votes name, a few times (a pull that
+                // failed is not asked again by the machine, which has
+                // not heard of them).
+                for block in d.early.again() {
+                    d.want(block, NodeId::MAX, None);
+                }
             }
+        }
+    }
+}
+
+/// Held votes for one block: each voter's relayer, signed height and
+/// signature.
+type HeldVotes = HashMap<NodeId, (NodeId, u64, SignedVote)>;
+
+/// Votes for blocks this node does not have yet, bounded: a voter's
+/// oldest held vote goes when it holds [`EarlyVotes::PER_VOTER`], and a
+/// block is asked for again [`EarlyVotes::PULLS`] times at most.
+#[derive(Default)]
+struct EarlyVotes {
+    /// By block: each voter's relayer, signed height and signature, and
+    /// how often the block was asked for again.
+    blocks: HashMap<BlockId, (HeldVotes, u32)>,
+    /// Each voter's held blocks, oldest first.
+    by_voter: HashMap<NodeId, std::collections::VecDeque<BlockId>>,
+}
+
+impl EarlyVotes {
+    const PER_VOTER: usize = 16;
+    const PULLS: u32 = 3;
+    /// Votes of keys outside the current set (a set being changed to) are
+    /// held while fewer blocks than this are.
+    const OTHERS: usize = 1024;
+
+    fn hold(&mut self, block: BlockId, voter: NodeId, from: NodeId, height: u64, vote: SignedVote) {
+        let (votes, _) = self.blocks.entry(block).or_default();
+        if votes.insert(voter, (from, height, vote)).is_some() {
+            return;
+        }
+        let held = self.by_voter.entry(voter).or_default();
+        held.push_back(block);
+        if held.len() > Self::PER_VOTER
+            && let Some(old) = held.pop_front()
+            && let Some((votes, _)) = self.blocks.get_mut(&old)
+        {
+            votes.remove(&voter);
+            if votes.is_empty() {
+                self.blocks.remove(&old);
+            }
+        }
+    }
+
+    /// The votes held for `block`, by voter, let go.
+    fn release(&mut self, block: BlockId) -> HeldVotes {
+        let votes = self
+            .blocks
+            .remove(&block)
+            .map(|(v, _)| v)
+            .unwrap_or_default();
+        for voter in votes.keys() {
+            if let Some(held) = self.by_voter.get_mut(voter) {
+                held.retain(|b| *b != block);
+            }
+        }
+        votes
+    }
+
+    /// The blocks to ask for again; those asked for too often are let go
+    /// with their votes (a vote that comes again is held again).
+    fn again(&mut self) -> Vec<BlockId> {
+        let mut asked = Vec::new();
+        let mut gone = Vec::new();
+        for (block, (_, pulls)) in &mut self.blocks {
+            *pulls += 1;
+            if *pulls > Self::PULLS {
+                gone.push(*block);
+            } else {
+                asked.push(*block);
+            }
+        }
+        for block in gone {
+            self.release(block);
+        }
+        asked
+    }
+
+    /// Lets go of votes that sign a height under `height` (main's): they
+    /// count for nothing any more.
+    fn prune_below(&mut self, height: u64) {
+        let low: Vec<BlockId> = self
+            .blocks
+            .iter()
+            .filter(|(_, (votes, _))| votes.values().all(|(_, h, _)| *h < height))
+            .map(|(b, _)| *b)
+            .collect();
+        for block in low {
+            self.release(block);
         }
     }
 }
@@ -534,16 +640,26 @@ impl Driver<'_> {
                 height,
                 vote,
             } => {
-                if self.ledger.has_here(block) && self.ledger.height(block)? != height {
-                    return Ok(()); // signed for another height: not a vote for this block
-                }
                 let from = self.id_of(&from);
                 let voter = self.id_of(&voter);
-                self.votes.insert((block, voter), (height, vote));
-                self.handle(Event::Received {
-                    from,
-                    message: Said::Vote(Vote { voter, block }),
-                });
+                let known = match self.fed.get(&block) {
+                    Some(h) => Some(*h),
+                    None if self.ledger.has_here(block) => Some(self.ledger.height(block)?),
+                    None => None,
+                };
+                match known {
+                    Some(h) => self.count(from, voter, block, h, height, vote),
+                    None if self.machine.validators().includes(voter)
+                        || self.early.blocks.len() < EarlyVotes::OTHERS =>
+                    {
+                        // Counted once the block is here and its height
+                        // agrees; pulled from whoever relayed the vote.
+                        self.early.hold(block, voter, from, height, vote);
+                        let addr = self.addrs.get(&from).copied();
+                        self.want(block, from, addr);
+                    }
+                    None => {}
+                }
             }
             Input::Behind { from } => {
                 let peer = self.id_of(&from);
@@ -700,6 +816,7 @@ impl Driver<'_> {
                 }
                 Err(e) => {
                     eprintln!("block {} from a peer is refused: {e}", id.short());
+                    self.early.release(id);
                     continue;
                 }
             }
@@ -711,8 +828,42 @@ impl Driver<'_> {
                     message: Said::Block(header),
                 });
             }
+            for (voter, (by, height, vote)) in self.early.release(id) {
+                self.count(by, voter, id, b.height, height, vote);
+            }
         }
         Ok(())
+    }
+
+    /// Gives the machine a vote for `block` (at height `at`) if it signs
+    /// that height; a vote signed for another height is not a vote for
+    /// this block, and a certificate holding it would not verify.
+    fn count(
+        &mut self,
+        from: NodeId,
+        voter: NodeId,
+        block: BlockId,
+        at: u64,
+        height: u64,
+        vote: SignedVote,
+    ) {
+        if height != at {
+            eprintln!(
+                "a vote by {} for block {} signs height {height}, not the block's {at}: not counted",
+                self.keys
+                    .borrow()
+                    .keys
+                    .get(voter as usize)
+                    .map_or("?", |k| k.as_str()),
+                block.short()
+            );
+            return;
+        }
+        self.votes.insert((block, voter), (height, vote));
+        self.handle(Event::Received {
+            from,
+            message: Said::Vote(Vote { voter, block }),
+        });
     }
 
     /// Carries out the machine's actions, in order.
@@ -758,6 +909,23 @@ impl Driver<'_> {
         };
         let frame = match m {
             Said::Block(h) => Message::Announce(h.id),
+            #[cfg(feature = "byzantine")]
+            Said::Vote(v) if self.wrong_heights && v.voter == self.machine.id() => {
+                // Test-only: its own votes signed for the next height.
+                let Some((height, _)) = self.votes.get(&(v.block, v.voter)) else {
+                    return;
+                };
+                let height = height + 1;
+                let Ok(vote) = SignedVote::sign(self.key, &self.shared.chain, v.block, height)
+                else {
+                    return;
+                };
+                Message::Vote {
+                    block: v.block,
+                    height,
+                    signature: vote.signature,
+                }
+            }
             Said::Vote(v) => match self.votes.get(&(v.block, v.voter)) {
                 Some((height, vote)) => Message::Vote {
                     block: v.block,
@@ -947,6 +1115,7 @@ impl Driver<'_> {
         let votes = voters
             .iter()
             .filter_map(|v| self.votes.get(&(block, *v)))
+            .filter(|(h, _)| *h == height)
             .map(|(_, vote)| vote.clone())
             .collect();
         let cert = Certificate {
@@ -970,6 +1139,7 @@ impl Driver<'_> {
             votes: voters.len(),
         });
         self.votes.retain(|_, (h, _)| *h >= height);
+        self.early.prune_below(height);
         // What the machine pruned (and more) need not be remembered here:
         // asked for again, a block under main comes back as an anchor.
         let floor = height.saturating_sub(2 * Config::KEEP);

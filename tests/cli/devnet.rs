@@ -1019,3 +1019,55 @@ fn an_equivocating_validator_cannot_split_the_honest_ones() {
         "an honest validator received both proposals of a round"
     );
 }
+
+/// A Byzantine validator (the test-only `byzantine` build, with
+/// `UTTER_TEST_WRONG_VOTE_HEIGHT`) signs each vote it sends for the next
+/// height, so a vote for its own proposal reaches the others before the
+/// block does. Such a vote is not counted: the three honest validators
+/// keep committing, and every certificate they write verifies (a counted
+/// one would make the certificate unwritable and stop the node).
+#[test]
+fn votes_signed_for_the_wrong_height_are_not_counted_even_before_their_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("net");
+    let four = Validators::made(&dir, 4);
+    let honest: Vec<Node> = (0..3).map(|i| four.start(i, &[])).collect();
+    let byzantine = four.start(3, &[("UTTER_TEST_WRONG_VOTE_HEIGHT", "1")]);
+    let chain = honest[0].client().status().unwrap().chain;
+    let users: Vec<Keypair> = (0..3)
+        .map(|i| Keypair::generate(&format!("user{i}")).unwrap())
+        .collect();
+    let mut accepted = Vec::new();
+    let honest_ones: Vec<&Node> = honest.iter().collect();
+    let started = Instant::now();
+    let mut round = 0u64;
+    // At least 12 rounds of load, and on until the Byzantine one has led
+    // two rounds (its votes for its own blocks then left before them).
+    while round < 12 || byzantine.client().status().unwrap().blocks_made < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the Byzantine validator never led a round"
+        );
+        round += 1;
+        accepted.extend(join_round(&honest_ones, &users, &chain, round));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    committed_everywhere(&honest_ones, &accepted);
+    drop(byzantine);
+    let said: Vec<String> = honest.into_iter().map(Node::stop).collect();
+    let all = said.join("\n");
+    assert!(
+        all.contains("not the block's") && all.contains(": not counted"),
+        "no honest validator saw a vote for the wrong height:\n{all}"
+    );
+    assert!(!all.contains("consensus stopped"), "{all}");
+    for i in 1..=3 {
+        let data = dir.join(format!("v{i}"));
+        let (_, counts) = committed(&data);
+        for id in &accepted {
+            assert_eq!(counts.get(id), Some(&1), "v{i}: {id} on main's line");
+        }
+        let out = ok(utter(&data).args(["verify", "--reexecute"]));
+        assert!(out.contains("carry a commit certificate"), "v{i}: {out}");
+    }
+}
