@@ -727,14 +727,7 @@ impl Pass<'_> {
     ) -> Result<(), PassError> {
         task.await
             .map_err(|e| PassError::Fault(Fault::Driver(e.to_string())))?
-            .map_err(|e| match e {
-                e @ (utter_chunkstore::Error::HashMismatch { .. }
-                | utter_chunkstore::Error::ChunkSize { .. }
-                | utter_chunkstore::Error::CorruptChunk { .. }) => {
-                    PassError::Fault(Fault::Protocol(format!("a chunk that is not its id: {e}")))
-                }
-                e => store_err(e),
-            })?;
+            .map_err(chunk_err)?;
         progress.chunks += n;
         progress.bytes += bytes;
         (self.progress)(*progress);
@@ -933,15 +926,28 @@ impl Pass<'_> {
     }
 }
 
-fn store_err(e: utter_chunkstore::Error) -> PassError {
+pub(crate) fn store_err(e: utter_chunkstore::Error) -> PassError {
     PassError::Fault(Fault::Driver(format!("this node's chunk store: {e}")))
+}
+
+/// Storing chunks a peer sent failed: a chunk that is not its id is the
+/// peer's lie, anything else this node's store.
+pub(crate) fn chunk_err(e: utter_chunkstore::Error) -> PassError {
+    match e {
+        e @ (utter_chunkstore::Error::HashMismatch { .. }
+        | utter_chunkstore::Error::ChunkSize { .. }
+        | utter_chunkstore::Error::CorruptChunk { .. }) => {
+            PassError::Fault(Fault::Protocol(format!("a chunk that is not its id: {e}")))
+        }
+        e => store_err(e),
+    }
 }
 
 /// Asks for `ids` on one stream; every answer must be the chunk asked for,
 /// in order (checked against its id when stored).
 /// An error and what caused it, one line: what a peer's bad pack did wrong
 /// is in gix's error under the ledger's.
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     for cause in std::iter::successors(e.source(), |c| c.source()) {
         let cause = cause.to_string();

@@ -12,6 +12,8 @@
 //!   deadline on every read (the thin async driver).
 //! - [`serve`]: answering peers from a node's ledger and stores.
 //! - [`fetch`]: carrying out a sync pass against a peer.
+//! - [`push`]: a proposal sent whole beside its announcement, and taken
+//!   in by its receivers without a pull.
 //! - [`exec`]: the exec protocol's frames (a command in a lease's
 //!   container, by the key that owns the lease).
 //!
@@ -26,6 +28,7 @@ pub mod endpoint;
 pub mod exec;
 pub mod fetch;
 pub mod peers;
+pub mod push;
 pub mod serve;
 pub mod sync;
 pub mod tls;

@@ -70,6 +70,46 @@ pub mod code {
     pub const BUSY: u16 = 4;
 }
 
+/// A proposal pushed whole, so its receivers need not pull it: the git
+/// objects new under its parents as one pack, and the values its tree
+/// names outside git (manifests, then their chunks as stored). Nothing in
+/// it is trusted: the pack is indexed (every object hashed), manifests and
+/// chunks are hashed against their ids, and the block is checked like a
+/// pulled one before consensus hears of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// The block.
+    pub block: BlockId,
+    /// Objects in the pack.
+    pub objects: u32,
+    /// The raw git pack.
+    pub pack: Vec<u8>,
+    /// Manifests of the values new in the block: id, encoding.
+    pub manifests: Vec<(Hash, Vec<u8>)>,
+    /// The chunks those manifests name.
+    pub chunks: Vec<PushedChunk>,
+}
+
+/// One chunk of a [`Proposal`], as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PushedChunk {
+    /// Its id.
+    pub id: Hash,
+    /// Its plain length.
+    pub len: u32,
+    /// A zstd frame shorter than `len`, or the plain bytes.
+    pub stored: Vec<u8>,
+}
+
+impl Proposal {
+    /// Bytes it carries: the pack, the manifests and the chunks.
+    pub fn bytes(&self) -> usize {
+        self.pack.len()
+            + self.manifests.iter().map(|(_, m)| m.len()).sum::<usize>()
+            + self.chunks.iter().map(|c| c.stored.len()).sum::<usize>()
+    }
+}
+
 /// Every frame of the protocols.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Message {
@@ -166,6 +206,9 @@ pub enum Message {
     /// Consensus: the sender has this block (a proposal, a side block);
     /// the receiver pulls it on the sync protocol if it lacks it.
     Announce(BlockId),
+    /// Consensus: a proposal with everything new in it (an `Announce`
+    /// whose receiver has nothing to pull).
+    Proposal(Box<Proposal>),
     /// Consensus: a validator's vote, an SSH signature over chain, block
     /// and height (`utter_ledger::cert::vote_message`).
     Vote {
@@ -191,6 +234,24 @@ pub enum Message {
 
 fn short(h: &[u8]) -> String {
     hex::encode(&h[..h.len().min(6)])
+}
+
+impl fmt::Debug for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let manifests: Vec<String> = self.manifests.iter().map(|(h, _)| short(h)).collect();
+        let chunks: Vec<String> = self
+            .chunks
+            .iter()
+            .map(|c| format!("{} {}/{}", short(&c.id), c.stored.len(), c.len))
+            .collect();
+        write!(
+            f,
+            "Proposal {{ block: {:?}, objects: {}, pack: {}, manifests: {manifests:?}, chunks: {chunks:?} }}",
+            self.block,
+            self.objects,
+            self.pack.len()
+        )
+    }
 }
 
 impl fmt::Debug for Message {
@@ -262,6 +323,7 @@ impl fmt::Debug for Message {
             Message::Hello { chain, genesis } => write!(f, "Hello({chain:?}, {genesis:?})"),
             Message::Txs(lines) => write!(f, "Txs({})", lines.len()),
             Message::Announce(id) => write!(f, "Announce({id:?})"),
+            Message::Proposal(p) => p.fmt(f),
             Message::Vote { block, height, .. } => write!(f, "Vote({block:?} at {height})"),
             Message::Behind => write!(f, "Behind"),
             Message::Error { code, message } => write!(f, "Error({code}, {message:?})"),
@@ -313,6 +375,7 @@ const TXS: u8 = 0xa1;
 const ANNOUNCE: u8 = 0xa2;
 const VOTE: u8 = 0xa3;
 const BEHIND: u8 = 0xa4;
+const PROPOSAL: u8 = 0xa5;
 const ERROR: u8 = 0xff;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -373,6 +436,7 @@ impl Message {
         // body (a chunk's bytes, most of all) is copied once.
         let capacity = match self {
             Message::Chunk { stored, .. } => 5 + 32 + 4 + 4 + stored.len(),
+            Message::Proposal(p) => 64 + p.bytes() + 72 * (p.manifests.len() + p.chunks.len()),
             _ => 64,
         };
         let mut body = Vec::with_capacity(capacity);
@@ -481,6 +545,23 @@ impl Message {
                 body.extend_from_slice(id.as_bytes());
                 ANNOUNCE
             }
+            Message::Proposal(p) => {
+                body.extend_from_slice(p.block.as_bytes());
+                body.extend_from_slice(&p.objects.to_be_bytes());
+                put_bytes(&mut body, &p.pack);
+                body.extend_from_slice(&(p.manifests.len() as u32).to_be_bytes());
+                for (id, encoded) in &p.manifests {
+                    body.extend_from_slice(id);
+                    put_bytes(&mut body, encoded);
+                }
+                body.extend_from_slice(&(p.chunks.len() as u32).to_be_bytes());
+                for c in &p.chunks {
+                    body.extend_from_slice(&c.id);
+                    body.extend_from_slice(&c.len.to_be_bytes());
+                    put_bytes(&mut body, &c.stored);
+                }
+                PROPOSAL
+            }
             Message::Vote {
                 block,
                 height,
@@ -522,6 +603,7 @@ impl Message {
             HELLO => "Hello",
             TXS => "Txs",
             ANNOUNCE => "Announce",
+            PROPOSAL => "Proposal",
             VOTE => "Vote",
             BEHIND => "Behind",
             ERROR => "Error",
@@ -618,6 +700,38 @@ impl Message {
                 Message::Txs(lines)
             }
             ANNOUNCE => Message::Announce(r.id()?),
+            PROPOSAL => {
+                let block = r.id()?;
+                let objects = r.u32()?;
+                let pack = r.bytes(MAX_FRAME)?;
+                let n = r.count(MAX_IDS)?;
+                let mut manifests = Vec::with_capacity(n);
+                for _ in 0..n {
+                    manifests.push((r.hash()?, r.bytes(MAX_FRAME)?));
+                }
+                let n = r.count(MAX_IDS)?;
+                let mut chunks = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let id = r.hash()?;
+                    let len = r.u32()?;
+                    let stored = r.bytes(MAX_FRAME)?;
+                    if stored.len() > len as usize {
+                        return Err(r.bad(format!(
+                            "chunk {} is stored in {} bytes, more than its {len}",
+                            short(&id),
+                            stored.len()
+                        )));
+                    }
+                    chunks.push(PushedChunk { id, len, stored });
+                }
+                Message::Proposal(Box::new(Proposal {
+                    block,
+                    objects,
+                    pack,
+                    manifests,
+                    chunks,
+                }))
+            }
             VOTE => Message::Vote {
                 block: r.id()?,
                 height: r.u64()?,

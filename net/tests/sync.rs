@@ -262,17 +262,7 @@ fn a_clone_brings_blocks_values_and_refs_and_a_later_pass_only_what_is_new() {
         "fetched refs go once refs name the blocks"
     );
     // git agrees the repository is whole.
-    let fsck = Command::new("git")
-        .arg("--git-dir")
-        .arg(b.dir.path().join("ledger.git"))
-        .args(["fsck", "--strict"])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    b.fsck();
 
     // Three more blocks: only those come.
     a.grow(3);

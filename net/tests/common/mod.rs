@@ -193,6 +193,21 @@ impl Node {
         }
     }
 
+    /// Insists that `git fsck --strict` finds the ledger whole.
+    pub fn fsck(&self) {
+        let fsck = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(self.dir.path().join("ledger.git"))
+            .args(["fsck", "--strict"])
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    }
+
     pub fn packs(&self) -> Vec<PathBuf> {
         let dir = self.dir.path().join("ledger.git/objects/pack");
         let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
