@@ -102,6 +102,8 @@ pub fn run(opts: Options) -> Result<()> {
     };
     let frames = sum(&|c| c.frames_sent);
     let bytes = sum(&|c| c.bytes_sent) + sum(&|c| c.bytes_pulled);
+    let taken = sum(&|c| c.pushes_taken);
+    let pulled = sum(&|c| c.pushes_pulled);
 
     println!(
         "                            {} validators     one node alone   target",
@@ -140,6 +142,9 @@ pub fn run(opts: Options) -> Result<()> {
         cluster.committed as f64 / blocks.max(1) as f64,
         frames as f64 / blocks.max(1) as f64,
         bytes as f64 / cluster.committed.max(1) as f64
+    );
+    println!(
+        "proposals pushed whole: {taken} taken in by their validators, {pulled} pulled instead (all nodes)"
     );
     println!(
         "(the load took {:.1} s to commit on the cluster, {:.1} s alone)",

@@ -122,6 +122,12 @@ pub struct ConsensusStatus {
     /// Bytes of blocks and content it pulled from peers.
     #[serde(default)]
     pub bytes_pulled: u64,
+    /// Proposals that arrived pushed whole and were taken in.
+    #[serde(default)]
+    pub pushes_taken: u64,
+    /// Pushed proposals refused or not enough, and pulled instead.
+    #[serde(default)]
+    pub pushes_pulled: u64,
 }
 
 /// A committed block and how many votes certify it.

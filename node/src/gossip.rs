@@ -15,22 +15,24 @@
 //!   the API's (signature, chain, nonce, durable before the driver hears
 //!   of them); a vote's signature is checked over chain, block and height
 //!   and its key is the voter, whoever relayed it; an announcement names a
-//!   block to pull from the announcer. Nothing a peer says about a block
-//!   beyond its id is used: the driver reads headers from the signed
-//!   commits it pulled and checked.
+//!   block to pull from the announcer, and a pushed proposal
+//!   ([`utter_net::push`]) brings the block with it. Nothing a peer says
+//!   about a block beyond its id is used: the driver reads headers from
+//!   the signed commits it pulled (or was pushed) and checked.
 //! - **Pulls** run on a thread of their own with its own ledger handle, so
-//!   a slow or vanished peer never holds up the machine.
+//!   a slow or vanished peer never holds up the machine. A push is taken
+//!   in there too, and a push that is refused or not enough is pulled.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use utter_chunkstore::Store;
 use utter_ledger::cert::SignedVote;
 use utter_ledger::{BlockId, TxId};
-use utter_net::wire::{MAX_IDS, Message};
+use utter_net::wire::{MAX_IDS, Message, Proposal};
 use utter_net::{ALPN_CONSENSUS, Conn, Endpoint, Pass};
 
 use crate::home::Home;
@@ -55,6 +57,15 @@ pub(crate) enum Input {
         addr: SocketAddr,
         /// The block.
         block: BlockId,
+    },
+    /// A peer pushed this proposal whole (nothing in it checked yet).
+    Proposed {
+        /// The peer's key.
+        from: String,
+        /// Where it serves.
+        addr: SocketAddr,
+        /// The block and what is new in it.
+        proposal: Box<Proposal>,
     },
     /// A vote whose signature verified.
     Vote {
@@ -107,12 +118,22 @@ pub(crate) struct Counters {
     pub bytes: AtomicU64,
     /// Bytes of packs and chunks pulled.
     pub pulled: AtomicU64,
+    /// Pushed proposals taken in.
+    pub pushes_taken: AtomicU64,
+    /// Pushed proposals refused or not enough (pulled instead).
+    pub pushes_pulled: AtomicU64,
 }
+
+/// Pushed proposals queued for the pull thread at most; a push beyond
+/// them is pulled, so what a peer pushes cannot pile up in memory.
+const PUSHES_QUEUED: usize = 4;
 
 /// The sending half of the network, as the driver holds it.
 pub(crate) struct Outbound {
     peers: Vec<(SocketAddr, tokio::sync::mpsc::UnboundedSender<Message>)>,
     pulls: Sender<Pull>,
+    /// Pushes waiting in `pulls`.
+    pushes: Arc<AtomicUsize>,
     pub counters: Arc<Counters>,
 }
 
@@ -122,6 +143,9 @@ pub(crate) struct Pull {
     pub haves: Vec<BlockId>,
     /// Peers to try, in order.
     pub from: Vec<SocketAddr>,
+    /// What a peer pushed of `wants`: taken in first, pulled if that
+    /// fails.
+    pub pushed: Option<Box<Proposal>>,
 }
 
 impl Outbound {
@@ -144,8 +168,13 @@ impl Outbound {
         self.peers.iter().map(|(a, _)| *a).collect()
     }
 
-    /// Asks the pull thread for `wants`.
-    pub fn pull(&self, pull: Pull) {
+    /// Asks the pull thread for `wants` (a push beyond
+    /// [`PUSHES_QUEUED`] is dropped: the block is pulled).
+    pub fn pull(&self, mut pull: Pull) {
+        if pull.pushed.is_some() && self.pushes.fetch_add(1, Ordering::SeqCst) >= PUSHES_QUEUED {
+            self.pushes.fetch_sub(1, Ordering::SeqCst);
+            pull.pushed = None;
+        }
         let _ = self.pulls.send(pull);
     }
 }
@@ -188,6 +217,8 @@ pub(crate) fn start(
     let store = store.clone();
     let key = home.load_key(None)?;
     let pulled = counters.clone();
+    let pushes = Arc::new(AtomicUsize::new(0));
+    let queued = pushes.clone();
     std::thread::Builder::new()
         .name("pull".into())
         .spawn(move || {
@@ -207,6 +238,34 @@ pub(crate) fn start(
             };
             while let Ok(pull) = requests.recv() {
                 let mut got = Err("no peer to pull from".to_string());
+                if let Some(p) = &pull.pushed {
+                    queued.fetch_sub(1, Ordering::SeqCst);
+                    match utter_net::push::receive(&ledger, &store, &images, p) {
+                        Ok(blocks) if pull.wants.iter().all(|w| ledger.has(*w)) => {
+                            pulled.pushes_taken.fetch_add(1, Ordering::Relaxed);
+                            if inputs
+                                .send(Input::Pulled {
+                                    wants: pull.wants,
+                                    got: Ok(blocks),
+                                })
+                                .is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if e.untrustworthy() {
+                                eprintln!(
+                                    "a push of block {} is refused: {e}; pulling it",
+                                    p.block.short()
+                                );
+                            }
+                        }
+                    }
+                    pulled.pushes_pulled.fetch_add(1, Ordering::Relaxed);
+                }
                 for addr in &pull.from {
                     let mut bytes = 0;
                     let pass = Pass {
@@ -240,6 +299,7 @@ pub(crate) fn start(
     Ok(Outbound {
         peers: out,
         pulls,
+        pushes,
         counters,
     })
 }
@@ -373,6 +433,11 @@ async fn read(conn: &Conn, shared: &Arc<Shared>, inputs: &Sender<Input>) -> Resu
                 from: from.clone(),
                 addr: conn.addr(),
                 block,
+            },
+            Message::Proposal(proposal) => Input::Proposed {
+                from: from.clone(),
+                addr: conn.addr(),
+                proposal,
             },
             Message::Vote {
                 block,

@@ -40,7 +40,7 @@ use utter_executor::{ExecError, Executor, Verdict};
 use utter_ledger::cert::{Certificate, SignedVote};
 use utter_ledger::key::Keypair;
 use utter_ledger::{BlockChecker, BlockError, BlockId, Ledger, MAIN, TxId};
-use utter_net::wire::Message;
+use utter_net::wire::{Message, Proposal};
 
 use crate::consensus::{self, VoteTip};
 use crate::gossip::{Input, Outbound, Pull, TXS_PER_FRAME};
@@ -146,6 +146,7 @@ pub(crate) fn device(ledger: &Ledger, key: &Keypair) -> Result<Option<String>, N
 struct Driver<'l> {
     home: &'l Home,
     ledger: &'l Ledger,
+    store: &'l utter_chunkstore::Store,
     key: &'l Keypair,
     shared: &'l Shared,
     out: &'l Outbound,
@@ -173,6 +174,9 @@ struct Driver<'l> {
     /// This node's own proposals not yet validated: building one executed
     /// it, so its validation is that execution's verdict.
     own: HashSet<BlockId>,
+    /// This node's last proposal as it is pushed whole (`None` when it is
+    /// better pulled); an older block is announced.
+    pushed: Option<Message>,
     /// Blocks asked of the pull thread, and who announced them.
     pulling: HashMap<BlockId, NodeId>,
     /// Where each connected peer serves.
@@ -193,6 +197,10 @@ struct Driver<'l> {
     /// (`UTTER_TEST_WRONG_VOTE_HEIGHT`).
     #[cfg(feature = "byzantine")]
     wrong_heights: bool,
+    /// Test-only: this node's pushed proposals leave with a byte of their
+    /// pack flipped (`UTTER_TEST_BAD_PUSH`).
+    #[cfg(feature = "byzantine")]
+    bad_push: bool,
     /// Test-only: seconds this node's clock is set ahead (the `byzantine`
     /// feature, `UTTER_TEST_CLOCK_AHEAD`).
     #[cfg(feature = "byzantine")]
@@ -303,6 +311,7 @@ fn drive(
     let mut d = Driver {
         home,
         ledger,
+        store: &opened.store,
         key,
         shared,
         out,
@@ -318,6 +327,7 @@ fn drive(
         early: EarlyVotes::default(),
         fed,
         own: HashSet::new(),
+        pushed: None,
         lacking: HashSet::new(),
         pulling: HashMap::new(),
         addrs: HashMap::new(),
@@ -331,6 +341,8 @@ fn drive(
         equivocate: std::env::var_os("UTTER_TEST_EQUIVOCATE").is_some(),
         #[cfg(feature = "byzantine")]
         wrong_heights: std::env::var_os("UTTER_TEST_WRONG_VOTE_HEIGHT").is_some(),
+        #[cfg(feature = "byzantine")]
+        bad_push: std::env::var_os("UTTER_TEST_BAD_PUSH").is_some(),
         #[cfg(feature = "byzantine")]
         clock_ahead: std::env::var("UTTER_TEST_CLOCK_AHEAD")
             .ok()
@@ -490,6 +502,8 @@ pub(crate) fn report_follower(shared: &Shared, out: &Outbound, peers: usize) {
         frames_sent: out.counters.frames.load(Ordering::Relaxed),
         bytes_sent: out.counters.bytes.load(Ordering::Relaxed),
         bytes_pulled: 0,
+        pushes_taken: 0,
+        pushes_pulled: 0,
     });
 }
 
@@ -576,6 +590,8 @@ impl Driver<'_> {
             frames_sent: self.out.counters.frames.load(Ordering::Relaxed),
             bytes_sent: self.out.counters.bytes.load(Ordering::Relaxed),
             bytes_pulled: self.out.counters.pulled.load(Ordering::Relaxed),
+            pushes_taken: self.out.counters.pushes_taken.load(Ordering::Relaxed),
+            pushes_pulled: self.out.counters.pushes_pulled.load(Ordering::Relaxed),
         });
     }
 
@@ -632,6 +648,19 @@ impl Driver<'_> {
                 let from = self.id_of(&from);
                 self.addrs.entry(from).or_insert(addr);
                 self.want(block, from, Some(addr));
+            }
+            Input::Proposed {
+                from,
+                addr,
+                proposal,
+            } => {
+                let from = self.id_of(&from);
+                self.addrs.entry(from).or_insert(addr);
+                // Taken whole only from a validator: anyone else's block
+                // is pulled, as an announcement's is.
+                let block = proposal.block;
+                let pushed = self.machine.validators().includes(from).then_some(proposal);
+                self.want_pushed(block, from, Some(addr), pushed);
             }
             Input::Vote {
                 from,
@@ -706,6 +735,18 @@ impl Driver<'_> {
     /// The machine wants `block` (announced by `from`): fed from the ledger
     /// if it is here, else pulled.
     fn want(&mut self, block: BlockId, from: NodeId, addr: Option<SocketAddr>) {
+        self.want_pushed(block, from, addr, None);
+    }
+
+    /// [`Driver::want`], with what `from` pushed of the block: the pull
+    /// thread takes that in first (and pulls if it is not enough).
+    fn want_pushed(
+        &mut self,
+        block: BlockId,
+        from: NodeId,
+        addr: Option<SocketAddr>,
+        pushed: Option<Box<Proposal>>,
+    ) {
         // Under main here: committed, perhaps pruned from the machine.
         match self.committed_here(block) {
             Ok(true) => {
@@ -738,6 +779,7 @@ impl Driver<'_> {
             wants: vec![block],
             haves,
             from: peers,
+            pushed,
         });
     }
 
@@ -908,7 +950,10 @@ impl Driver<'_> {
             None => None,
         };
         let frame = match m {
-            Said::Block(h) => Message::Announce(h.id),
+            Said::Block(h) => match &self.pushed {
+                Some(p @ Message::Proposal(pushed)) if pushed.block == h.id => p.clone(),
+                _ => Message::Announce(h.id),
+            },
             #[cfg(feature = "byzantine")]
             Said::Vote(v) if self.wrong_heights && v.voter == self.machine.id() => {
                 // Test-only: its own votes signed for the next height.
@@ -1045,6 +1090,18 @@ impl Driver<'_> {
         }
         self.fed.insert(proposed.block.id, proposed.block.height);
         self.own.insert(proposed.block.id);
+        // Pushed whole to the validators: they need not pull it.
+        let pushing = Instant::now();
+        self.pushed = match utter_net::push::proposal(self.ledger, self.store, proposed.block.id) {
+            Ok(p) => p.map(|p| Message::Proposal(Box::new(p))),
+            Err(e) => {
+                eprintln!(
+                    "block {} is announced, not pushed: {e}",
+                    proposed.block.id.short()
+                );
+                None
+            }
+        };
         lock(&self.shared.head).blocks_made += 1;
         let header = consensus::header(self.ledger, &proposed.block, |k| Some(self.id_of(k)))
             .map_err(|e| NodeError::Consensus(e.to_string()))?
@@ -1063,6 +1120,21 @@ impl Driver<'_> {
                 t.write.as_secs_f64() * 1e3,
                 t.verify.as_secs_f64() * 1e3,
             );
+            match &self.pushed {
+                Some(Message::Proposal(p)) => eprintln!(
+                    "pushing it whole: {} bytes ({} objects, {} chunks), made in {:.1} ms",
+                    p.bytes(),
+                    p.objects,
+                    p.chunks.len(),
+                    pushing.elapsed().as_secs_f64() * 1e3
+                ),
+                _ => eprintln!("announcing it (it is pulled)"),
+            }
+        }
+        #[cfg(feature = "byzantine")]
+        if let (true, Some(Message::Proposal(p))) = (self.bad_push, &mut self.pushed) {
+            let mid = p.pack.len() / 2;
+            p.pack[mid] ^= 0xff;
         }
         #[cfg(feature = "byzantine")]
         if self.equivocate && kind == Kind::Proposal {
