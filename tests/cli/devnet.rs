@@ -396,16 +396,11 @@ fn a_device_with_no_validator_records_on_its_branch_and_the_validators_merge_it_
     drop(_guard);
     for (name, _) in &again {
         let data = dir.join(name);
-        let (_, counts) = committed(&data);
-        for id in &ids {
-            assert_eq!(counts.get(id), Some(&1), "{name}: {id} on main's line");
-        }
         assert!(
             unmerged(&data, "f1").is_empty(),
             "{name}: f1's branch is not all under main"
         );
-        let out = ok(utter(&data).args(["verify", "--reexecute"]));
-        assert!(out.contains("carry a commit certificate"), "{name}: {out}");
+        every_accepted_once_and_reexecuted(&data, name, &ids);
     }
     let merge = Command::new("git")
         .arg("--git-dir")
@@ -507,6 +502,15 @@ fn a_strangers_consensus_frames_are_checked_and_change_nothing() {
             foreign[0].clone().into_bytes(),
         ]),
         Message::Announce(BlockId::from_sha1([7; 20])),
+        // A stranger's push is not taken in: its block is pulled (from a
+        // stranger that serves nothing), and nothing moves.
+        Message::Proposal(Box::new(utter_net::wire::Proposal {
+            block: BlockId::from_sha1([8; 20]),
+            objects: 1,
+            pack: b"not a pack".to_vec(),
+            manifests: vec![],
+            chunks: vec![],
+        })),
     ]);
     assert_eq!(stays_open, None, "refused lines are not a protocol fault");
     let after = client.status().unwrap();
@@ -766,6 +770,17 @@ fn join_round(nodes: &[&Node], users: &[Keypair], chain: &str, nonce: u64) -> Ve
     accepted
 }
 
+/// Node `name` at `data` has every one of `accepted` on main's line
+/// exactly once, and `verify --reexecute` passes on it.
+fn every_accepted_once_and_reexecuted(data: &Path, name: &str, accepted: &[TxId]) {
+    let (_, counts) = committed(data);
+    for id in accepted {
+        assert_eq!(counts.get(id), Some(&1), "{name}: {id} on main's line");
+    }
+    let out = ok(utter(data).args(["verify", "--reexecute"]));
+    assert!(out.contains("carry a commit certificate"), "{name}: {out}");
+}
+
 /// Every node answers every one of `accepted` committed, and all are on
 /// one main.
 fn committed_everywhere(nodes: &[&Node], accepted: &[TxId]) {
@@ -937,10 +952,6 @@ fn a_validator_whose_clock_is_30_s_ahead_cannot_date_the_chain() {
     );
     for i in 1..=4 {
         let data = dir.join(format!("v{i}"));
-        let (_, counts) = committed(&data);
-        for id in &accepted {
-            assert_eq!(counts.get(id), Some(&1), "v{i}: {id} on main's line");
-        }
         let home = utter_node::Home::new(&data);
         let opened = home.open_read_only().unwrap();
         for id in first_parent_line(&opened.ledger) {
@@ -951,8 +962,7 @@ fn a_validator_whose_clock_is_30_s_ahead_cannot_date_the_chain() {
             );
         }
         drop(opened);
-        let out = ok(utter(&data).args(["verify", "--reexecute"]));
-        assert!(out.contains("carry a commit certificate"), "v{i}: {out}");
+        every_accepted_once_and_reexecuted(&data, &format!("v{i}"), &accepted);
     }
 }
 
@@ -999,10 +1009,6 @@ fn an_equivocating_validator_cannot_split_the_honest_ones() {
     let mut seen_both = 0;
     for i in 1..=3 {
         let data = dir.join(format!("v{i}"));
-        let (_, counts) = committed(&data);
-        for id in &accepted {
-            assert_eq!(counts.get(id), Some(&1), "v{i}: {id} on main's line");
-        }
         let home = utter_node::Home::new(&data);
         let opened = home.open_read_only().unwrap();
         for (a, b) in &pairs {
@@ -1011,8 +1017,7 @@ fn an_equivocating_validator_cannot_split_the_honest_ones() {
             }
         }
         drop(opened);
-        let out = ok(utter(&data).args(["verify", "--reexecute"]));
-        assert!(out.contains("carry a commit certificate"), "v{i}: {out}");
+        every_accepted_once_and_reexecuted(&data, &format!("v{i}"), &accepted);
     }
     assert!(
         seen_both > 0,
@@ -1020,19 +1025,17 @@ fn an_equivocating_validator_cannot_split_the_honest_ones() {
     );
 }
 
-/// A Byzantine validator (the test-only `byzantine` build, with
-/// `UTTER_TEST_WRONG_VOTE_HEIGHT`) signs each vote it sends for the next
-/// height, so a vote for its own proposal reaches the others before the
-/// block does. Such a vote is not counted: the three honest validators
-/// keep committing, and every certificate they write verifies (a counted
-/// one would make the certificate unwritable and stop the node).
-#[test]
-fn votes_signed_for_the_wrong_height_are_not_counted_even_before_their_block() {
+/// Three honest validators and a Byzantine fourth (the test-only
+/// `byzantine` build, with `var` set) under at least `rounds` rounds of
+/// load, and on until the Byzantine one has led two rounds. The honest
+/// ones commit every accepted transaction once, `verify --reexecute`
+/// passes on each, and their logs (returned) never say consensus stopped.
+fn three_honest_beside_a_byzantine(var: &str, rounds: u64) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("net");
     let four = Validators::made(&dir, 4);
     let honest: Vec<Node> = (0..3).map(|i| four.start(i, &[])).collect();
-    let byzantine = four.start(3, &[("UTTER_TEST_WRONG_VOTE_HEIGHT", "1")]);
+    let byzantine = four.start(3, &[(var, "1")]);
     let chain = honest[0].client().status().unwrap().chain;
     let users: Vec<Keypair> = (0..3)
         .map(|i| Keypair::generate(&format!("user{i}")).unwrap())
@@ -1041,9 +1044,7 @@ fn votes_signed_for_the_wrong_height_are_not_counted_even_before_their_block() {
     let honest_ones: Vec<&Node> = honest.iter().collect();
     let started = Instant::now();
     let mut round = 0u64;
-    // At least 12 rounds of load, and on until the Byzantine one has led
-    // two rounds (its votes for its own blocks then left before them).
-    while round < 12 || byzantine.client().status().unwrap().blocks_made < 2 {
+    while round < rounds || byzantine.client().status().unwrap().blocks_made < 2 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "the Byzantine validator never led a round"
@@ -1056,18 +1057,39 @@ fn votes_signed_for_the_wrong_height_are_not_counted_even_before_their_block() {
     drop(byzantine);
     let said: Vec<String> = honest.into_iter().map(Node::stop).collect();
     let all = said.join("\n");
+    assert!(!all.contains("consensus stopped"), "{all}");
+    for i in 1..=3 {
+        let data = dir.join(format!("v{i}"));
+        every_accepted_once_and_reexecuted(&data, &format!("v{i}"), &accepted);
+    }
+    all
+}
+
+/// A Byzantine validator (the test-only `byzantine` build, with
+/// `UTTER_TEST_BAD_PUSH`) pushes each proposal with a byte of its pack
+/// flipped. The honest validators refuse the push, pull the block from
+/// it instead, and go on committing every transaction once.
+#[test]
+fn a_proposal_pushed_corrupt_is_refused_and_pulled_instead() {
+    let all = three_honest_beside_a_byzantine("UTTER_TEST_BAD_PUSH", 8);
+    assert!(
+        all.contains("a push of block") && all.contains("is refused"),
+        "no honest validator refused a corrupt push:\n{all}"
+    );
+}
+
+/// A Byzantine validator (the test-only `byzantine` build, with
+/// `UTTER_TEST_WRONG_VOTE_HEIGHT`) signs each vote it sends for the next
+/// height, so a vote for its own proposal reaches the others before the
+/// block does. Such a vote is not counted: the three honest validators
+/// keep committing, and every certificate they write verifies (a counted
+/// one would make the certificate unwritable and stop the node).
+#[test]
+fn votes_signed_for_the_wrong_height_are_not_counted_even_before_their_block() {
+    // Its votes for its own blocks leave before them.
+    let all = three_honest_beside_a_byzantine("UTTER_TEST_WRONG_VOTE_HEIGHT", 12);
     assert!(
         all.contains("not the block's") && all.contains(": not counted"),
         "no honest validator saw a vote for the wrong height:\n{all}"
     );
-    assert!(!all.contains("consensus stopped"), "{all}");
-    for i in 1..=3 {
-        let data = dir.join(format!("v{i}"));
-        let (_, counts) = committed(&data);
-        for id in &accepted {
-            assert_eq!(counts.get(id), Some(&1), "v{i}: {id} on main's line");
-        }
-        let out = ok(utter(&data).args(["verify", "--reexecute"]));
-        assert!(out.contains("carry a commit certificate"), "v{i}: {out}");
-    }
 }
